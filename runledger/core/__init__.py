@@ -1,0 +1,1 @@
+"""The pure core: specs, builders, validation, statuses. No database, no threads, no clock."""

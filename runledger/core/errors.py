@@ -1,0 +1,309 @@
+"""Errors raised by the pure core: invalid job options and invalid workflows.
+
+Every class carries the fields needed to act on it; match on the class, never on the message.
+``runledger.errors`` re-exports all of them beside the store and runtime errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RunledgerError(Exception):
+    """Root of every error runledger raises on purpose."""
+
+
+class ValidationError(RunledgerError, ValueError):
+    """Input that runledger refuses before anything touches the database."""
+
+
+class JobOptionError(ValidationError):
+    """A job type, payload or enqueue option is invalid.
+
+    Attributes:
+        step_key: the workflow step the option belongs to, or None for a plain job.
+    """
+
+    step_key: str | None = None
+
+
+class WorkflowBuildError(ValidationError):
+    """``WorkflowBuilder.build()`` found a mistake in the workflow.
+
+    Attributes:
+        workflow_name: the name given to the builder (may be blank when that is the mistake).
+    """
+
+    workflow_name: str = ""
+
+
+def _where(step_key: str | None) -> str:
+    return f" on step {step_key!r}" if step_key is not None else ""
+
+
+# --- options shared by plain jobs and workflow steps -------------------------------------------
+# These subclass both roots: Job(...) raises them as JobOptionError, build() as WorkflowBuildError.
+
+
+class BlankJobType(JobOptionError, WorkflowBuildError):
+    """The job type is empty or only white space."""
+
+    def __init__(self, *, step_key: str | None = None) -> None:
+        self.step_key = step_key
+        super().__init__(f"job type must be a non-blank string{_where(step_key)}")
+
+
+class BlankQueue(JobOptionError, WorkflowBuildError):
+    """The queue name is empty or only white space."""
+
+    def __init__(self, *, step_key: str | None = None) -> None:
+        self.step_key = step_key
+        super().__init__(
+            f"queue must be a non-blank string{_where(step_key)}; omit it to use 'default'"
+        )
+
+
+class InvalidMaxAttempts(JobOptionError, WorkflowBuildError):
+    """``max_attempts`` is not a positive integer."""
+
+    def __init__(self, *, value: object, step_key: str | None = None) -> None:
+        self.value = value
+        self.step_key = step_key
+        super().__init__(
+            f"max_attempts must be a positive integer{_where(step_key)}, got {value!r}"
+        )
+
+
+class InvalidTimeout(JobOptionError, WorkflowBuildError):
+    """``timeout_seconds`` is not a positive integer."""
+
+    def __init__(self, *, value: object, step_key: str | None = None) -> None:
+        self.value = value
+        self.step_key = step_key
+        super().__init__(
+            f"timeout_seconds must be a positive integer{_where(step_key)}, got {value!r}"
+        )
+
+
+class PriorityOutOfRange(JobOptionError, WorkflowBuildError):
+    """``priority`` is not an integer within ``[minimum, maximum]``."""
+
+    def __init__(
+        self, *, value: object, minimum: int, maximum: int, step_key: str | None = None
+    ) -> None:
+        self.value = value
+        self.minimum = minimum
+        self.maximum = maximum
+        self.step_key = step_key
+        super().__init__(
+            f"priority must be an integer from {minimum} to {maximum}{_where(step_key)} "
+            f"(higher runs first), got {value!r}"
+        )
+
+
+class PayloadNotSerializable(JobOptionError, WorkflowBuildError):
+    """A payload, input or output holds a value JSON cannot carry.
+
+    Attributes:
+        path: where the value sits, as ``$.key[3].other``.
+        type_name: the Python type found there.
+        reason: what is wrong with it.
+    """
+
+    def __init__(
+        self, *, path: str, type_name: str, reason: str, step_key: str | None = None
+    ) -> None:
+        self.path = path
+        self.type_name = type_name
+        self.reason = reason
+        self.step_key = step_key
+        super().__init__(f"value at {path}{_where(step_key)} is not JSON: {reason}")
+
+
+class BlankIdempotencyKey(JobOptionError, WorkflowBuildError):
+    """An idempotency key was given but is empty or only white space."""
+
+    def __init__(self, *, step_key: str | None = None) -> None:
+        self.step_key = step_key
+        super().__init__(
+            "idempotency key must be a non-blank string, or None for no idempotency"
+        )
+
+
+# --- plain job options ------------------------------------------------------------------------
+
+
+class NaiveRunAt(JobOptionError):
+    """``run_at`` is a datetime without a timezone."""
+
+    def __init__(self, *, run_at: object) -> None:
+        self.run_at = run_at
+        super().__init__(
+            f"run_at must be timezone-aware (for example datetime.now(timezone.utc)), "
+            f"got naive {run_at!r}"
+        )
+
+
+class InvalidDelay(JobOptionError):
+    """``delay`` is negative or not a duration."""
+
+    def __init__(self, *, delay: object) -> None:
+        self.delay = delay
+        super().__init__(
+            f"delay must be a non-negative timedelta or number of seconds, got {delay!r}"
+        )
+
+
+class ConflictingRunAt(JobOptionError):
+    """Both ``run_at`` and ``delay`` were given; a job takes one or the other."""
+
+    def __init__(self, *, run_at: object, delay: object) -> None:
+        self.run_at = run_at
+        self.delay = delay
+        super().__init__("give run_at or delay, not both")
+
+
+# --- workflow structure -----------------------------------------------------------------------
+
+
+class EmptyWorkflow(WorkflowBuildError):
+    """The workflow has no steps."""
+
+    def __init__(self, *, workflow_name: str) -> None:
+        self.workflow_name = workflow_name
+        super().__init__(f"workflow {workflow_name!r} has no steps; add one with .step(key)")
+
+
+class BlankWorkflowName(WorkflowBuildError):
+    """The workflow name is empty or only white space."""
+
+    def __init__(self, *, workflow_name: str) -> None:
+        self.workflow_name = workflow_name
+        super().__init__("workflow name must be a non-blank string")
+
+
+class BlankStepKey(WorkflowBuildError):
+    """A step key is empty or only white space.
+
+    Attributes:
+        index: the position of the step in the order it was added (0-based).
+    """
+
+    def __init__(self, *, workflow_name: str, index: int) -> None:
+        self.workflow_name = workflow_name
+        self.index = index
+        super().__init__(f"step #{index} of workflow {workflow_name!r} has a blank key")
+
+
+class DuplicateStepKey(WorkflowBuildError):
+    """Two steps share a key."""
+
+    def __init__(self, *, workflow_name: str, step_key: str) -> None:
+        self.workflow_name = workflow_name
+        self.step_key = step_key
+        super().__init__(
+            f"step key {step_key!r} is used twice in workflow {workflow_name!r}; keys are unique"
+        )
+
+
+class MissingJobType(WorkflowBuildError):
+    """A step is neither a job (``.job(type)``) nor external (``.external()``)."""
+
+    def __init__(self, *, workflow_name: str, step_key: str) -> None:
+        self.workflow_name = workflow_name
+        self.step_key = step_key
+        super().__init__(
+            f"step {step_key!r} has no job type; call .job('type') or .external() on it"
+        )
+
+
+class ExternalStepWithJobSettings(WorkflowBuildError):
+    """An external step was given settings that only a job step can use.
+
+    Attributes:
+        settings: the names of the offending settings, sorted.
+    """
+
+    def __init__(self, *, workflow_name: str, step_key: str, settings: tuple[str, ...]) -> None:
+        self.workflow_name = workflow_name
+        self.step_key = step_key
+        self.settings = settings
+        super().__init__(
+            f"external step {step_key!r} cannot have {', '.join(settings)}; "
+            "an external step waits for complete_external_step() and runs no job"
+        )
+
+
+class UnknownDependency(WorkflowBuildError):
+    """A step names a prerequisite that is not a step of the workflow."""
+
+    def __init__(self, *, workflow_name: str, step_key: str, prerequisite: str) -> None:
+        self.workflow_name = workflow_name
+        self.step_key = step_key
+        self.prerequisite = prerequisite
+        super().__init__(
+            f"step {step_key!r} depends on {prerequisite!r}, which is not a step of "
+            f"workflow {workflow_name!r}"
+        )
+
+
+class SelfDependency(WorkflowBuildError):
+    """A step lists itself as a prerequisite."""
+
+    def __init__(self, *, workflow_name: str, step_key: str) -> None:
+        self.workflow_name = workflow_name
+        self.step_key = step_key
+        super().__init__(f"step {step_key!r} cannot depend on itself")
+
+
+class DuplicateDependency(WorkflowBuildError):
+    """A step lists the same prerequisite twice (also across after/after_terminal)."""
+
+    def __init__(self, *, workflow_name: str, step_key: str, prerequisite: str) -> None:
+        self.workflow_name = workflow_name
+        self.step_key = step_key
+        self.prerequisite = prerequisite
+        super().__init__(
+            f"step {step_key!r} lists prerequisite {prerequisite!r} more than once"
+        )
+
+
+class CycleDetected(WorkflowBuildError):
+    """The dependencies form a cycle.
+
+    Attributes:
+        step_keys: the keys on one cycle, in dependency order; each depends on the one before
+            it and the first depends on the last.
+    """
+
+    def __init__(self, *, workflow_name: str, step_keys: tuple[str, ...]) -> None:
+        self.workflow_name = workflow_name
+        self.step_keys = step_keys
+        loop = " -> ".join((*step_keys, step_keys[0]))
+        super().__init__(f"workflow {workflow_name!r} has a dependency cycle: {loop}")
+
+
+class UnknownResultStep(WorkflowBuildError):
+    """``result_step(key)`` names a step that is not in the workflow."""
+
+    def __init__(self, *, workflow_name: str, step_key: str) -> None:
+        self.workflow_name = workflow_name
+        self.step_key = step_key
+        super().__init__(f"result step {step_key!r} is not a step of workflow {workflow_name!r}")
+
+
+class BuilderMisuse(WorkflowBuildError):
+    """A step setting was called before any ``.step(key)``."""
+
+    def __init__(self, *, workflow_name: str, method: str) -> None:
+        self.workflow_name = workflow_name
+        self.method = method
+        super().__init__(f".{method}() sets a step; call .step(key) before it")
+
+
+def describe(value: Any) -> str:
+    """The type name used in error messages (``datetime.datetime`` style for non-builtins)."""
+    cls = type(value)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"

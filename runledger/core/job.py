@@ -1,0 +1,169 @@
+"""The spec of one job to enqueue, validated on construction."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from typing import Any
+
+import attrs
+
+from runledger.core.errors import (
+    BlankIdempotencyKey,
+    BlankJobType,
+    BlankQueue,
+    ConflictingRunAt,
+    InvalidDelay,
+    InvalidMaxAttempts,
+    InvalidTimeout,
+    NaiveRunAt,
+    PriorityOutOfRange,
+)
+from runledger.core.payload import JsonValue, check_json, dumps
+
+DEFAULT_QUEUE = "default"
+# Django's Tasks framework uses the same range and direction, so its priorities map one to one.
+MIN_PRIORITY = -100
+MAX_PRIORITY = 100
+DEFAULT_PRIORITY = 0
+# 2**31 - 1: the largest value an ``integer`` column holds.
+MAX_INT = 2_147_483_647
+
+
+def check_job_type(job_type: object, *, step_key: str | None = None) -> None:
+    """Raise ``BlankJobType`` unless ``job_type`` is a non-blank str."""
+    if not isinstance(job_type, str) or not job_type.strip():
+        raise BlankJobType(step_key=step_key)
+
+
+def check_queue(queue: object, *, step_key: str | None = None) -> None:
+    """Raise ``BlankQueue`` unless ``queue`` is a non-blank str."""
+    if not isinstance(queue, str) or not queue.strip():
+        raise BlankQueue(step_key=step_key)
+
+
+def check_priority(priority: object, *, step_key: str | None = None) -> None:
+    """Raise ``PriorityOutOfRange`` unless ``priority`` is an int in the allowed range."""
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise PriorityOutOfRange(
+            value=priority, minimum=MIN_PRIORITY, maximum=MAX_PRIORITY, step_key=step_key
+        )
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_INT
+
+
+def check_max_attempts(value: object, *, step_key: str | None = None) -> None:
+    """Raise ``InvalidMaxAttempts`` unless ``value`` is None or a positive int."""
+    if value is not None and not _positive_int(value):
+        raise InvalidMaxAttempts(value=value, step_key=step_key)
+
+
+def check_timeout(value: object, *, step_key: str | None = None) -> None:
+    """Raise ``InvalidTimeout`` unless ``value`` is None or a positive int of seconds."""
+    if value is not None and not _positive_int(value):
+        raise InvalidTimeout(value=value, step_key=step_key)
+
+
+def check_idempotency_key(value: object, *, step_key: str | None = None) -> None:
+    """Raise ``BlankIdempotencyKey`` unless ``value`` is None or a non-blank str."""
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise BlankIdempotencyKey(step_key=step_key)
+
+
+def _delay_seconds(delay: object) -> float:
+    if isinstance(delay, datetime.timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise InvalidDelay(delay=delay)
+    if not seconds >= 0 or seconds == float("inf"):  # also refuses NaN
+        raise InvalidDelay(delay=delay)
+    return seconds
+
+
+@attrs.frozen
+class Job:
+    """One job to enqueue: its type, JSON payload and options.
+
+    ``Job("email.send", {"to": "a@b.c"}, queue="mail")``. Validated on construction, so an
+    invalid ``Job`` cannot exist; raises a ``JobOptionError`` subclass naming the mistake.
+
+    Attributes:
+        job_type: the handler name a registry maps to a function; non-blank.
+        payload: plain JSON (see ``runledger.core.payload``); None stores ``{}``.
+        queue: the queue workers subscribe to.
+        priority: -100..100, higher runs first among due jobs; default 0.
+        run_at: a timezone-aware time before which the job does not start.
+        delay: seconds (or a timedelta) from the enqueue transaction's clock; not with run_at.
+        max_attempts: attempts before the job is dead-lettered; None takes the handler's
+            default when the job is claimed.
+        timeout_seconds: the limit of one attempt; None takes the handler's default.
+        idempotency_key: the same (job_type, key) enqueued again returns the existing job.
+    """
+
+    job_type: str
+    payload: JsonValue = None
+    queue: str = attrs.field(default=DEFAULT_QUEUE, kw_only=True)
+    priority: int = attrs.field(default=DEFAULT_PRIORITY, kw_only=True)
+    run_at: datetime.datetime | None = attrs.field(default=None, kw_only=True)
+    delay: datetime.timedelta | float | None = attrs.field(default=None, kw_only=True)
+    max_attempts: int | None = attrs.field(default=None, kw_only=True)
+    timeout_seconds: int | None = attrs.field(default=None, kw_only=True)
+    idempotency_key: str | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        check_job_type(self.job_type)
+        check_json(self.payload)
+        check_queue(self.queue)
+        check_priority(self.priority)
+        if self.run_at is not None:
+            if not isinstance(self.run_at, datetime.datetime):
+                raise NaiveRunAt(run_at=self.run_at)
+            if self.run_at.tzinfo is None or self.run_at.utcoffset() is None:
+                raise NaiveRunAt(run_at=self.run_at)
+            if self.delay is not None:
+                raise ConflictingRunAt(run_at=self.run_at, delay=self.delay)
+        if self.delay is not None:
+            _delay_seconds(self.delay)
+        check_max_attempts(self.max_attempts)
+        check_timeout(self.timeout_seconds)
+        check_idempotency_key(self.idempotency_key)
+
+    @property
+    def stored_payload(self) -> JsonValue:
+        """The payload as stored: ``{}`` when none was given."""
+        return {} if self.payload is None else self.payload
+
+    @property
+    def delay_seconds(self) -> float | None:
+        """``delay`` in seconds, or None."""
+        return None if self.delay is None else _delay_seconds(self.delay)
+
+    def fingerprint(self) -> str:
+        """A digest of what makes two keyed requests "the same request".
+
+        Covers type, payload, queue, priority, max_attempts and timeout; not the start time,
+        since a client retrying "in 10 minutes" a minute later asks for the same job.
+        """
+        return fingerprint(
+            {
+                "job_type": self.job_type,
+                "payload": self.stored_payload,
+                "queue": self.queue,
+                "priority": self.priority,
+                "max_attempts": self.max_attempts,
+                "timeout_seconds": self.timeout_seconds,
+            }
+        )
+
+
+def fingerprint(request: Any) -> str:
+    """The SHA-256 hex digest of a request's canonical JSON."""
+    return hashlib.sha256(dumps(request).encode()).hexdigest()

@@ -1,0 +1,92 @@
+"""JSON values: the check that a payload, input or output can be stored, and its canonical text.
+
+Rule: payloads are plain JSON. dict (str keys), list, tuple (stored as a list), str, int, float
+(finite), bool and None are accepted; anything else, including ``datetime``, ``set``, ``bytes``,
+``Decimal`` and ``UUID``, is refused with the path to the offending value. Convert such values
+yourself (``dt.isoformat()``, ``str(uuid)``) so the handler reads back exactly what you stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
+from runledger.core.errors import PayloadNotSerializable, describe
+
+JsonValue: TypeAlias = (
+    dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
+)
+
+# Deep payloads are refused rather than overflowing the stack (Postgres also caps jsonb depth).
+MAX_DEPTH = 500
+
+
+def check_json(value: Any, *, step_key: str | None = None, root: str = "$") -> None:
+    """Raise ``PayloadNotSerializable`` naming the first value that is not plain JSON.
+
+    Runs in time linear in the size of the value; does not copy it.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, root, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise PayloadNotSerializable(
+                path=path, type_name=describe(item), reason="nested too deeply",
+                step_key=step_key,
+            )
+        if item is None or isinstance(item, str | bool | int):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise PayloadNotSerializable(
+                    path=path, type_name="float",
+                    reason=f"{item!r} has no JSON form", step_key=step_key,
+                )
+            continue
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise PayloadNotSerializable(
+                        path=f"{path}[{key!r}]", type_name=describe(key),
+                        reason=f"object keys must be str, not {describe(key)}",
+                        step_key=step_key,
+                    )
+                stack.append((child, f"{path}.{key}" if key.isidentifier()
+                              else f"{path}[{json.dumps(key)}]", depth + 1))
+            continue
+        if isinstance(item, list | tuple):
+            for index, child in enumerate(item):
+                stack.append((child, f"{path}[{index}]", depth + 1))
+            continue
+        raise PayloadNotSerializable(
+            path=path, type_name=describe(item),
+            reason=f"{describe(item)} is not a JSON type" + _hint(item),
+            step_key=step_key,
+        )
+
+
+def _hint(item: Any) -> str:
+    import datetime
+    import uuid
+
+    if isinstance(item, datetime.date | datetime.time):
+        return "; store value.isoformat() instead"
+    if isinstance(item, uuid.UUID):
+        return "; store str(value) instead"
+    if isinstance(item, set | frozenset):
+        return "; store sorted(value) instead"
+    if isinstance(item, bytes | bytearray):
+        return "; store base64 text instead"
+    return ""
+
+
+def dumps(value: Any) -> str:
+    """The canonical JSON text of a checked value: sorted keys, no spaces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def freeze_mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A shallow copy of a mapping, or an empty dict for None."""
+    return dict(value) if value is not None else {}
