@@ -98,7 +98,8 @@ class Job:
     Attributes:
         job_type: the handler name a registry maps to a function; non-blank.
         payload: plain JSON (see ``runledger.core.payload``); None stores ``{}``.
-        queue: the queue workers subscribe to.
+        queue: the queue workers subscribe to; None takes the handler's queue when enqueue
+            is given a registry, else ``"default"``.
         priority: -100..100, higher runs first among due jobs; default 0.
         run_at: a timezone-aware time before which the job does not start.
         delay: seconds (or a timedelta) from the enqueue transaction's clock; not with run_at.
@@ -110,7 +111,7 @@ class Job:
 
     job_type: str
     payload: JsonValue = None
-    queue: str = attrs.field(default=DEFAULT_QUEUE, kw_only=True)
+    queue: str | None = attrs.field(default=None, kw_only=True)
     priority: int = attrs.field(default=DEFAULT_PRIORITY, kw_only=True)
     run_at: datetime.datetime | None = attrs.field(default=None, kw_only=True)
     delay: datetime.timedelta | float | None = attrs.field(default=None, kw_only=True)
@@ -121,7 +122,8 @@ class Job:
     def __attrs_post_init__(self) -> None:
         check_job_type(self.job_type)
         check_json(self.payload)
-        check_queue(self.queue)
+        if self.queue is not None:
+            check_queue(self.queue)
         check_priority(self.priority)
         if self.run_at is not None:
             if not isinstance(self.run_at, datetime.datetime):

@@ -1,0 +1,73 @@
+"""Using a caller's connection: refuse unusable ones, open a transaction only on autocommit.
+
+Functions that take the caller's connection never commit, roll back or close it. Inside an
+open transaction their writes join it; on an autocommit connection they run in a short
+transaction of their own; on an idle connection that is not in autocommit mode they start the
+transaction the way any statement would, and the caller's commit carries them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg import pq
+
+from runledger.errors import ConnectionNotUsable, DatabaseError, TransactionAborted
+
+Conn: TypeAlias = psycopg.Connection[Any]
+
+
+def check_usable(conn: Conn) -> None:
+    """Raise ``ConnectionNotUsable`` or ``TransactionAborted`` if ``conn`` cannot run a query."""
+    if not isinstance(conn, psycopg.Connection):
+        raise ConnectionNotUsable(
+            reason=f"expected a psycopg 3 Connection, got {type(conn).__qualname__}"
+        )
+    if conn.closed:
+        raise ConnectionNotUsable(reason="it is closed")
+    status = conn.info.transaction_status
+    if status == pq.TransactionStatus.INERROR:
+        raise TransactionAborted()
+    if status == pq.TransactionStatus.UNKNOWN:
+        raise ConnectionNotUsable(reason="its state is unknown (the server connection broke)")
+    if status == pq.TransactionStatus.ACTIVE:
+        raise ConnectionNotUsable(reason="another query is running on it")
+
+
+@contextlib.contextmanager
+def writing(conn: Conn) -> Iterator[Conn]:
+    """Run a block of writes on the caller's connection (see the module docstring).
+
+    Raises ``ConnectionNotUsable``/``TransactionAborted`` before writing anything, and wraps
+    psycopg errors from the block in ``DatabaseError``.
+    """
+    check_usable(conn)
+    try:
+        if conn.autocommit:
+            with conn.transaction():
+                yield conn
+        else:
+            yield conn
+    except psycopg.OperationalError as err:
+        if conn.closed or conn.broken:
+            raise ConnectionNotUsable(reason=f"the server connection broke: {err}") from err
+        raise DatabaseError(str(err)) from err
+    except psycopg.Error as err:
+        raise DatabaseError(str(err)) from err
+
+
+@contextlib.contextmanager
+def reading(conn: Conn) -> Iterator[Conn]:
+    """Run reads on the caller's connection, wrapping psycopg errors as ``writing`` does."""
+    check_usable(conn)
+    try:
+        yield conn
+    except psycopg.OperationalError as err:
+        if conn.closed or conn.broken:
+            raise ConnectionNotUsable(reason=f"the server connection broke: {err}") from err
+        raise DatabaseError(str(err)) from err
+    except psycopg.Error as err:
+        raise DatabaseError(str(err)) from err

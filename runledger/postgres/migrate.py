@@ -1,0 +1,143 @@
+"""Schema migrations: numbered SQL files applied once each, in order, under an advisory lock.
+
+The files live in ``sql/`` at the top of the source tree and ship in the wheel as
+``runledger/sql``. Each file is applied in its own transaction, which first takes
+``pg_advisory_xact_lock`` so that concurrent migrators apply it exactly once, and records its
+version and checksum in ``runledger.schema_migrations``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import re
+from pathlib import Path
+
+import attrs
+import psycopg
+
+from runledger.errors import MigrationError, SchemaNotMigrated
+
+# An arbitrary constant shared by every runledger migrator (b"runledgr" as a big-endian int).
+MIGRATION_LOCK_KEY = 0x72756E6C65646772 - 2**63
+
+_FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+BOOTSTRAP = """
+create schema if not exists runledger;
+create table if not exists runledger.schema_migrations (
+    version    integer primary key,
+    name       text not null,
+    checksum   text not null,
+    applied_at timestamptz not null default now()
+)
+"""
+LOCK = "select pg_advisory_xact_lock(%(key)s)"
+APPLIED = "select version, name, checksum from runledger.schema_migrations order by version"
+RECORD = """
+insert into runledger.schema_migrations (version, name, checksum)
+values (%(version)s, %(name)s, %(checksum)s)
+"""
+HAS_TABLE = "select to_regclass('runledger.schema_migrations') is not null"
+CURRENT_VERSION = "select max(version) from runledger.schema_migrations"
+
+
+@attrs.frozen(kw_only=True)
+class Migration:
+    """One migration file."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the file's text."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def _sql_dir() -> Path:
+    shipped = importlib.resources.files("runledger") / "sql"
+    if shipped.is_dir():
+        return Path(str(shipped))
+    # A source checkout (editable install): the files sit beside the package.
+    return Path(__file__).resolve().parents[2] / "sql"
+
+
+def migrations() -> tuple[Migration, ...]:
+    """The migrations this version of runledger ships, in order."""
+    found = []
+    for path in sorted(_sql_dir().iterdir()):
+        match = _FILE_NAME.match(path.name)
+        if match:
+            found.append(
+                Migration(version=int(match[1]), name=path.name, sql=path.read_text("utf-8"))
+            )
+    return tuple(found)
+
+
+def latest_version() -> int:
+    """The version the newest shipped migration brings the schema to."""
+    return migrations()[-1].version
+
+
+def migrate(conn: psycopg.Connection[object]) -> list[int]:
+    """Bring the ``runledger`` schema up to date; return the versions applied now.
+
+    Idempotent and safe to run from several processes at once. Each migration runs in its own
+    transaction (a savepoint if ``conn`` is already inside one, which the caller then commits).
+    Blocks while another process holds the migration lock.
+
+    Raises:
+        MigrationError: a migration failed (its transaction is rolled back), or an applied
+            migration's checksum differs from the shipped file.
+    """
+    applied_now: list[int] = []
+    for migration in migrations():
+        with conn.transaction():
+            conn.execute(LOCK, {"key": MIGRATION_LOCK_KEY})
+            conn.execute(BOOTSTRAP)
+            applied = {row[0]: row[2] for row in conn.execute(APPLIED).fetchall()}
+            if migration.version in applied:
+                if applied[migration.version] != migration.checksum:
+                    raise MigrationError(
+                        version=migration.version,
+                        name=migration.name,
+                        reason="the applied migration differs from the shipped file "
+                        "(edited after it was applied?)",
+                    )
+                continue
+            try:
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+            except psycopg.Error as err:
+                raise MigrationError(
+                    version=migration.version, name=migration.name, reason=str(err)
+                ) from err
+            conn.execute(
+                RECORD,
+                {
+                    "version": migration.version,
+                    "name": migration.name,
+                    "checksum": migration.checksum,
+                },
+            )
+            applied_now.append(migration.version)
+    return applied_now
+
+
+def schema_version(conn: psycopg.Connection[object]) -> int | None:
+    """The newest applied migration, or None when the schema is not installed."""
+    exists = conn.execute(HAS_TABLE).fetchone()
+    if not exists or not exists[0]:  # type: ignore[index]
+        return None
+    row = conn.execute(CURRENT_VERSION).fetchone()
+    return None if row is None else row[0]  # type: ignore[index,no-any-return]
+
+
+def check_schema(conn: psycopg.Connection[object]) -> None:
+    """Raise ``SchemaNotMigrated`` unless the schema is at the shipped version."""
+    found = schema_version(conn)
+    expected = latest_version()
+    if found is None or found < expected:
+        raise SchemaNotMigrated(found=found, expected=expected)
