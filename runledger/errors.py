@@ -50,6 +50,7 @@ __all__ = [
     "CycleDetected",
     "DatabaseError",
     "DuplicateDependency",
+    "DuplicateHandler",
     "DuplicateStepKey",
     "EmptyWorkflow",
     "ExternalStepWithJobSettings",
@@ -188,3 +189,11 @@ class WorkflowRunNotFound(RunledgerError, LookupError):
     def __init__(self, *, run_id: uuid.UUID) -> None:
         self.run_id = run_id
         super().__init__(f"no workflow run {run_id}")
+
+
+class DuplicateHandler(RunledgerError, ValueError):
+    """A job type was registered twice in one registry."""
+
+    def __init__(self, *, job_type: str) -> None:
+        self.job_type = job_type
+        super().__init__(f"job type {job_type!r} already has a handler in this registry")

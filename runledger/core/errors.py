@@ -125,9 +125,7 @@ class BlankIdempotencyKey(JobOptionError, WorkflowBuildError):
 
     def __init__(self, *, step_key: str | None = None) -> None:
         self.step_key = step_key
-        super().__init__(
-            "idempotency key must be a non-blank string, or None for no idempotency"
-        )
+        super().__init__("idempotency key must be a non-blank string, or None for no idempotency")
 
 
 # --- plain job options ------------------------------------------------------------------------
@@ -263,9 +261,7 @@ class DuplicateDependency(WorkflowBuildError):
         self.workflow_name = workflow_name
         self.step_key = step_key
         self.prerequisite = prerequisite
-        super().__init__(
-            f"step {step_key!r} lists prerequisite {prerequisite!r} more than once"
-        )
+        super().__init__(f"step {step_key!r} lists prerequisite {prerequisite!r} more than once")
 
 
 class CycleDetected(WorkflowBuildError):

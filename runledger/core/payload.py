@@ -15,9 +15,7 @@ from typing import Any, TypeAlias
 
 from runledger.core.errors import PayloadNotSerializable, describe
 
-JsonValue: TypeAlias = (
-    dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
-)
+JsonValue: TypeAlias = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
 
 # Deep payloads are refused rather than overflowing the stack (Postgres also caps jsonb depth).
 MAX_DEPTH = 500
@@ -33,7 +31,9 @@ def check_json(value: Any, *, step_key: str | None = None, root: str = "$") -> N
         item, path, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise PayloadNotSerializable(
-                path=path, type_name=describe(item), reason="nested too deeply",
+                path=path,
+                type_name=describe(item),
+                reason="nested too deeply",
                 step_key=step_key,
             )
         if item is None or isinstance(item, str | bool | int):
@@ -41,27 +41,36 @@ def check_json(value: Any, *, step_key: str | None = None, root: str = "$") -> N
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise PayloadNotSerializable(
-                    path=path, type_name="float",
-                    reason=f"{item!r} has no JSON form", step_key=step_key,
+                    path=path,
+                    type_name="float",
+                    reason=f"{item!r} has no JSON form",
+                    step_key=step_key,
                 )
             continue
         if isinstance(item, dict):
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise PayloadNotSerializable(
-                        path=f"{path}[{key!r}]", type_name=describe(key),
+                        path=f"{path}[{key!r}]",
+                        type_name=describe(key),
                         reason=f"object keys must be str, not {describe(key)}",
                         step_key=step_key,
                     )
-                stack.append((child, f"{path}.{key}" if key.isidentifier()
-                              else f"{path}[{json.dumps(key)}]", depth + 1))
+                stack.append(
+                    (
+                        child,
+                        f"{path}.{key}" if key.isidentifier() else f"{path}[{json.dumps(key)}]",
+                        depth + 1,
+                    )
+                )
             continue
         if isinstance(item, list | tuple):
             for index, child in enumerate(item):
                 stack.append((child, f"{path}[{index}]", depth + 1))
             continue
         raise PayloadNotSerializable(
-            path=path, type_name=describe(item),
+            path=path,
+            type_name=describe(item),
             reason=f"{describe(item)} is not a JSON type" + _hint(item),
             step_key=step_key,
         )

@@ -241,7 +241,7 @@ def _find_cycle(steps: tuple[StepSpec, ...], ordered: tuple[str, ...]) -> tuple[
         position[key] = len(walk)
         walk.append(key)
         key = next(p for p in by_key[key].prerequisites if p not in done)
-    cycle = walk[position[key]:]
+    cycle = walk[position[key] :]
     cycle.reverse()  # now each key depends on the one before it
     first = min(range(len(cycle)), key=lambda i: list(by_key).index(cycle[i]))
     return tuple(cycle[first:] + cycle[:first])

@@ -294,8 +294,7 @@ def _insert_jobs(conn: Conn, resolved: list[_Resolved]) -> list[uuid.UUID]:
                 "delays": [r.job.delay_seconds for r in batch],
                 "keys": [r.job.idempotency_key for r in batch],
                 "fingerprints": [
-                    r.fingerprint() if r.job.idempotency_key is not None else None
-                    for r in batch
+                    r.fingerprint() if r.job.idempotency_key is not None else None for r in batch
                 ],
             },
         ).fetchone()

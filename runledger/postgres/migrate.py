@@ -12,6 +12,7 @@ import hashlib
 import importlib.resources
 import re
 from pathlib import Path
+from typing import Any
 
 import attrs
 import psycopg
@@ -81,7 +82,7 @@ def latest_version() -> int:
     return migrations()[-1].version
 
 
-def migrate(conn: psycopg.Connection[object]) -> list[int]:
+def migrate(conn: psycopg.Connection[Any]) -> list[int]:
     """Bring the ``runledger`` schema up to date; return the versions applied now.
 
     Idempotent and safe to run from several processes at once. Each migration runs in its own
@@ -126,16 +127,16 @@ def migrate(conn: psycopg.Connection[object]) -> list[int]:
     return applied_now
 
 
-def schema_version(conn: psycopg.Connection[object]) -> int | None:
+def schema_version(conn: psycopg.Connection[Any]) -> int | None:
     """The newest applied migration, or None when the schema is not installed."""
     exists = conn.execute(HAS_TABLE).fetchone()
-    if not exists or not exists[0]:  # type: ignore[index]
+    if not exists or not exists[0]:
         return None
     row = conn.execute(CURRENT_VERSION).fetchone()
-    return None if row is None else row[0]  # type: ignore[index,no-any-return]
+    return None if row is None else row[0]
 
 
-def check_schema(conn: psycopg.Connection[object]) -> None:
+def check_schema(conn: psycopg.Connection[Any]) -> None:
     """Raise ``SchemaNotMigrated`` unless the schema is at the shipped version."""
     found = schema_version(conn)
     expected = latest_version()
