@@ -80,7 +80,10 @@ def _delay_seconds(delay: object) -> float:
     if isinstance(delay, datetime.timedelta):
         seconds = delay.total_seconds()
     elif isinstance(delay, int | float) and not isinstance(delay, bool):
-        seconds = float(delay)
+        try:
+            seconds = float(delay)
+        except OverflowError:
+            raise InvalidDelay(delay=delay) from None
     else:
         raise InvalidDelay(delay=delay)
     if not seconds >= 0 or seconds == float("inf"):  # also refuses NaN

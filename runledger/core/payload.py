@@ -48,7 +48,8 @@ def check_json(value: Any, *, step_key: str | None = None, root: str = "$") -> N
                 )
             continue
         if isinstance(item, dict):
-            for key, child in item.items():
+            # Pushed in reverse so the first offending value in document order is reported.
+            for key, child in reversed(item.items()):
                 if not isinstance(key, str):
                     raise PayloadNotSerializable(
                         path=f"{path}[{key!r}]",
@@ -65,7 +66,7 @@ def check_json(value: Any, *, step_key: str | None = None, root: str = "$") -> N
                 )
             continue
         if isinstance(item, list | tuple):
-            for index, child in enumerate(item):
+            for index, child in reversed(list(enumerate(item))):
                 stack.append((child, f"{path}[{index}]", depth + 1))
             continue
         raise PayloadNotSerializable(

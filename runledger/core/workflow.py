@@ -42,7 +42,7 @@ class Dependency:
     """An edge: the step waits for ``prerequisite``, released as ``mode`` says."""
 
     prerequisite: str
-    mode: ReleaseMode = ReleaseMode.ON_SUCCESS
+    mode: ReleaseMode = attrs.field(default=ReleaseMode.ON_SUCCESS, converter=ReleaseMode)
 
 
 @attrs.frozen(kw_only=True)
@@ -53,7 +53,7 @@ class StepSpec:
     """
 
     key: str
-    kind: StepKind = StepKind.JOB
+    kind: StepKind = attrs.field(default=StepKind.JOB, converter=StepKind)
     job_type: str | None = None
     payload: JsonValue = None
     queue: str | None = None
@@ -277,6 +277,10 @@ def _keys(keys: str | Iterable[str]) -> tuple[str, ...]:
     return (keys,) if isinstance(keys, str) else tuple(keys)
 
 
+def _flatten(groups: tuple[str | Iterable[str], ...]) -> list[str]:
+    return [key for group in groups for key in _keys(group)]
+
+
 class WorkflowBuilder:
     """Fluent construction of a ``Workflow``; ``build()`` validates.
 
@@ -363,17 +367,20 @@ class WorkflowBuilder:
         self._current("external").kind = StepKind.EXTERNAL
         return self
 
-    def after(self, *keys: str) -> Self:
-        """The current step runs once all of ``keys`` have succeeded."""
+    def after(self, *keys: str | Iterable[str]) -> Self:
+        """The current step runs once all of ``keys`` have succeeded.
+
+        Takes keys as arguments or as iterables: ``after("a", "b")`` or ``after(["a", "b"])``.
+        """
         draft = self._current("after")
-        draft.dependencies.extend(Dependency(prerequisite=k) for k in keys)
+        draft.dependencies.extend(Dependency(prerequisite=k) for k in _flatten(keys))
         return self
 
-    def after_terminal(self, *keys: str) -> Self:
+    def after_terminal(self, *keys: str | Iterable[str]) -> Self:
         """The current step runs once all of ``keys`` have finished, whatever the outcome."""
         draft = self._current("after_terminal")
         draft.dependencies.extend(
-            Dependency(prerequisite=k, mode=ReleaseMode.ON_TERMINAL) for k in keys
+            Dependency(prerequisite=k, mode=ReleaseMode.ON_TERMINAL) for k in _flatten(keys)
         )
         return self
 
