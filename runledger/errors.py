@@ -37,6 +37,7 @@ from runledger.core.errors import (
     ValidationError,
     WorkflowBuildError,
 )
+from runledger.core.retry import InvalidRetryPolicy
 
 __all__ = [
     "BlankIdempotencyKey",
@@ -53,25 +54,34 @@ __all__ = [
     "DuplicateHandler",
     "DuplicateStepKey",
     "EmptyWorkflow",
+    "ExternalStepConflict",
     "ExternalStepWithJobSettings",
     "IdempotencyConflict",
+    "InvalidCron",
     "InvalidDelay",
     "InvalidMaxAttempts",
+    "InvalidRetryPolicy",
     "InvalidTimeout",
     "JobNotFound",
+    "JobNotRequeueable",
     "JobOptionError",
     "MigrationError",
     "MissingJobType",
     "NaiveRunAt",
+    "NotAnExternalStep",
     "PayloadNotSerializable",
     "PriorityOutOfRange",
     "RunledgerError",
+    "ScheduleNotFound",
     "SchemaNotMigrated",
     "SelfDependency",
+    "StepNotFound",
+    "StepNotWaiting",
     "TransactionAborted",
     "UnknownDependency",
     "UnknownJobType",
     "UnknownResultStep",
+    "UnknownTimezone",
     "ValidationError",
     "WorkflowBuildError",
     "WorkflowRunNotFound",
@@ -197,3 +207,106 @@ class DuplicateHandler(RunledgerError, ValueError):
     def __init__(self, *, job_type: str) -> None:
         self.job_type = job_type
         super().__init__(f"job type {job_type!r} already has a handler in this registry")
+
+
+class StepNotFound(RunledgerError, LookupError):
+    """The workflow run has no step with this key (or there is no such run)."""
+
+    def __init__(self, *, run_id: uuid.UUID, step_key: str) -> None:
+        self.run_id = run_id
+        self.step_key = step_key
+        super().__init__(f"workflow run {run_id} has no step {step_key!r}")
+
+
+class NotAnExternalStep(RunledgerError, ValueError):
+    """Only external steps take ``complete_external_step``/``fail_external_step``."""
+
+    def __init__(self, *, run_id: uuid.UUID, step_key: str, kind: str) -> None:
+        self.run_id = run_id
+        self.step_key = step_key
+        self.kind = kind
+        super().__init__(
+            f"step {step_key!r} of run {run_id} is a {kind} step; only external steps "
+            "are completed from outside"
+        )
+
+
+class StepNotWaiting(RunledgerError):
+    """The external step is not waiting for a signal (yet, or any more).
+
+    Attributes:
+        status: the step's current status (``blocked`` until its prerequisites finish,
+            ``cancelled`` when the run was cancelled or a prerequisite failed).
+    """
+
+    def __init__(self, *, run_id: uuid.UUID, step_key: str, status: str) -> None:
+        self.run_id = run_id
+        self.step_key = step_key
+        self.status = status
+        super().__init__(
+            f"external step {step_key!r} of run {run_id} is {status}, not waiting; "
+            "it can only be completed while waiting"
+        )
+
+
+class ExternalStepConflict(RunledgerError):
+    """The external step was already completed differently.
+
+    Repeating the same completion is a no-op; this is raised for a different output, or for
+    completing a step that failed (or failing one that succeeded).
+
+    Attributes:
+        status: the step's status (``succeeded`` or ``failed``).
+        existing_output: the output it succeeded with, if it did.
+    """
+
+    def __init__(
+        self, *, run_id: uuid.UUID, step_key: str, status: str, existing_output: object
+    ) -> None:
+        self.run_id = run_id
+        self.step_key = step_key
+        self.status = status
+        self.existing_output = existing_output
+        super().__init__(
+            f"external step {step_key!r} of run {run_id} already {status} with a different "
+            "result; the first completion stands"
+        )
+
+
+class JobNotRequeueable(RunledgerError):
+    """``requeue`` takes failed or cancelled jobs that are not workflow steps."""
+
+    def __init__(self, *, job_id: uuid.UUID, status: str, reason: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.reason = reason
+        super().__init__(f"job {job_id} cannot be requeued: {reason}")
+
+
+class InvalidCron(RunledgerError, ValueError):
+    """A schedule's cron expression does not parse."""
+
+    def __init__(self, *, name: str, cron: str, reason: str) -> None:
+        self.name = name
+        self.cron = cron
+        super().__init__(f"schedule {name!r}: invalid cron expression {cron!r}: {reason}")
+
+
+class UnknownTimezone(RunledgerError, ValueError):
+    """A schedule names a timezone the zoneinfo database does not know."""
+
+    def __init__(self, *, name: str, timezone: str) -> None:
+        self.name = name
+        self.timezone = timezone
+        super().__init__(
+            f"schedule {name!r}: unknown timezone {timezone!r}; use an IANA name "
+            "such as 'UTC' or 'Europe/Paris'"
+        )
+
+
+class ScheduleNotFound(RunledgerError, LookupError):
+    """No schedule has this name."""
+
+    def __init__(self, *, name: str) -> None:
+        self.name = name
+        super().__init__(f"no schedule named {name!r}")

@@ -71,3 +71,20 @@ def reading(conn: Conn) -> Iterator[Conn]:
         raise DatabaseError(str(err)) from err
     except psycopg.Error as err:
         raise DatabaseError(str(err)) from err
+
+
+@contextlib.contextmanager
+def savepoint(conn: Conn, name: str) -> Iterator[None]:
+    """A savepoint, so a failure inside leaves the caller's transaction usable.
+
+    Written as SQL rather than ``conn.transaction()``, which would commit an idle
+    non-autocommit connection's implicit transaction at its end. ``name`` is a constant.
+    """
+    conn.execute(f"savepoint {name}")
+    try:
+        yield
+    except BaseException:
+        if not conn.closed and not conn.broken:
+            conn.execute(f"rollback to savepoint {name}")
+        raise
+    conn.execute(f"release savepoint {name}")

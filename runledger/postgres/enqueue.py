@@ -9,8 +9,7 @@ statements over arrays, so ``enqueue_many`` of 10,000 jobs is one round trip per
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -21,7 +20,7 @@ from runledger.core.payload import JsonValue, dumps
 from runledger.core.status import StepKind, StepStatus
 from runledger.core.workflow import Workflow
 from runledger.errors import IdempotencyConflict, UnknownJobType
-from runledger.postgres.connection import Conn, writing
+from runledger.postgres.connection import Conn, savepoint, writing
 from runledger.postgres.ids import new_id
 
 NOTIFY_CHANNEL = "runledger_jobs"
@@ -185,22 +184,6 @@ def _resolve(job: Job, registry: HandlerCatalog | None) -> _Resolved:
     )
 
 
-@contextmanager
-def _savepoint(conn: Conn, name: str) -> Iterator[None]:
-    """A savepoint, so a failure inside leaves the caller's transaction usable.
-
-    Written as SQL rather than ``conn.transaction()``, which would commit an idle
-    non-autocommit connection's implicit transaction at its end.
-    """
-    conn.execute(f"savepoint {name}")
-    try:
-        yield
-    except BaseException:
-        conn.execute(f"rollback to savepoint {name}")
-        raise
-    conn.execute(f"release savepoint {name}")
-
-
 def enqueue(
     conn: Conn,
     job_type: str,
@@ -271,7 +254,7 @@ def _enqueue_jobs(
     keyed = any(r.job.idempotency_key is not None for r in resolved)
     with writing(conn):
         if keyed and len(resolved) > 1:
-            with _savepoint(conn, "runledger_enqueue"):
+            with savepoint(conn, "runledger_enqueue"):
                 return _insert_jobs(conn, resolved)
         return _insert_jobs(conn, resolved)
 
@@ -375,7 +358,7 @@ def enqueue_workflow(
         found = defaults.get(key)
         return given or (found and getattr(found, field)) or None
 
-    with writing(conn), _savepoint(conn, "runledger_enqueue_workflow"):
+    with writing(conn), savepoint(conn, "runledger_enqueue_workflow"):
         row = conn.execute(
             INSERT_RUN,
             {

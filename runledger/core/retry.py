@@ -1,0 +1,104 @@
+"""Retry decisions: the backoff policy and the exceptions a handler raises to steer retries."""
+
+from __future__ import annotations
+
+import datetime
+
+import attrs
+
+from runledger.core.errors import ValidationError
+
+
+class InvalidRetryPolicy(ValidationError):
+    """A ``RetryPolicy`` field is out of range."""
+
+    def __init__(self, *, field: str, value: object, rule: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"RetryPolicy.{field} must be {rule}, got {value!r}")
+
+
+def _check(field: str, value: float, *, low: float, high: float | None = None) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= low:
+        raise InvalidRetryPolicy(field=field, value=value, rule=f">= {low}")
+    if high is not None and value > high:
+        raise InvalidRetryPolicy(field=field, value=value, rule=f"<= {high}")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits ``base * factor**(n-1)`` seconds,
+    capped at ``cap``, then spread by ``±jitter`` of itself.
+
+    Attributes:
+        base: the wait after the first failed attempt, in seconds.
+        factor: growth per attempt (1 gives a constant wait).
+        cap: the longest wait, in seconds.
+        jitter: the fraction (0..1) by which a wait is randomly lengthened or shortened, so
+            jobs failing together do not retry together.
+    """
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 3600.0
+    jitter: float = 0.2
+
+    def __attrs_post_init__(self) -> None:
+        _check("base", self.base, low=0)
+        _check("factor", self.factor, low=1)
+        _check("cap", self.cap, low=0)
+        _check("jitter", self.jitter, low=0, high=1)
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+        ``rand`` is a uniform random number in [0, 1): passed in so the core stays pure.
+        """
+        exponent = max(attempt - 1, 0)
+        try:
+            raw = min(self.cap, self.base * self.factor**exponent)
+        except OverflowError:
+            raw = self.cap
+        spread = 1 - self.jitter + 2 * self.jitter * rand
+        return max(0.0, min(self.cap, raw * spread))
+
+
+DEFAULT_RETRY_POLICY = RetryPolicy()
+
+
+class Retry(Exception):
+    """Raise from a handler to retry the job no sooner than ``after``.
+
+    ``after`` is a number of seconds, a ``timedelta`` or an aware ``datetime``; it is a lower
+    bound, combined with the retry policy's delay (the later of the two wins). The attempt
+    still counts against ``max_attempts``; when none are left the job fails.
+    """
+
+    def __init__(
+        self,
+        after: float | datetime.timedelta | datetime.datetime | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.after = after
+        self.reason = reason
+        super().__init__(reason or f"retry requested (after={after!r})")
+
+    def lower_bound_seconds(self) -> float:
+        """``after`` as seconds from now when it is a duration, else 0."""
+        if isinstance(self.after, datetime.timedelta):
+            return max(self.after.total_seconds(), 0.0)
+        if isinstance(self.after, int | float) and not isinstance(self.after, bool):
+            return max(float(self.after), 0.0)
+        return 0.0
+
+    def not_before(self) -> datetime.datetime | None:
+        """``after`` when it is a datetime, else None."""
+        return self.after if isinstance(self.after, datetime.datetime) else None
+
+
+class Fail(Exception):
+    """Raise from a handler to fail the job now, without further attempts."""
+
+    def __init__(self, reason: str = "failed by the handler") -> None:
+        self.reason = reason
+        super().__init__(reason)

@@ -1,0 +1,434 @@
+"""Attempts: claim, lease renewal, finishing, release at shutdown and reaping expired leases.
+
+Every write about an attempt after its claim is a compare-and-set on (job id, lease token,
+status running); a write that matches nothing means the lease was lost (reaped, cancelled)
+and is dropped by the caller, never retried. Job rows are always locked in id order, first
+(see the lock order in ``runledger.postgres.workflow``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from runledger.core.payload import JsonValue, dumps
+from runledger.core.status import AttemptOutcome, JobStatus, RetryReason, StepStatus
+from runledger.postgres.connection import Conn
+from runledger.postgres.workflow import Advance, StepOutcome, advance
+
+DEFAULT_MAX_ATTEMPTS = 5
+"""Attempts a job gets when neither the job nor its handler says."""
+
+# Claims up to %(limit)s due jobs of the given queues and types: highest priority first, then
+# oldest run_at, then id. SKIP LOCKED: a claim never waits for a job row. The step rows of
+# claimed workflow jobs are marked running in the same statement.
+CLAIM_JOBS = """
+with candidates as (
+    select id
+    from runledger.jobs
+    where status = 'queued'
+      and queue = any(%(queues)s::text[])
+      and job_type = any(%(job_types)s::text[])
+      and run_at <= now()
+    order by priority desc, run_at, id
+    limit %(limit)s
+    for update skip locked
+),
+claimed as (
+    update runledger.jobs as j
+    set status = 'running',
+        attempt = j.attempt + 1,
+        max_attempts = coalesce(
+            j.max_attempts,
+            (%(defaults)s::jsonb -> j.job_type ->> 'max_attempts')::integer,
+            %(default_max_attempts)s),
+        timeout_seconds = coalesce(
+            j.timeout_seconds, (%(defaults)s::jsonb -> j.job_type ->> 'timeout_seconds')::integer),
+        lease_token = gen_random_uuid(),
+        lease_owner = %(worker)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = now(),
+        updated_at = now()
+    from candidates as c
+    where j.id = c.id
+    returning j.id, j.job_type, j.queue, j.payload, j.priority, j.attempt, j.max_attempts,
+              j.timeout_seconds, j.lease_token, j.workflow_run_id, j.step_id, j.step_key,
+              j.started_at
+),
+attempts as (
+    insert into runledger.job_attempts (job_id, attempt, worker, lease_token, started_at)
+    select id, attempt, %(worker)s, lease_token, started_at from claimed
+),
+steps as (
+    update runledger.workflow_step_runs as s
+    set status = 'running', updated_at = now()
+    from claimed as c
+    where s.id = c.step_id and s.status = 'queued'
+),
+events as (
+    insert into runledger.events (kind, job_id, workflow_run_id, step_key, attempt, data)
+    select 'job.started', id, workflow_run_id, step_key, attempt,
+           jsonb_build_object('worker', %(worker)s::text)
+    from claimed
+)
+select c.id, c.job_type, c.queue, c.payload, c.priority, c.attempt, c.max_attempts,
+       c.timeout_seconds, c.lease_token, c.workflow_run_id, c.step_id, c.step_key, c.started_at,
+       r.input as workflow_input
+from claimed as c
+left join runledger.workflow_runs as r on r.id = c.workflow_run_id
+order by c.priority desc, c.id
+"""
+
+UPSTREAM_OUTPUTS = """
+select d.step_id, d.prerequisite_key, p.output
+from runledger.workflow_step_deps as d
+join runledger.workflow_step_runs as p on p.id = d.prerequisite_id
+where d.step_id = any(%(step_ids)s)
+"""
+
+RENEW_LEASES = """
+with locked as (
+    select j.id
+    from runledger.jobs as j
+    join unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) as u(id, token)
+        on j.id = u.id and j.lease_token = u.token
+    where j.status = 'running'
+    order by j.id
+    for update of j
+)
+update runledger.jobs as j
+set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+from locked as l
+where j.id = l.id
+returning j.id
+"""
+
+FINISH_ATTEMPTS = """
+with input as (
+    select *
+    from unnest(
+        %(ids)s::uuid[], %(tokens)s::uuid[], %(statuses)s::text[], %(outcomes)s::text[],
+        %(outputs)s::jsonb[], %(error_types)s::text[], %(error_messages)s::text[],
+        %(tracebacks)s::text[], %(delays)s::float8[], %(not_befores)s::timestamptz[],
+        %(reasons)s::text[]
+    ) as u(id, token, status, outcome, output, error_type, error_message, traceback, delay,
+           not_before, reason)
+),
+locked as (
+    select j.id
+    from runledger.jobs as j
+    join input as u on u.id = j.id and j.lease_token = u.token
+    where j.status = 'running'
+    order by j.id
+    for update of j
+),
+done as (
+    update runledger.jobs as j
+    set status = u.status,
+        output = case when u.status = 'succeeded' then u.output else j.output end,
+        last_error = case when u.error_type is null then j.last_error
+                          else u.error_type || ': ' || coalesce(u.error_message, '') end,
+        run_at = case when u.status = 'queued'
+                      then greatest(now() + make_interval(secs => coalesce(u.delay, 0)),
+                                    coalesce(u.not_before, now()))
+                      else j.run_at end,
+        attempt = case when u.outcome = 'released' then j.attempt - 1 else j.attempt end,
+        lease_token = null,
+        lease_owner = null,
+        lease_expires_at = null,
+        finished_at = case when u.status in ('succeeded', 'failed') then now() end,
+        updated_at = now()
+    from input as u, locked as l
+    where j.id = u.id and l.id = j.id
+    returning j.id, j.status, j.run_at, j.attempt, j.workflow_run_id, j.step_id, j.step_key,
+              j.job_type, j.queue, u.token
+),
+attempts as (
+    update runledger.job_attempts as a
+    set finished_at = now(),
+        outcome = u.outcome,
+        error_type = u.error_type,
+        error_message = u.error_message,
+        error_traceback = u.traceback,
+        retry_at = case when d.status = 'queued' and u.outcome <> 'released'
+                        then d.run_at end,
+        retry_reason = case when d.status = 'queued' and u.outcome <> 'released'
+                            then coalesce(u.reason, 'policy') end
+    from done as d
+    join input as u on u.id = d.id
+    where a.lease_token = d.token
+),
+events as (
+    insert into runledger.events (kind, job_id, workflow_run_id, step_key, attempt, data)
+    select case when u.outcome = 'released' then 'job.released'
+                when d.status = 'succeeded' then 'job.succeeded'
+                when d.status = 'queued' then 'job.retrying'
+                else 'job.failed' end,
+           d.id, d.workflow_run_id, d.step_key, d.attempt,
+           case when d.status = 'succeeded' then '{}'::jsonb
+                else jsonb_strip_nulls(jsonb_build_object(
+                    'outcome', u.outcome, 'error_type', u.error_type,
+                    'error', u.error_message,
+                    'retry_at', case when d.status = 'queued' then d.run_at end,
+                    'retry_reason', case when d.status = 'queued' then u.reason end)) end
+    from done as d
+    join input as u on u.id = d.id
+),
+steps as (
+    update runledger.workflow_step_runs as s
+    set status = 'queued', updated_at = now()
+    from done as d
+    where s.id = d.step_id and d.status = 'queued' and s.status = 'running'
+),
+notified as (
+    select count(pg_notify('runledger_jobs', queue)) as n
+    from (select distinct queue from done where status = 'queued') as q
+)
+select d.id, d.status, d.workflow_run_id, d.step_id, d.step_key, d.attempt, d.job_type,
+       d.run_at, (select n from notified) as notified
+from done as d
+"""
+
+# Running jobs whose lease expired or whose attempt outlived its timeout; SKIP LOCKED so the
+# reaper never waits for (or overwrites) a completion in flight: the FOR UPDATE re-checks the
+# conditions on the newest row version.
+LOCK_EXPIRED = """
+select id, lease_token, job_type, attempt, max_attempts,
+       case when timeout_seconds is not null
+                 and started_at + make_interval(secs => timeout_seconds) < now()
+            then 'timed_out' else 'lease_expired' end as outcome
+from runledger.jobs
+where status = 'running'
+  and (lease_expires_at < now()
+       or (timeout_seconds is not null
+           and started_at + make_interval(secs => timeout_seconds) < now()))
+order by id
+limit %(limit)s
+for update skip locked
+"""
+
+
+@attrs.frozen(kw_only=True)
+class ClaimedJob:
+    """A job this worker holds the lease of; everything a handler's context needs."""
+
+    id: uuid.UUID
+    job_type: str
+    queue: str
+    payload: JsonValue
+    priority: int
+    attempt: int
+    max_attempts: int
+    timeout_seconds: int | None
+    lease_token: uuid.UUID
+    workflow_run_id: uuid.UUID | None
+    step_id: int | None
+    step_key: str | None
+    started_at: datetime.datetime
+    workflow_input: JsonValue = None
+    upstream: Mapping[str, JsonValue] = attrs.field(factory=dict)
+
+
+def claim(
+    conn: Conn,
+    *,
+    worker: str,
+    queues: Sequence[str],
+    job_types: Sequence[str],
+    limit: int,
+    lease_seconds: float,
+    defaults: Mapping[str, Mapping[str, int | None]] | None = None,
+) -> list[ClaimedJob]:
+    """Claim up to ``limit`` due jobs in the caller's transaction (commit it before running).
+
+    Opens an attempt row, a fresh lease token and a ``job.started`` event for each, marks
+    workflow steps running and loads each step's upstream outputs. Never waits for a row lock.
+    """
+    if limit <= 0:
+        return []
+    rows = conn.execute(
+        CLAIM_JOBS,
+        {
+            "queues": list(queues),
+            "job_types": list(job_types),
+            "limit": limit,
+            "worker": worker,
+            "lease_seconds": float(lease_seconds),
+            "defaults": dumps(defaults or {}),
+            "default_max_attempts": DEFAULT_MAX_ATTEMPTS,
+        },
+    ).fetchall()
+    step_ids = [row[10] for row in rows if row[10] is not None]
+    upstream: dict[int, dict[str, JsonValue]] = {sid: {} for sid in step_ids}
+    if step_ids:
+        for step_id, key, output in conn.execute(
+            UPSTREAM_OUTPUTS, {"step_ids": step_ids}
+        ).fetchall():
+            upstream[step_id][key] = output
+    return [
+        ClaimedJob(
+            id=row[0],
+            job_type=row[1],
+            queue=row[2],
+            payload=row[3],
+            priority=row[4],
+            attempt=row[5],
+            max_attempts=row[6],
+            timeout_seconds=row[7],
+            lease_token=row[8],
+            workflow_run_id=row[9],
+            step_id=row[10],
+            step_key=row[11],
+            started_at=row[12],
+            workflow_input=row[13],
+            upstream=upstream.get(row[10], {}) if row[10] is not None else {},
+        )
+        for row in rows
+    ]
+
+
+def renew_leases(
+    conn: Conn, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], *, lease_seconds: float
+) -> set[uuid.UUID]:
+    """Extend the given (job id, lease token) leases; return the job ids still held."""
+    if not leases:
+        return set()
+    rows = conn.execute(
+        RENEW_LEASES,
+        {
+            "ids": [job_id for job_id, _ in leases],
+            "tokens": [token for _, token in leases],
+            "lease_seconds": float(lease_seconds),
+        },
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+@attrs.frozen(kw_only=True)
+class AttemptResult:
+    """How an attempt ended, to be written by ``finish``.
+
+    ``status`` is the job's next status: ``succeeded``, ``queued`` (retry later, or released
+    without counting the attempt when ``outcome`` is ``released``) or ``failed``.
+    """
+
+    job_id: uuid.UUID
+    lease_token: uuid.UUID
+    status: JobStatus
+    outcome: AttemptOutcome
+    output: JsonValue = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    retry_delay: float = 0.0
+    retry_not_before: datetime.datetime | None = None
+    retry_reason: RetryReason | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Finished:
+    """An attempt result that was written (its lease was still held)."""
+
+    job_id: uuid.UUID
+    status: JobStatus
+    attempt: int
+    job_type: str
+    workflow_run_id: uuid.UUID | None
+    step_key: str | None
+    run_at: datetime.datetime
+
+
+@attrs.frozen(kw_only=True)
+class FinishReport:
+    """What ``finish`` wrote: the results that held their lease, and the workflow effects."""
+
+    finished: tuple[Finished, ...]
+    lost: tuple[uuid.UUID, ...]
+    workflow: Advance
+
+
+def finish(conn: Conn, results: Sequence[AttemptResult]) -> FinishReport:
+    """Write attempt results in the caller's transaction, fenced on their leases.
+
+    Results whose lease is no longer held are skipped and listed in ``lost``. Terminal job
+    outcomes of workflow steps advance their workflows in the same transaction.
+    """
+    if not results:
+        return FinishReport(finished=(), lost=(), workflow=Advance())
+    rows = conn.execute(
+        FINISH_ATTEMPTS,
+        {
+            "ids": [r.job_id for r in results],
+            "tokens": [r.lease_token for r in results],
+            "statuses": [str(r.status) for r in results],
+            "outcomes": [str(r.outcome) for r in results],
+            "outputs": [None if r.output is None else dumps(r.output) for r in results],
+            "error_types": [r.error_type for r in results],
+            "error_messages": [r.error_message for r in results],
+            "tracebacks": [r.traceback for r in results],
+            "delays": [r.retry_delay for r in results],
+            "not_befores": [r.retry_not_before for r in results],
+            "reasons": [None if r.retry_reason is None else str(r.retry_reason) for r in results],
+        },
+    ).fetchall()
+    by_id = {r.job_id: r for r in results}
+    finished: list[Finished] = []
+    outcomes: list[StepOutcome] = []
+    for job_id, status, run_id, step_id, step_key, attempt, job_type, run_at, _ in rows:
+        job_status = JobStatus(status)
+        finished.append(
+            Finished(
+                job_id=job_id, status=job_status, attempt=attempt, job_type=job_type,
+                workflow_run_id=run_id, step_key=step_key, run_at=run_at,
+            )
+        )  # fmt: skip
+        if step_id is not None and job_status.is_terminal:
+            result = by_id[job_id]
+            outcomes.append(
+                StepOutcome(
+                    step_id=step_id,
+                    status=StepStatus(str(job_status)),
+                    output=result.output if job_status is JobStatus.SUCCEEDED else None,
+                    error=_error_text(result),
+                )
+            )
+    written = {f.job_id for f in finished}
+    lost = tuple(r.job_id for r in results if r.job_id not in written)
+    return FinishReport(finished=tuple(finished), lost=lost, workflow=advance(conn, outcomes))
+
+
+def _error_text(result: AttemptResult) -> str | None:
+    if result.error_type is None:
+        return None
+    return f"{result.error_type}: {result.error_message or ''}"
+
+
+@attrs.frozen(kw_only=True)
+class Expired:
+    """A running job the reaper took: its lease expired or it outlived its timeout."""
+
+    job_id: uuid.UUID
+    lease_token: uuid.UUID
+    job_type: str
+    attempt: int
+    max_attempts: int
+    outcome: AttemptOutcome
+
+
+def lock_expired(conn: Conn, *, limit: int = 100) -> list[Expired]:
+    """Lock up to ``limit`` expired or timed-out running jobs (SKIP LOCKED), in id order."""
+    rows = conn.execute(LOCK_EXPIRED, {"limit": limit}).fetchall()
+    return [
+        Expired(
+            job_id=row[0],
+            lease_token=row[1],
+            job_type=row[2],
+            attempt=row[3],
+            max_attempts=row[4],
+            outcome=AttemptOutcome(row[5]),
+        )
+        for row in rows
+    ]

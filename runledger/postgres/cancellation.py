@@ -1,0 +1,230 @@
+"""Cancelling jobs and workflow runs, and requeueing dead jobs, on the caller's connection.
+
+Each function follows the lock order of ``runledger.postgres.workflow`` and runs inside a
+savepoint, so a failure leaves the caller's transaction usable. A running handler learns of
+its cancellation through ``ctx.cancelled`` (the runtime's heartbeat finds its lease gone, and
+``CANCEL_CHANNEL`` tells it sooner); whatever it writes afterwards is fenced out.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import psycopg
+
+from runledger.core.payload import JsonValue
+from runledger.core.status import JobStatus, StepStatus
+from runledger.errors import DatabaseError, JobNotFound, JobNotRequeueable, WorkflowRunNotFound
+from runledger.postgres.connection import Conn, savepoint, writing
+from runledger.postgres.workflow import StepOutcome, advance, write_events
+
+CANCEL_CHANNEL = "runledger_cancel"
+"""Cancels NOTIFY this channel with the job id, so runtimes set ``ctx.cancelled`` at once."""
+
+LOCK_JOB = """
+select id, status, lease_token, step_id, workflow_run_id, step_key
+from runledger.jobs
+where id = %(id)s
+for update
+"""
+
+CANCEL_JOBS = """
+with cancelled as (
+    update runledger.jobs
+    set status = 'cancelled', cancel_reason = %(reason)s, lease_token = null,
+        lease_owner = null, lease_expires_at = null, finished_at = now(), updated_at = now()
+    where id = any(%(ids)s) and status in ('queued', 'running')
+    returning id, workflow_run_id, step_key, attempt
+),
+attempts as (
+    update runledger.job_attempts as a
+    set outcome = 'cancelled', finished_at = now(), error_message = %(reason)s
+    where a.job_id in (select id from cancelled) and a.finished_at is null
+),
+events as (
+    insert into runledger.events (kind, job_id, workflow_run_id, step_key, attempt, data)
+    select 'job.cancelled', id, workflow_run_id, step_key, attempt,
+           jsonb_strip_nulls(jsonb_build_object('reason', %(reason)s::text))
+    from cancelled
+)
+select id, (select count(pg_notify('runledger_cancel', id::text)) from cancelled)
+from cancelled
+"""
+
+RUN_STATUS = "select status from runledger.workflow_runs where id = %(id)s"
+LOCK_RUN_JOBS = """
+select id from runledger.jobs
+where workflow_run_id = %(id)s and status in ('queued', 'running')
+order by id
+for update
+"""
+LOCK_RUN_STEPS = """
+select id, step_key, status, job_id from runledger.workflow_step_runs
+where workflow_run_id = %(id)s and status not in ('succeeded', 'failed', 'cancelled')
+order by id
+for update
+"""
+LOCK_LATE_JOBS = """
+select id from runledger.jobs
+where id = any(%(ids)s) and status in ('queued', 'running')
+order by id
+for update nowait
+"""
+LOCK_RUN = "select status from runledger.workflow_runs where id = %(id)s for update"
+CANCEL_STEPS = """
+update runledger.workflow_step_runs
+set status = 'cancelled', error = coalesce(%(reason)s, 'the run was cancelled'),
+    finished_at = now(), updated_at = now()
+where id = any(%(ids)s)
+"""
+CANCEL_RUN = """
+update runledger.workflow_runs
+set status = 'cancelled', cancel_reason = %(reason)s, steps_open = 0, steps_active = 0,
+    steps_unsuccessful = steps_unsuccessful + %(cancelled)s, finished_at = now(),
+    updated_at = now()
+where id = %(id)s
+"""
+REQUEUE_JOB = """
+with requeued as (
+    update runledger.jobs
+    set status = 'queued', attempt = 0, run_at = now(), finished_at = null,
+        cancel_reason = null, updated_at = now()
+    where id = %(id)s and status in ('failed', 'cancelled')
+    returning id, queue
+),
+events as (
+    insert into runledger.events (kind, job_id, data)
+    select 'job.requeued', id, jsonb_build_object('from', %(status)s::text) from requeued
+)
+select count(pg_notify('runledger_jobs', queue)) from requeued
+"""
+
+# A cancel that keeps meeting freshly released jobs locked by a claimer retries this long.
+_RETRY_FOR_SECONDS = 10.0
+
+
+def cancel_job(conn: Conn, job_id: uuid.UUID, reason: str | None = None) -> bool:
+    """Cancel a queued or running job; return False if it had already finished.
+
+    A job that is a workflow step cancels its step, and the steps that needed it to succeed.
+    Runs in the caller's transaction (see ``runledger.enqueue``).
+
+    Raises:
+        JobNotFound: there is no such job.
+    """
+    with writing(conn), savepoint(conn, "runledger_cancel_job"):
+        row = conn.execute(LOCK_JOB, {"id": job_id}).fetchone()
+        if row is None:
+            raise JobNotFound(job_id=job_id)
+        _, status, _, step_id, _, _ = row
+        if JobStatus(status).is_terminal:
+            return False
+        conn.execute(CANCEL_JOBS, {"ids": [job_id], "reason": reason}).fetchall()
+        if step_id is not None:
+            advance(
+                conn,
+                [StepOutcome(step_id=step_id, status=StepStatus.CANCELLED,
+                             error=reason or "the job was cancelled")],
+            )  # fmt: skip
+        return True
+
+
+class _LateJobLocked(Exception):
+    """A job released during the cancel is locked by someone else: retry the cancel."""
+
+
+def cancel_workflow(conn: Conn, run_id: uuid.UUID, reason: str | None = None) -> bool:
+    """Cancel a run: its queued, running, blocked and waiting steps and their jobs.
+
+    Returns False (and writes nothing) if the run had already finished. Runs in the caller's
+    transaction; blocks while completions of the run's jobs commit.
+
+    Raises:
+        WorkflowRunNotFound: there is no such run.
+    """
+    deadline = time.monotonic() + _RETRY_FOR_SECONDS
+    pause = 0.002
+    with writing(conn):
+        while True:
+            try:
+                with savepoint(conn, "runledger_cancel_workflow"):
+                    return _cancel_workflow(conn, run_id, reason)
+            except _LateJobLocked as err:
+                if time.monotonic() > deadline:
+                    raise DatabaseError(
+                        f"could not cancel run {run_id}: its jobs stayed locked for "
+                        f"{_RETRY_FOR_SECONDS:.0f} s; try again"
+                    ) from err
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
+
+
+def _cancel_workflow(conn: Conn, run_id: uuid.UUID, reason: str | None) -> bool:
+    found = conn.execute(RUN_STATUS, {"id": run_id}).fetchone()
+    if found is None:
+        raise WorkflowRunNotFound(run_id=run_id)
+    if found[0] not in ("running", "waiting"):
+        return False
+    # Lock order: jobs, then steps, then the run.
+    job_ids = {row[0] for row in conn.execute(LOCK_RUN_JOBS, {"id": run_id}).fetchall()}
+    steps = conn.execute(LOCK_RUN_STEPS, {"id": run_id}).fetchall()
+    late = sorted(
+        row[3]
+        for row in steps
+        if row[3] is not None and row[2] in ("queued", "running") and row[3] not in job_ids
+    )
+    if late:
+        # Released after the jobs were locked: taking them now is out of order, so only
+        # without waiting.
+        try:
+            rows = conn.execute(LOCK_LATE_JOBS, {"ids": late}).fetchall()
+            job_ids.update(row[0] for row in rows)
+        except psycopg.errors.LockNotAvailable as err:
+            raise _LateJobLocked() from err
+    status = conn.execute(LOCK_RUN, {"id": run_id}).fetchone()
+    if status is None or status[0] not in ("running", "waiting"):
+        return False
+    if job_ids:
+        conn.execute(CANCEL_JOBS, {"ids": sorted(job_ids), "reason": reason}).fetchall()
+    step_ids = [row[0] for row in steps]
+    if step_ids:
+        conn.execute(CANCEL_STEPS, {"ids": step_ids, "reason": reason})
+    conn.execute(CANCEL_RUN, {"id": run_id, "reason": reason, "cancelled": len(step_ids)})
+    events: list[tuple[str, uuid.UUID | None, uuid.UUID | None, str | None, JsonValue]] = [
+        ("step.cancelled", row[3], run_id, row[1], {}) for row in steps
+    ]
+    events.append(("run.cancelled", None, run_id, None, {"reason": reason}))
+    write_events(conn, events)
+    return True
+
+
+def requeue(conn: Conn, job_id: uuid.UUID) -> bool:
+    """Put a failed or cancelled job back in its queue with a fresh attempt budget.
+
+    Attempt numbers start again at 1; earlier attempts stay in ``runledger.job_attempts`` and
+    a ``job.requeued`` event records the step. Returns False if the job is queued or running.
+
+    Raises:
+        JobNotFound: there is no such job.
+        JobNotRequeueable: the job succeeded, or belongs to a workflow run (whose later steps
+            have already been settled).
+    """
+    with writing(conn), savepoint(conn, "runledger_requeue"):
+        row = conn.execute(LOCK_JOB, {"id": job_id}).fetchone()
+        if row is None:
+            raise JobNotFound(job_id=job_id)
+        status = JobStatus(row[1])
+        if status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            return False
+        if status is JobStatus.SUCCEEDED:
+            raise JobNotRequeueable(job_id=job_id, status=status, reason="it succeeded")
+        if row[3] is not None:
+            raise JobNotRequeueable(
+                job_id=job_id,
+                status=status,
+                reason=f"it is step {row[5]!r} of workflow run {row[4]}; enqueue the workflow "
+                "again instead",
+            )
+        conn.execute(REQUEUE_JOB, {"id": job_id, "status": str(status)})
+        return True

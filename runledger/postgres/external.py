@@ -1,0 +1,81 @@
+"""Signals for external steps: ``complete_external_step`` and ``fail_external_step``.
+
+An external step waits (status ``waiting``) until one of these is called, typically from a
+webhook handler inside the application's own transaction. The first signal wins; sending the
+same one again is a no-op, a different one raises ``ExternalStepConflict``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from runledger.core.payload import JsonValue, check_json
+from runledger.core.status import StepKind, StepStatus
+from runledger.errors import ExternalStepConflict, NotAnExternalStep, StepNotFound, StepNotWaiting
+from runledger.postgres.connection import Conn, savepoint, writing
+from runledger.postgres.workflow import StepOutcome, advance
+
+LOCK_STEP = """
+select id, kind, status, output, error
+from runledger.workflow_step_runs
+where workflow_run_id = %(run_id)s and step_key = %(step_key)s
+for update
+"""
+
+
+def complete_external_step(
+    conn: Conn, run_id: uuid.UUID, step_key: str, output: JsonValue = None
+) -> bool:
+    """Mark a waiting external step succeeded with ``output``, releasing its dependents.
+
+    Runs in the caller's transaction (see ``runledger.enqueue``). Returns True when this
+    call completed the step, False when it had already been completed with the same output.
+
+    Raises:
+        PayloadNotSerializable: ``output`` is not plain JSON.
+        StepNotFound / NotAnExternalStep: no such step, or it runs a job.
+        StepNotWaiting: the step is blocked or was cancelled (``status`` says which).
+        ExternalStepConflict: it already succeeded with another output, or failed.
+    """
+    check_json(output, root="$output")
+    return _signal(conn, run_id, step_key, StepStatus.SUCCEEDED, output=output, error=None)
+
+
+def fail_external_step(conn: Conn, run_id: uuid.UUID, step_key: str, reason: str) -> bool:
+    """Mark a waiting external step failed; steps that needed it to succeed are cancelled.
+
+    Same transaction rules, return value and errors as ``complete_external_step``.
+    """
+    return _signal(conn, run_id, step_key, StepStatus.FAILED, output=None, error=reason)
+
+
+def _signal(
+    conn: Conn,
+    run_id: uuid.UUID,
+    step_key: str,
+    status: StepStatus,
+    *,
+    output: JsonValue,
+    error: str | None,
+) -> bool:
+    with writing(conn), savepoint(conn, "runledger_external"):
+        row = conn.execute(LOCK_STEP, {"run_id": run_id, "step_key": step_key}).fetchone()
+        if row is None:
+            raise StepNotFound(run_id=run_id, step_key=step_key)
+        step_id, kind, current, existing_output, existing_error = row
+        if kind != StepKind.EXTERNAL:
+            raise NotAnExternalStep(run_id=run_id, step_key=step_key, kind=kind)
+        if current in (StepStatus.SUCCEEDED, StepStatus.FAILED):
+            same = current == status and (
+                existing_output == output if status is StepStatus.SUCCEEDED
+                else existing_error == error
+            )  # fmt: skip
+            if same:
+                return False
+            raise ExternalStepConflict(
+                run_id=run_id, step_key=step_key, status=current, existing_output=existing_output
+            )
+        if current != StepStatus.WAITING:
+            raise StepNotWaiting(run_id=run_id, step_key=step_key, status=current)
+        advance(conn, [StepOutcome(step_id=step_id, status=status, output=output, error=error)])
+        return True
