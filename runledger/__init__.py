@@ -5,6 +5,8 @@ The public API. Errors live in ``runledger.errors``; statuses in ``runledger.cor
 
 from runledger import errors
 from runledger.core.job import Job
+from runledger.core.retry import Fail, Retry, RetryPolicy
+from runledger.core.schedule import ScheduleSpec
 from runledger.core.status import (
     AttemptOutcome,
     EventKind,
@@ -30,6 +32,8 @@ from runledger.postgres import (
     migrate,
     schema_version,
 )
+from runledger.postgres.cancellation import cancel_job, cancel_workflow, requeue
+from runledger.postgres.external import complete_external_step, fail_external_step
 from runledger.postgres.records import (
     AttemptRecord,
     EdgeRecord,
@@ -38,7 +42,15 @@ from runledger.postgres.records import (
     StepRecord,
     WorkflowRunRecord,
 )
-from runledger.runtime import Registry
+from runledger.postgres.schedules import (
+    ScheduleRecord,
+    delete_schedule,
+    list_schedules,
+    pause_schedule,
+    resume_schedule,
+    upsert_schedule,
+)
+from runledger.runtime import JobContext, LifecycleEvent, Registry, Runtime, wait_for_run
 
 __version__ = "0.1.0.dev0"
 
@@ -50,12 +62,20 @@ __all__ = [
     "EdgeRecord",
     "EventKind",
     "EventRecord",
+    "Fail",
     "Job",
+    "JobContext",
     "JobRecord",
     "JobStatus",
+    "LifecycleEvent",
     "Registry",
     "ReleaseMode",
+    "Retry",
+    "RetryPolicy",
     "RunStatus",
+    "Runtime",
+    "ScheduleRecord",
+    "ScheduleSpec",
     "StepKind",
     "StepRecord",
     "StepSpec",
@@ -65,16 +85,27 @@ __all__ = [
     "WorkflowBuilder",
     "WorkflowRunRecord",
     "__version__",
+    "cancel_job",
+    "cancel_workflow",
     "check_schema",
+    "complete_external_step",
+    "delete_schedule",
     "enqueue",
     "enqueue_many",
     "enqueue_workflow",
     "errors",
+    "fail_external_step",
     "get_job",
     "get_workflow_run",
     "list_attempts",
     "list_events",
     "list_jobs",
+    "list_schedules",
     "migrate",
+    "pause_schedule",
+    "requeue",
+    "resume_schedule",
     "schema_version",
+    "upsert_schedule",
+    "wait_for_run",
 ]

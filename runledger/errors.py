@@ -22,6 +22,7 @@ from runledger.core.errors import (
     DuplicateStepKey,
     EmptyWorkflow,
     ExternalStepWithJobSettings,
+    InvalidCron,
     InvalidDelay,
     InvalidMaxAttempts,
     InvalidTimeout,
@@ -34,6 +35,7 @@ from runledger.core.errors import (
     SelfDependency,
     UnknownDependency,
     UnknownResultStep,
+    UnknownTimezone,
     ValidationError,
     WorkflowBuildError,
 )
@@ -71,6 +73,7 @@ __all__ = [
     "NotAnExternalStep",
     "PayloadNotSerializable",
     "PriorityOutOfRange",
+    "RunNotFinished",
     "RunledgerError",
     "ScheduleNotFound",
     "SchemaNotMigrated",
@@ -283,30 +286,19 @@ class JobNotRequeueable(RunledgerError):
         super().__init__(f"job {job_id} cannot be requeued: {reason}")
 
 
-class InvalidCron(RunledgerError, ValueError):
-    """A schedule's cron expression does not parse."""
-
-    def __init__(self, *, name: str, cron: str, reason: str) -> None:
-        self.name = name
-        self.cron = cron
-        super().__init__(f"schedule {name!r}: invalid cron expression {cron!r}: {reason}")
-
-
-class UnknownTimezone(RunledgerError, ValueError):
-    """A schedule names a timezone the zoneinfo database does not know."""
-
-    def __init__(self, *, name: str, timezone: str) -> None:
-        self.name = name
-        self.timezone = timezone
-        super().__init__(
-            f"schedule {name!r}: unknown timezone {timezone!r}; use an IANA name "
-            "such as 'UTC' or 'Europe/Paris'"
-        )
-
-
 class ScheduleNotFound(RunledgerError, LookupError):
     """No schedule has this name."""
 
     def __init__(self, *, name: str) -> None:
         self.name = name
         super().__init__(f"no schedule named {name!r}")
+
+
+class RunNotFinished(RunledgerError, TimeoutError):
+    """``wait_for_run`` gave up: the run had not finished within the timeout."""
+
+    def __init__(self, *, run_id: uuid.UUID, status: str, timeout: float) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.timeout = timeout
+        super().__init__(f"workflow run {run_id} is still {status} after {timeout:g} s")

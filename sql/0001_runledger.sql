@@ -116,10 +116,14 @@ create table runledger.jobs (
     output              jsonb,
     last_error          text,
     cancel_reason       text,
+    -- set on jobs a cron schedule enqueued: which schedule, and the tick they stand for
+    schedule_name       text,
+    scheduled_at        timestamptz,
     created_at          timestamptz not null default now(),
     updated_at          timestamptz not null default now(),
     finished_at         timestamptz,
     constraint jobs_idempotency_key unique (job_type, idempotency_key),
+    check ((schedule_name is null) = (scheduled_at is null)),
     check ((status = 'running') = (lease_token is not null)),
     check ((lease_token is null) = (lease_expires_at is null)),
     check ((workflow_run_id is null) = (step_id is null)),
@@ -136,6 +140,9 @@ create index jobs_workflow_run on runledger.jobs (workflow_run_id)
     where workflow_run_id is not null;
 create index jobs_finished on runledger.jobs (status, finished_at)
     where finished_at is not null;
+-- A tick becomes at most one job, whatever happens to the schedulers.
+create unique index jobs_schedule_tick on runledger.jobs (schedule_name, scheduled_at)
+    where schedule_name is not null;
 
 -- Claims turn over rows of jobs quickly; dead index entries at the head of jobs_runnable slow
 -- every claim until vacuumed, so vacuum these tables far sooner than the defaults.

@@ -297,6 +297,28 @@ class BuilderMisuse(WorkflowBuildError):
         super().__init__(f".{method}() sets a step; call .step(key) before it")
 
 
+class InvalidCron(ValidationError):
+    """A schedule's cron expression does not parse (or its name is blank)."""
+
+    def __init__(self, *, name: str, cron: str, reason: str) -> None:
+        self.name = name
+        self.cron = cron
+        self.reason = reason
+        super().__init__(f"schedule {name!r}: invalid cron expression {cron!r}: {reason}")
+
+
+class UnknownTimezone(ValidationError):
+    """A schedule names a timezone the zoneinfo database does not know."""
+
+    def __init__(self, *, name: str, timezone: str) -> None:
+        self.name = name
+        self.timezone = timezone
+        super().__init__(
+            f"schedule {name!r}: unknown timezone {timezone!r}; use an IANA name "
+            "such as 'UTC' or 'Europe/Paris'"
+        )
+
+
 def describe(value: Any) -> str:
     """The type name used in error messages (``datetime.datetime`` style for non-builtins)."""
     cls = type(value)

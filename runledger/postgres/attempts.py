@@ -410,7 +410,7 @@ def _error_text(result: AttemptResult) -> str | None:
 class Expired:
     """A running job the reaper took: its lease expired or it outlived its timeout."""
 
-    job_id: uuid.UUID
+    id: uuid.UUID
     lease_token: uuid.UUID
     job_type: str
     attempt: int
@@ -423,7 +423,7 @@ def lock_expired(conn: Conn, *, limit: int = 100) -> list[Expired]:
     rows = conn.execute(LOCK_EXPIRED, {"limit": limit}).fetchall()
     return [
         Expired(
-            job_id=row[0],
+            id=row[0],
             lease_token=row[1],
             job_type=row[2],
             attempt=row[3],

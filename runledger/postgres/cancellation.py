@@ -17,7 +17,7 @@ from runledger.core.payload import JsonValue
 from runledger.core.status import JobStatus, StepStatus
 from runledger.errors import DatabaseError, JobNotFound, JobNotRequeueable, WorkflowRunNotFound
 from runledger.postgres.connection import Conn, savepoint, writing
-from runledger.postgres.workflow import StepOutcome, advance, write_events
+from runledger.postgres.workflow import StepOutcome, advance, notify_runs, write_events
 
 CANCEL_CHANNEL = "runledger_cancel"
 """Cancels NOTIFY this channel with the job id, so runtimes set ``ctx.cancelled`` at once."""
@@ -196,6 +196,7 @@ def _cancel_workflow(conn: Conn, run_id: uuid.UUID, reason: str | None) -> bool:
     ]
     events.append(("run.cancelled", None, run_id, None, {"reason": reason}))
     write_events(conn, events)
+    notify_runs(conn, [run_id])
     return True
 
 

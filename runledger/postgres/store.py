@@ -55,6 +55,12 @@ class Store:
         """The underlying pool."""
         return self._pool
 
+    @property
+    def conninfo(self) -> str:
+        """The connection string of the pool (for dedicated connections such as LISTEN)."""
+        info = self._pool.conninfo
+        return info() if callable(info) else info
+
     @contextlib.contextmanager
     def connection(self) -> Iterator[Conn]:
         """A pooled connection for the block; blocks up to the pool timeout for one."""

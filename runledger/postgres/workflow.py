@@ -464,7 +464,23 @@ def _update_runs(conn: Conn, deltas: dict[uuid.UUID, _RunDelta]) -> list[RunChan
         if row[1] != row[2]
     ]
     write_events(conn, [(_run_event(c), None, c.run_id, None, {}) for c in changes])
+    finished = [c.run_id for c in changes if c.status.is_terminal]
+    if finished:
+        notify_runs(conn, finished)
     return changes
+
+
+RUNS_CHANNEL = "runledger_runs"
+"""A run reaching a final status NOTIFYs this channel with its id (``wait_for_run``)."""
+
+NOTIFY_RUNS = (
+    "select count(pg_notify('runledger_runs', id::text)) from unnest(%(ids)s::uuid[]) as id"
+)
+
+
+def notify_runs(conn: Conn, run_ids: Sequence[uuid.UUID]) -> None:
+    """NOTIFY ``RUNS_CHANNEL`` for runs that finished in this transaction."""
+    conn.execute(NOTIFY_RUNS, {"ids": list(run_ids)})
 
 
 def _run_event(change: RunChange) -> str:

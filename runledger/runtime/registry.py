@@ -1,4 +1,4 @@
-"""The ``Registry``: which function handles which job type, with the handler's defaults."""
+"""The ``Registry``: handlers by job type with their defaults, cron schedules and hooks."""
 
 from __future__ import annotations
 
@@ -9,35 +9,48 @@ import attrs
 
 from runledger.core import job as jobopts
 from runledger.core.handler import HandlerDefaults
+from runledger.core.payload import JsonValue
+from runledger.core.retry import DEFAULT_RETRY_POLICY, RetryPolicy
+from runledger.core.schedule import ScheduleSpec
+from runledger.core.status import EventKind
 from runledger.errors import DuplicateHandler
+from runledger.runtime.hooks import Hook, Hooks
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 @attrs.frozen(kw_only=True)
 class Handler:
-    """A registered handler: the function and the defaults for jobs of its type."""
+    """A registered handler: the function, the defaults for jobs of its type, its retries."""
 
     fn: Callable[..., Any]
     defaults: HandlerDefaults
+    retry: RetryPolicy = DEFAULT_RETRY_POLICY
 
 
 class Registry:
-    """Maps job types to handler functions.
+    """Maps job types to handler functions; holds cron schedules and lifecycle hooks.
 
-    Register with the decorator; pass the registry to ``enqueue(..., registry=)`` to refuse
-    unknown job types before writing and to apply the handler's defaults::
+    Register with the decorators; pass the registry to ``Runtime`` to run the jobs, and to
+    ``enqueue(..., registry=)`` to refuse unknown job types before writing::
 
         registry = Registry()
 
         @registry.handler("email.send", queue="mail", max_attempts=5, timeout_seconds=30)
         def send(ctx, payload): ...
 
+        registry.schedule("nightly", cron="0 3 * * *", job_type="report.build")
+
+        @registry.on_job_failed
+        def alert(event): ...
+
     Registration is not thread-safe; do it at import time. Lookups are.
     """
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._schedules: dict[str, ScheduleSpec] = {}
+        self.hooks = Hooks()
 
     def handler(
         self,
@@ -46,8 +59,12 @@ class Registry:
         queue: str | None = None,
         max_attempts: int | None = None,
         timeout_seconds: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Callable[[F], F]:
-        """Register the decorated function as the handler of ``job_type``.
+        """Register the decorated ``fn(ctx, payload)`` as the handler of ``job_type``.
+
+        ``queue``, ``max_attempts`` and ``timeout_seconds`` apply to jobs that do not set
+        them; ``retry`` shapes the backoff between failed attempts.
 
         Raises:
             JobOptionError: an invalid default (blank type or queue, non-positive numbers).
@@ -58,6 +75,8 @@ class Registry:
             jobopts.check_queue(queue)
         jobopts.check_max_attempts(max_attempts)
         jobopts.check_timeout(timeout_seconds)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__qualname__}")
         if job_type in self._handlers:
             raise DuplicateHandler(job_type=job_type)
         defaults = HandlerDefaults(
@@ -70,7 +89,9 @@ class Registry:
         def register(fn: F) -> F:
             if job_type in self._handlers:
                 raise DuplicateHandler(job_type=job_type)
-            self._handlers[job_type] = Handler(fn=fn, defaults=defaults)
+            self._handlers[job_type] = Handler(
+                fn=fn, defaults=defaults, retry=retry or DEFAULT_RETRY_POLICY
+            )
             return fn
 
         return register
@@ -90,3 +111,86 @@ class Registry:
 
     def __contains__(self, job_type: object) -> bool:
         return job_type in self._handlers
+
+    # --- schedules ------------------------------------------------------------------------
+
+    def schedule(
+        self,
+        name: str,
+        *,
+        cron: str,
+        job_type: str,
+        payload: JsonValue = None,
+        timezone: str = "UTC",
+        queue: str | None = None,
+        priority: int = jobopts.DEFAULT_PRIORITY,
+        max_attempts: int | None = None,
+        timeout_seconds: int | None = None,
+    ) -> ScheduleSpec:
+        """Declare a cron schedule; runtimes write it to ``runledger.schedules`` on start.
+
+        Raises:
+            InvalidCron / UnknownTimezone: the expression or timezone is invalid.
+            JobOptionError: an invalid job option.
+        """
+        spec = ScheduleSpec(
+            name=name,
+            cron=cron,
+            job_type=job_type,
+            payload=payload,
+            timezone=timezone,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout_seconds=timeout_seconds,
+        )
+        self._schedules[name] = spec
+        return spec
+
+    def schedules(self) -> tuple[ScheduleSpec, ...]:
+        """The declared schedules, by name."""
+        return tuple(self._schedules[name] for name in sorted(self._schedules))
+
+    # --- hooks ------------------------------------------------------------------------------
+
+    def on(self, *kinds: EventKind | str) -> Callable[[Hook], Hook]:
+        """Decorator: call the function with a ``LifecycleEvent`` for events of these kinds."""
+        parsed = tuple(EventKind(kind) for kind in kinds)
+        return lambda hook: self.hooks.add(parsed, hook)
+
+    def on_job_started(self, hook: Hook) -> Hook:
+        """Call ``hook`` when this runtime starts an attempt (after the claim commits)."""
+        return self.hooks.add((EventKind.JOB_STARTED,), hook)
+
+    def on_job_succeeded(self, hook: Hook) -> Hook:
+        """Call ``hook`` after a job's success commits."""
+        return self.hooks.add((EventKind.JOB_SUCCEEDED,), hook)
+
+    def on_job_retrying(self, hook: Hook) -> Hook:
+        """Call ``hook`` after a failed attempt is scheduled for a retry."""
+        return self.hooks.add((EventKind.JOB_RETRYING,), hook)
+
+    def on_job_failed(self, hook: Hook) -> Hook:
+        """Call ``hook`` after a job fails for good (dead-lettered)."""
+        return self.hooks.add((EventKind.JOB_FAILED,), hook)
+
+    def on_job_cancelled(self, hook: Hook) -> Hook:
+        """Call ``hook`` when this runtime finds one of its running jobs cancelled."""
+        return self.hooks.add((EventKind.JOB_CANCELLED,), hook)
+
+    def on_step_succeeded(self, hook: Hook) -> Hook:
+        """Call ``hook`` after a workflow step succeeds."""
+        return self.hooks.add((EventKind.STEP_SUCCEEDED,), hook)
+
+    def on_step_failed(self, hook: Hook) -> Hook:
+        """Call ``hook`` after a workflow step fails."""
+        return self.hooks.add((EventKind.STEP_FAILED,), hook)
+
+    def on_step_cancelled(self, hook: Hook) -> Hook:
+        """Call ``hook`` after a workflow step is cancelled (cascades included)."""
+        return self.hooks.add((EventKind.STEP_CANCELLED,), hook)
+
+    def on_run_finished(self, hook: Hook) -> Hook:
+        """Call ``hook`` after a workflow run reaches a final status (not for cancels made
+        outside a runtime)."""
+        return self.hooks.add((EventKind.RUN_SUCCEEDED, EventKind.RUN_COMPLETED_WITH_ERRORS), hook)

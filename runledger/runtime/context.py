@@ -1,0 +1,106 @@
+"""``JobContext``: what a handler gets besides its payload."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from runledger.core.payload import JsonValue
+
+_logger = logging.getLogger("runledger.job")
+
+
+class JobContext:
+    """The running attempt of a job, as its handler sees it.
+
+    Attributes:
+        job_id, job_type, attempt, max_attempts, queue, priority: the job and this attempt
+            (``attempt`` counts from 1).
+        workflow_run_id, step_key: the workflow step this job runs, or None.
+        workflow_input: the run's input (None outside workflows).
+        upstream: the outputs of the step's prerequisites, by step key.
+        cancelled: set when the job is cancelled, times out or loses its lease. Long handlers
+            should check it (``ctx.cancelled.is_set()`` or ``ctx.cancelled.wait(seconds)``)
+            and return early: Python threads cannot be killed, and whatever a handler returns
+            after losing its lease is discarded.
+        logger: a logger whose records carry the job id, type and attempt.
+
+    One context per attempt; only the handler's thread should use ``conn``.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: uuid.UUID,
+        job_type: str,
+        attempt: int,
+        max_attempts: int,
+        queue: str,
+        priority: int,
+        workflow_run_id: uuid.UUID | None,
+        step_key: str | None,
+        workflow_input: JsonValue,
+        upstream: Mapping[str, JsonValue],
+        scheduled_at: datetime.datetime | None,
+        pool: ConnectionPool[Any],
+        heartbeat: Callable[[], bool],
+    ) -> None:
+        self.job_id = job_id
+        self.job_type = job_type
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.queue = queue
+        self.priority = priority
+        self.workflow_run_id = workflow_run_id
+        self.step_key = step_key
+        self.workflow_input = workflow_input
+        self.upstream: Mapping[str, JsonValue] = dict(upstream)
+        self.scheduled_at = scheduled_at
+        self.cancelled = threading.Event()
+        self.logger = logging.LoggerAdapter(
+            _logger, {"job_id": str(job_id), "job_type": job_type, "attempt": attempt}
+        )
+        self._pool = pool
+        self._heartbeat = heartbeat
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """A connection inside a transaction that commits with this job's success record.
+
+        Taken from the runtime's pool on first use. What the handler writes here commits only
+        if the job's success is recorded in the same transaction, which happens only while
+        this attempt still holds its lease; otherwise (failure, timeout, cancel, lost lease)
+        it is rolled back. Do not commit or roll it back yourself.
+        """
+        if self._conn is None:
+            self._conn = self._pool.getconn()
+        return self._conn
+
+    @property
+    def used_conn(self) -> bool:
+        """True if the handler took ``conn``."""
+        return self._conn is not None
+
+    def take_conn(self) -> psycopg.Connection[Any] | None:
+        """Hand the connection over to the runtime (which commits or rolls back and returns it)."""
+        conn, self._conn = self._conn, None
+        return conn
+
+    def heartbeat(self) -> bool:
+        """Renew this job's lease now; return False (and set ``cancelled``) if it was lost.
+
+        The runtime renews leases by itself; call this only around a long blocking call that
+        may outlast the lease. Blocks for one round trip.
+        """
+        held = self._heartbeat()
+        if not held:
+            self.cancelled.set()
+        return held

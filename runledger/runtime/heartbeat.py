@@ -1,0 +1,70 @@
+"""The heartbeat: renews every lease this runtime holds in one statement, every lease/3."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from runledger.core.status import EventKind
+from runledger.postgres.attempts import renew_leases
+from runledger.postgres.store import Store
+from runledger.runtime.hooks import LifecycleEvent
+from runledger.runtime.registry import Registry
+from runledger.runtime.worker import WorkerPool, local_timeouts
+
+_logger = logging.getLogger("runledger.heartbeat")
+
+JOB_STATUSES = "select id, status from runledger.jobs where id = any(%(ids)s)"
+
+
+class Heartbeat:
+    """Keeps leases alive and tells handlers when theirs is gone or their time is up."""
+
+    def __init__(
+        self, store: Store, pool: WorkerPool, registry: Registry, *, lease_seconds: float
+    ) -> None:
+        self._store = store
+        self._pool = pool
+        self._registry = registry
+        self._lease_seconds = lease_seconds
+        # Renew well before expiry; check local deadlines at least once a second.
+        self.interval = min(lease_seconds / 3, 1.0)
+        self._since_renew = 0.0
+
+    def step(self, stop: threading.Event) -> None:
+        """One beat: local timeouts every time, lease renewal every lease/3."""
+        for flight in local_timeouts(self._pool):
+            flight.ctx.logger.warning("job %s passed its timeout; cancelled", flight.job.id)
+        self._since_renew += self.interval
+        if self._since_renew >= self._lease_seconds / 3:
+            self._since_renew = 0.0
+            self.renew()
+        stop.wait(self.interval)
+
+    def renew(self) -> None:
+        """Renew all leases now; flag the lost ones and fire ``job.cancelled`` hooks."""
+        leases = self._pool.leases()
+        if not leases:
+            return
+        with self._store.transaction() as conn:
+            held = renew_leases(conn, leases, lease_seconds=self._lease_seconds)
+            lost = [job_id for job_id, _ in leases if job_id not in held]
+            statuses = dict(conn.execute(JOB_STATUSES, {"ids": lost}).fetchall()) if lost else {}
+        events = []
+        for job_id in lost:
+            flight = self._pool.mark_lost(job_id)
+            if flight is None:
+                continue  # finished meanwhile
+            flight.ctx.logger.warning("job %s lost its lease (%s)", job_id, statuses.get(job_id))
+            if statuses.get(job_id) == "cancelled":
+                events.append(
+                    LifecycleEvent(
+                        kind=EventKind.JOB_CANCELLED,
+                        job_id=job_id,
+                        job_type=flight.job.job_type,
+                        attempt=flight.job.attempt,
+                        workflow_run_id=flight.job.workflow_run_id,
+                        step_key=flight.job.step_key,
+                    )
+                )
+        self._registry.hooks.emit(events)

@@ -1,0 +1,70 @@
+"""``Loop``: a named thread that repeats one step until stopped, and survives its errors."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+_logger = logging.getLogger("runledger.runtime")
+
+
+class Loop:
+    """Runs ``step(stop)`` over and over in a thread named ``name`` until ``stop()``.
+
+    ``step`` does one round of work and waits on the event it is given (so that ``stop()``
+    wakes it). An exception from ``step`` is logged with its traceback and the loop goes on
+    after ``pause`` seconds; a thread that dies anyway (a ``BaseException``) is noticed by
+    ``alive()`` and restarted by ``ensure_running()``. ``start``/``stop`` are idempotent.
+    """
+
+    def __init__(
+        self, name: str, step: Callable[[threading.Event], None], *, pause: float = 1.0
+    ) -> None:
+        self.name = name
+        self._step = step
+        self._pause = pause
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        """Start the thread if it is not running."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step(self._stop)
+            except Exception:
+                _logger.exception("%s failed; going on in %.1f s", self.name, self._pause)
+                self._stop.wait(self._pause)
+
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def ensure_running(self) -> bool:
+        """Restart the thread if it died without being stopped; return True if it did."""
+        if self._stop.is_set() or self._thread is None or self._thread.is_alive():
+            return False
+        _logger.error("%s died; restarting it", self.name)
+        self.restarts += 1
+        self.start()
+        return True
+
+    def signal_stop(self) -> None:
+        """Ask the loop to stop after its current step, without waiting."""
+        self._stop.set()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the loop and join its thread; return False if it is still running."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True

@@ -1,0 +1,64 @@
+"""The reaper: retries or dead-letters jobs whose lease expired or whose attempt timed out.
+
+Any number of runtimes may reap at once: expired rows are locked with SKIP LOCKED and the lock
+re-checks the expiry on the newest row version, so a completion that committed first wins and
+the reaper never overwrites it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from runledger.core.retry import DEFAULT_RETRY_POLICY
+from runledger.core.status import AttemptOutcome
+from runledger.postgres.attempts import AttemptResult, Expired, finish, lock_expired
+from runledger.postgres.store import Store
+from runledger.runtime import outcome
+from runledger.runtime.registry import Registry
+from runledger.runtime.worker import TimedOut, report_events
+
+_logger = logging.getLogger("runledger.reaper")
+
+BATCH = 100
+
+
+class LeaseExpired(Exception):
+    """The worker running the attempt stopped renewing its lease (it died or hung)."""
+
+
+class Reaper:
+    """Reaps expired and timed-out attempts every ``interval`` seconds."""
+
+    def __init__(self, store: Store, registry: Registry, *, interval: float) -> None:
+        self._store = store
+        self._registry = registry
+        self.interval = interval
+
+    def step(self, stop: threading.Event) -> None:
+        """Reap until nothing is left, then wait ``interval``."""
+        while not stop.is_set() and self.reap_once() == BATCH:
+            pass
+        stop.wait(self.interval)
+
+    def reap_once(self) -> int:
+        """Reap one batch in one transaction; return how many jobs it took."""
+        with self._store.transaction() as conn:
+            expired = lock_expired(conn, limit=BATCH)
+            if not expired:
+                return 0
+            results = [self._result(e) for e in expired]
+            report = finish(conn, results)
+        for e in expired:
+            _logger.warning("reaped job %s (attempt %d): %s", e.id, e.attempt, e.outcome)
+        self._registry.hooks.emit(report_events(report, {r.job_id: r for r in results}))
+        return len(expired)
+
+    def _result(self, expired: Expired) -> AttemptResult:
+        handler = self._registry.get(expired.job_type)
+        policy = handler.retry if handler is not None else DEFAULT_RETRY_POLICY
+        if expired.outcome is AttemptOutcome.TIMED_OUT:
+            error: Exception = TimedOut("the attempt ran past its timeout")
+        else:
+            error = LeaseExpired("the lease expired: the worker stopped renewing it")
+        return outcome.failure(expired, error, policy, outcome=expired.outcome, tb="")

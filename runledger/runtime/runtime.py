@@ -1,0 +1,236 @@
+"""``Runtime``: the worker pool, heartbeat, listener, reaper and scheduler of one process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from runledger.postgres.cancellation import CANCEL_CHANNEL
+from runledger.postgres.enqueue import NOTIFY_CHANNEL
+from runledger.postgres.listener import Listener
+from runledger.postgres.store import Store
+from runledger.runtime.heartbeat import Heartbeat
+from runledger.runtime.loop import Loop
+from runledger.runtime.reaper import Reaper
+from runledger.runtime.registry import Registry
+from runledger.runtime.scheduler import Scheduler
+from runledger.runtime.worker import WorkerPool
+
+_logger = logging.getLogger("runledger.runtime")
+
+
+class Runtime:
+    """Runs the jobs of a registry: claims, executes, retries, reaps and fires schedules.
+
+    ``Runtime(dsn_or_pool_or_store, registry, concurrency=8, queues=["default"])``. Use it as
+    a context manager (threads start on enter and are stopped and joined on exit), or call
+    ``run()`` to block until SIGTERM/SIGINT. Several runtimes, in one process or many, can
+    share a database: claims, reaping and cron firing are safe to run concurrently.
+
+    Args:
+        target: a DSN, a ``psycopg_pool.ConnectionPool`` or a ``Store``.
+        registry: the handlers, schedules and hooks.
+        concurrency: handlers running at once (one thread each).
+        queues: the queues to claim from.
+        poll_interval: seconds between polls when no NOTIFY arrives (polling always runs).
+        lease_seconds: how long a claim holds without a heartbeat; renewed every third.
+        listen: LISTEN for enqueue notifications; False for poll-only mode (PgBouncer in
+            transaction pooling mode cannot LISTEN).
+        reap_interval: seconds between reaper rounds.
+        shutdown_timeout: how long ``stop()`` waits for running handlers.
+        scheduler: fire cron schedules in this runtime.
+        reaper: reap expired leases in this runtime.
+        worker_id: the name written as the lease owner (default host:pid:random).
+    """
+
+    def __init__(
+        self,
+        target: str | ConnectionPool[Any] | Store,
+        registry: Registry,
+        *,
+        concurrency: int = 8,
+        queues: Sequence[str] = ("default",),
+        poll_interval: float = 1.0,
+        lease_seconds: float = 30.0,
+        listen: bool = True,
+        reap_interval: float = 5.0,
+        schedule_interval: float = 1.0,
+        shutdown_timeout: float = 30.0,
+        scheduler: bool = True,
+        reaper: bool = True,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if isinstance(queues, str):
+            queues = [q.strip() for q in queues.split(",") if q.strip()]
+        if not queues:
+            raise ValueError("give at least one queue")
+        if lease_seconds <= 0 or poll_interval <= 0:
+            raise ValueError("lease_seconds and poll_interval must be positive")
+        if isinstance(target, Store):
+            self._store = target
+            self._owns_store = False
+        else:
+            # Handlers using ctx.conn each hold a connection; the loops need a few more.
+            self._store = Store(target, min_size=2, max_size=concurrency + 6)
+            self._owns_store = not isinstance(target, ConnectionPool)
+        self.registry = registry
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.shutdown_timeout = shutdown_timeout
+        self.pool = WorkerPool(
+            self._store,
+            registry,
+            worker_id=self.worker_id,
+            concurrency=concurrency,
+            queues=queues,
+            lease_seconds=lease_seconds,
+            poll_interval=poll_interval,
+        )
+        self._heartbeat = Heartbeat(self._store, self.pool, registry, lease_seconds=lease_seconds)
+        loops = [*self.pool.loops(), Loop("runledger-heartbeat-0", self._heartbeat.step)]
+        if reaper:
+            self._reaper: Reaper | None = Reaper(self._store, registry, interval=reap_interval)
+            loops.append(Loop("runledger-reaper-0", self._reaper.step))
+        else:
+            self._reaper = None
+        self._scheduler = Scheduler(self._store, registry, interval=schedule_interval)
+        if scheduler:
+            loops.append(Loop("runledger-scheduler-0", self._scheduler.step))
+        self.listener: Listener | None = None
+        if listen:
+            self.listener = Listener(
+                self._store.conninfo,
+                [NOTIFY_CHANNEL, CANCEL_CHANNEL],
+                self._on_notify,
+                on_reconnect=self.pool.wake.set,
+            )
+            loops.append(Loop("runledger-listener-0", self.listener.serve))
+        self._loops = loops
+        self._supervisor = Loop("runledger-supervisor-0", self._supervise)
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopped = False
+        self._stop_requested = threading.Event()
+
+    @property
+    def store(self) -> Store:
+        """The store the runtime uses."""
+        return self._store
+
+    # --- service ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the schema, sync schedules and start every thread (idempotent).
+
+        Raises:
+            SchemaNotMigrated: run ``runledger migrate`` first.
+        """
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self._store.check_schema()
+        self._scheduler.sync()
+        self.pool.start()
+        for loop in self._loops:
+            loop.start()
+        self._supervisor.start()
+        _logger.info("runtime %s started", self.worker_id)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Shut down gracefully; idempotent. Blocks up to about ``timeout`` seconds.
+
+        Stops claiming, waits for running handlers up to ``timeout`` (default
+        ``shutdown_timeout``), hands back claimed jobs that never started without counting
+        the attempt, expires the leases of handlers still running (so any runtime's reaper
+        retries them at once and their late results are discarded), writes pending outcomes
+        and joins every thread it started, except handler threads stuck in user code.
+        """
+        with self._lock:
+            if self._stopped or not self._started:
+                self._stopped = True
+                return
+            self._stopped = True
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        self._supervisor.stop(5)
+        still_running = self.pool.drain(timeout)
+        if still_running:
+            _logger.warning("%d handlers still running at shutdown", len(still_running))
+            self.pool.expire_running(still_running)
+        self.pool.stop(timeout=5)
+        for loop in self._loops:
+            loop.stop(5)
+        if self._owns_store:
+            self._store.close()
+        _logger.info("runtime %s stopped", self.worker_id)
+
+    def __enter__(self) -> Runtime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run(self) -> None:
+        """Start, block until SIGTERM or SIGINT (or ``request_stop()``), then ``stop()``.
+
+        Installs signal handlers when called from the main thread.
+        """
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            self.start()
+            while not self._stop_requested.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def request_stop(self) -> None:
+        """Make ``run()`` return (after a graceful stop). Thread-safe."""
+        self._stop_requested.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        _logger.info("signal %d: shutting down", signum)
+        self._stop_requested.set()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == NOTIFY_CHANNEL:
+            if self.pool.wants_queue(payload):
+                self.pool.wake.set()
+        elif channel == CANCEL_CHANNEL:
+            try:
+                job_id = uuid.UUID(payload)
+            except ValueError:
+                return
+            if self.pool.get(job_id) is not None:
+                self.pool.mark_lost(job_id)
+
+    def _supervise(self, stop: threading.Event) -> None:
+        for loop in self._loops:
+            loop.ensure_running()
+        stop.wait(1.0)
+
+    def loops(self) -> tuple[Loop, ...]:
+        """The supervised loops (for tests and diagnostics)."""
+        return tuple(self._loops)
+
+    def reap_now(self) -> int:
+        """Run one reaper round now; return how many jobs it took."""
+        reaper = self._reaper or Reaper(self._store, self.registry, interval=0)
+        return reaper.reap_once()

@@ -1,0 +1,38 @@
+"""The scheduler: syncs the registry's cron schedules and fires due ticks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from runledger.postgres.schedules import fire_due, upsert_schedule
+from runledger.postgres.store import Store
+from runledger.runtime.registry import Registry
+
+_logger = logging.getLogger("runledger.scheduler")
+
+
+class Scheduler:
+    """Fires due schedules every ``interval`` seconds; safe to run in many runtimes."""
+
+    def __init__(self, store: Store, registry: Registry, *, interval: float = 1.0) -> None:
+        self._store = store
+        self._registry = registry
+        self.interval = interval
+
+    def sync(self) -> None:
+        """Write the registry's schedules to the database (one transaction)."""
+        specs = self._registry.schedules()
+        if not specs:
+            return
+        with self._store.transaction() as conn:
+            for spec in specs:
+                upsert_schedule(conn, spec)
+
+    def step(self, stop: threading.Event) -> None:
+        """Fire what is due, then wait ``interval``."""
+        with self._store.transaction() as conn:
+            fired = fire_due(conn)
+        for tick in fired:
+            _logger.info("schedule %s fired for %s: job %s", tick.name, tick.tick, tick.job_id)
+        stop.wait(self.interval)

@@ -1,0 +1,468 @@
+"""The worker pool: claims jobs, runs handlers on worker threads, writes their outcomes.
+
+Threads (all daemon, named ``runledger-<role>-<n>``):
+
+- ``claimer``: claims up to the free capacity in one statement and commits before any handler
+  runs; sleeps until woken (a NOTIFY, a freed slot) or ``poll_interval`` passes.
+- ``worker-<n>``: run handlers. A handler that used ``ctx.conn`` has its outcome written in
+  that connection's transaction by its own thread; the others hand outcomes to the completer.
+- ``completer``: writes queued outcomes in batches, one transaction per batch, retrying a
+  batch while the database is away (the lease fence makes a repeated write harmless).
+
+No transaction or row lock is held while a handler runs, except the handler's own ``ctx.conn``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import psycopg
+
+from runledger.core.payload import check_json
+from runledger.core.retry import DEFAULT_RETRY_POLICY, RetryPolicy
+from runledger.core.status import AttemptOutcome, EventKind, JobStatus
+from runledger.errors import PayloadNotSerializable
+from runledger.postgres.attempts import (
+    AttemptResult,
+    ClaimedJob,
+    FinishReport,
+    claim,
+    finish,
+    renew_leases,
+)
+from runledger.postgres.store import Store
+from runledger.runtime import outcome
+from runledger.runtime.context import JobContext
+from runledger.runtime.hooks import LifecycleEvent
+from runledger.runtime.loop import Loop
+from runledger.runtime.registry import Registry
+
+_logger = logging.getLogger("runledger.worker")
+
+COMPLETION_BATCH = 500
+
+
+class TimedOut(Exception):
+    """The attempt outlived its ``timeout_seconds``."""
+
+
+@attrs.define(eq=False)
+class InFlight:
+    """A claimed job in this process: its context and where it stands."""
+
+    job: ClaimedJob
+    ctx: JobContext
+    deadline: float | None
+    started: bool = False
+    lost: bool = False
+    timed_out: bool = False
+
+
+def report_events(
+    report: FinishReport, jobs: dict[uuid.UUID, AttemptResult]
+) -> list[LifecycleEvent]:
+    """The hook events of a written ``finish``: jobs, then steps, then runs."""
+    events: list[LifecycleEvent] = []
+    for done in report.finished:
+        result = jobs.get(done.job_id)
+        if result is not None and result.outcome is AttemptOutcome.RELEASED:
+            continue
+        kind = {
+            JobStatus.SUCCEEDED: EventKind.JOB_SUCCEEDED,
+            JobStatus.QUEUED: EventKind.JOB_RETRYING,
+            JobStatus.FAILED: EventKind.JOB_FAILED,
+        }.get(done.status)
+        if kind is None:
+            continue
+        error = None
+        if result is not None and result.error_type is not None:
+            error = f"{result.error_type}: {result.error_message}"
+        events.append(
+            LifecycleEvent(
+                kind=kind, job_id=done.job_id, job_type=done.job_type, attempt=done.attempt,
+                workflow_run_id=done.workflow_run_id, step_key=done.step_key, error=error,
+                retry_at=done.run_at if done.status is JobStatus.QUEUED else None,
+                output=result.output if result is not None else None,
+            )
+        )  # fmt: skip
+    events.extend(workflow_events(report))
+    return events
+
+
+def workflow_events(report: FinishReport) -> list[LifecycleEvent]:
+    """The hook events of step and run transitions in a ``finish``."""
+    events = [
+        LifecycleEvent(
+            kind=EventKind(f"step.{change.status}"),
+            workflow_run_id=change.run_id,
+            step_key=change.step_key,
+            job_id=change.job_id,
+        )
+        for change in report.workflow.steps
+    ]
+    events.extend(
+        LifecycleEvent(
+            kind=EventKind("run.resumed" if change.status == "running" else f"run.{change.status}"),
+            workflow_run_id=change.run_id,
+        )
+        for change in report.workflow.runs
+    )
+    return events
+
+
+class WorkerPool:
+    """Claims and runs jobs of ``queues`` with up to ``concurrency`` handlers at once.
+
+    A service: ``start()``, ``drain(deadline)`` then ``stop()``. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        *,
+        worker_id: str,
+        concurrency: int,
+        queues: Sequence[str],
+        lease_seconds: float,
+        poll_interval: float,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._worker_id = worker_id
+        self._concurrency = concurrency
+        self._queues = tuple(queues)
+        self._lease_seconds = lease_seconds
+        self._poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._inflight: dict[uuid.UUID, InFlight] = {}
+        self._busy = 0
+        self._claiming = True
+        self.wake = threading.Event()
+        self._runnable: queue.SimpleQueue[InFlight | None] = queue.SimpleQueue()
+        self._completions: queue.SimpleQueue[tuple[InFlight, AttemptResult]] = queue.SimpleQueue()
+        self._pending: list[tuple[InFlight, AttemptResult]] = []
+        self._defaults = {
+            job_type: {
+                "max_attempts": handler.defaults.max_attempts,
+                "timeout_seconds": handler.defaults.timeout_seconds,
+            }
+            for job_type in registry.job_types()
+            if (handler := registry.get(job_type)) is not None
+        }
+        self.claimer = Loop("runledger-claimer-0", self._claim_step)
+        self.completer = Loop("runledger-completer-0", self._complete_step)
+        self._workers = [
+            threading.Thread(target=self._work, name=f"runledger-worker-{n}", daemon=True)
+            for n in range(concurrency)
+        ]
+        self._started = False
+
+    # --- service ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the claimer, the completer and the worker threads (idempotent)."""
+        if self._started:
+            return
+        self._started = True
+        for thread in self._workers:
+            thread.start()
+        self.completer.start()
+        self.claimer.start()
+
+    def loops(self) -> tuple[Loop, ...]:
+        """The supervised loops."""
+        return (self.claimer, self.completer)
+
+    def stop_claiming(self) -> None:
+        """Claim nothing more (the first step of a graceful shutdown)."""
+        with self._lock:
+            self._claiming = False
+        self.claimer.signal_stop()
+        self.wake.set()
+
+    def drain(self, timeout: float) -> list[InFlight]:
+        """Wait up to ``timeout`` for running handlers; return those still running after it."""
+        self.stop_claiming()
+        self.claimer.stop(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._busy == 0:
+                    break
+            time.sleep(0.01)
+        with self._lock:
+            return [f for f in self._inflight.values() if f.started]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Release what never started, flush outcomes and stop every thread it owns."""
+        self.stop_claiming()
+        with self._lock:
+            never_started = [f for f in self._inflight.values() if not f.started]
+        for flight in never_started:
+            self._completions.put((flight, outcome.released(flight.job)))
+        for _ in self._workers:
+            self._runnable.put(None)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (not self._completions.empty() or self._pending):
+            time.sleep(0.01)
+        self.completer.stop(max(deadline - time.monotonic(), 0.1))
+        for thread in self._workers:
+            thread.join(max(deadline - time.monotonic(), 0.01))
+
+    def expire_running(self, flights: Sequence[InFlight]) -> None:
+        """Give up the leases of handlers still running at shutdown, so a reaper re-runs
+        them at once: their lease expiry is set to now, and their late results are fenced."""
+        if not flights:
+            return
+        for flight in flights:
+            flight.ctx.cancelled.set()
+        try:
+            with self._store.transaction() as conn:
+                renew_leases(
+                    conn, [(f.job.id, f.job.lease_token) for f in flights], lease_seconds=0
+                )
+        except psycopg.Error:
+            _logger.exception("could not expire the leases of %d running jobs", len(flights))
+
+    # --- state ------------------------------------------------------------------------------
+
+    def leases(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """(job id, lease token) of every job this pool holds."""
+        with self._lock:
+            return [(f.job.id, f.job.lease_token) for f in self._inflight.values() if not f.lost]
+
+    def flights(self) -> list[InFlight]:
+        """Every job this pool holds."""
+        with self._lock:
+            return list(self._inflight.values())
+
+    def get(self, job_id: uuid.UUID) -> InFlight | None:
+        """The in-flight job with this id, if this pool holds it."""
+        with self._lock:
+            return self._inflight.get(job_id)
+
+    def mark_lost(self, job_id: uuid.UUID) -> InFlight | None:
+        """Note that the lease of ``job_id`` is gone and tell its handler."""
+        with self._lock:
+            flight = self._inflight.get(job_id)
+            if flight is not None:
+                flight.lost = True
+        if flight is not None:
+            flight.ctx.cancelled.set()
+        return flight
+
+    def wants_queue(self, queue_name: str) -> bool:
+        """True if this pool claims from ``queue_name``."""
+        return queue_name in self._queues
+
+    # --- claimer ----------------------------------------------------------------------------
+
+    def _claim_step(self, stop: threading.Event) -> None:
+        with self._lock:
+            free = self._concurrency - self._busy if self._claiming else 0
+        claimed: list[ClaimedJob] = []
+        if free > 0 and self._defaults:
+            self.wake.clear()
+            with self._store.transaction() as conn:
+                claimed = claim(
+                    conn,
+                    worker=self._worker_id,
+                    queues=self._queues,
+                    job_types=list(self._defaults),
+                    limit=free,
+                    lease_seconds=self._lease_seconds,
+                    defaults=self._defaults,
+                )
+            started = []
+            for job in claimed:
+                flight = self._flight(job)
+                with self._lock:
+                    self._inflight[job.id] = flight
+                    self._busy += 1
+                self._runnable.put(flight)
+                started.append(
+                    LifecycleEvent(
+                        kind=EventKind.JOB_STARTED, job_id=job.id, job_type=job.job_type,
+                        attempt=job.attempt, workflow_run_id=job.workflow_run_id,
+                        step_key=job.step_key,
+                    )
+                )  # fmt: skip
+            self._registry.hooks.emit(started)
+        if free > 0 and len(claimed) == free:
+            return  # there may be more: claim again once a slot frees up
+        if not stop.is_set():
+            self.wake.wait(self._poll_interval)
+
+    def _flight(self, job: ClaimedJob) -> InFlight:
+        ctx = JobContext(
+            job_id=job.id,
+            job_type=job.job_type,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            queue=job.queue,
+            priority=job.priority,
+            workflow_run_id=job.workflow_run_id,
+            step_key=job.step_key,
+            workflow_input=job.workflow_input,
+            upstream=job.upstream,
+            scheduled_at=None,
+            pool=self._store.pool,
+            heartbeat=lambda: self._renew_one(job),
+        )
+        deadline = None
+        if job.timeout_seconds is not None:
+            deadline = time.monotonic() + job.timeout_seconds
+        return InFlight(job=job, ctx=ctx, deadline=deadline)
+
+    def _renew_one(self, job: ClaimedJob) -> bool:
+        with self._store.transaction() as conn:
+            held = renew_leases(
+                conn, [(job.id, job.lease_token)], lease_seconds=self._lease_seconds
+            )
+        return job.id in held
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            flight = self._runnable.get()
+            if flight is None:
+                return
+            try:
+                self._run(flight)
+            except BaseException:
+                _logger.exception("runledger worker error around job %s", flight.job.id)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                self.wake.set()
+
+    def _run(self, flight: InFlight) -> None:
+        job, ctx = flight.job, flight.ctx
+        handler = self._registry.get(job.job_type)
+        policy = handler.retry if handler is not None else DEFAULT_RETRY_POLICY
+        flight.started = True
+        result: AttemptResult
+        if handler is None:  # the claim only takes registered types; kept for safety
+            result = outcome.failure(job, LookupError(f"no handler for {job.job_type}"), policy)
+        else:
+            try:
+                output = handler.fn(ctx, job.payload)
+                check_json(output, root="$output")
+                result = outcome.success(job, output)
+            except PayloadNotSerializable as err:
+                result = outcome.failure(
+                    job,
+                    TypeError(f"the handler returned a value that is not JSON: {err}"),
+                    policy,
+                )
+            except BaseException as err:
+                result = outcome.failure(job, err, policy, tb=traceback.format_exc())
+        if flight.deadline is not None and time.monotonic() > flight.deadline:
+            flight.timed_out = True
+            result = outcome.failure(
+                job,
+                TimedOut(f"the attempt ran past its timeout of {job.timeout_seconds} s"),
+                policy,
+                outcome=AttemptOutcome.TIMED_OUT,
+            )
+        conn = ctx.take_conn()
+        if conn is not None:
+            self._finish_in_handler_conn(flight, result, conn, policy)
+        else:
+            self._completions.put((flight, result))
+
+    def _finish_in_handler_conn(
+        self,
+        flight: InFlight,
+        result: AttemptResult,
+        conn: psycopg.Connection[Any],
+        policy: RetryPolicy,
+    ) -> None:
+        """Write a success in the handler's own transaction, which commits only if the
+        lease is still held; anything else rolls the handler's writes back."""
+        pool = self._store.pool
+        try:
+            if result.status is not JobStatus.SUCCEEDED:
+                conn.rollback()
+                self._completions.put((flight, result))
+                return
+            try:
+                report = finish(conn, [result])
+            except psycopg.Error as err:
+                conn.rollback()
+                failed = outcome.failure(
+                    flight.job,
+                    RuntimeError(f"the handler's transaction on ctx.conn failed: {err}"),
+                    policy,
+                )
+                self._completions.put((flight, failed))
+                return
+            if report.lost:
+                conn.rollback()
+                _logger.warning(
+                    "job %s: lease lost before its success was written; the handler's "
+                    "writes on ctx.conn were rolled back",
+                    flight.job.id,
+                )
+                self._forget(flight)
+                return
+            conn.commit()
+            self._forget(flight)
+            self._registry.hooks.emit(report_events(report, {result.job_id: result}))
+        finally:
+            pool.putconn(conn)
+
+    # --- completer --------------------------------------------------------------------------
+
+    def _complete_step(self, stop: threading.Event) -> None:
+        if not self._pending:
+            try:
+                self._pending.append(self._completions.get(timeout=0.2))
+            except queue.Empty:
+                return
+            while len(self._pending) < COMPLETION_BATCH:
+                try:
+                    self._pending.append(self._completions.get_nowait())
+                except queue.Empty:
+                    break
+        batch = self._pending
+        results = {result.job_id: result for _, result in batch}
+        try:
+            with self._store.transaction() as conn:
+                report = finish(conn, list(results.values()))
+        except (psycopg.Error, OSError) as err:
+            _logger.warning("could not write %d outcomes (%s); retrying", len(batch), err)
+            stop.wait(0.5)
+            return
+        self._pending = []
+        for flight, _ in batch:
+            self._forget(flight)
+        for job_id in report.lost:
+            _logger.info("job %s: lease lost before its outcome was written; dropped", job_id)
+        self._registry.hooks.emit(report_events(report, results))
+
+    def _forget(self, flight: InFlight) -> None:
+        with self._lock:
+            self._inflight.pop(flight.job.id, None)
+
+
+def local_timeouts(pool: WorkerPool, now: Callable[[], float] = time.monotonic) -> list[InFlight]:
+    """Tell handlers past their deadline that they timed out (``ctx.cancelled``)."""
+    late = []
+    moment = now()
+    for flight in pool.flights():
+        overdue = flight.deadline is not None and moment > flight.deadline
+        if overdue and flight.started and not flight.ctx.cancelled.is_set():
+            flight.ctx.cancelled.set()
+            late.append(flight)
+    return late
