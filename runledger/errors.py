@@ -48,6 +48,7 @@ __all__ = [
     "BlankStepKey",
     "BlankWorkflowName",
     "BuilderMisuse",
+    "ConfigError",
     "ConflictingRunAt",
     "ConnectionNotUsable",
     "CycleDetected",
@@ -302,3 +303,13 @@ class RunNotFinished(RunledgerError, TimeoutError):
         self.status = status
         self.timeout = timeout
         super().__init__(f"workflow run {run_id} is still {status} after {timeout:g} s")
+
+
+class ConfigError(RunledgerError, ValueError):
+    """A ``RUNLEDGER_*`` environment variable or a command-line option does not parse."""
+
+    def __init__(self, *, name: str, value: str, expected: str) -> None:
+        self.name = name
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{name}={value!r}: expected {expected}")
