@@ -23,19 +23,28 @@ DEFAULT_MAX_ATTEMPTS = 5
 """Attempts a job gets when neither the job nor its handler says."""
 
 # Claims up to %(limit)s due jobs of the given queues and types: highest priority first, then
-# oldest run_at, then id. SKIP LOCKED: a claim never waits for a job row. The step rows of
-# claimed workflow jobs are marked running in the same statement.
+# oldest run_at, then id. SKIP LOCKED: a claim never waits for a job row. With several
+# queues, rows locked beyond the limit stay locked (unclaimed) only until the commit. The
+# step rows of claimed workflow jobs are marked running in the same statement.
 CLAIM_JOBS = """
 with candidates as (
-    select id
-    from runledger.jobs
-    where status = 'queued'
-      and queue = any(%(queues)s::text[])
-      and job_type = any(%(job_types)s::text[])
-      and run_at <= now()
-    order by priority desc, run_at, id
+    -- One ordered index scan per queue (a "queue = any(...)" filter would sort every queued
+    -- row), then the best of them across queues.
+    select c.id
+    from unnest(%(queues)s::text[]) as q(queue)
+    cross join lateral (
+        select j.id, j.priority, j.run_at
+        from runledger.jobs as j
+        where j.status = 'queued'
+          and j.queue = q.queue
+          and j.job_type = any(%(job_types)s::text[])
+          and j.run_at <= now()
+        order by j.priority desc, j.run_at, j.id
+        limit %(limit)s
+        for update skip locked
+    ) as c
+    order by c.priority desc, c.run_at, c.id
     limit %(limit)s
-    for update skip locked
 ),
 claimed as (
     update runledger.jobs as j

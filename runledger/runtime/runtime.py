@@ -40,6 +40,8 @@ class Runtime:
         target: a DSN, a ``psycopg_pool.ConnectionPool`` or a ``Store``.
         registry: the handlers, schedules and hooks.
         concurrency: handlers running at once (one thread each).
+        prefetch: claimed jobs that may wait for a free thread (default: ``concurrency``);
+            0 claims only for idle threads.
         queues: the queues to claim from.
         poll_interval: seconds between polls when no NOTIFY arrives (polling always runs).
         lease_seconds: how long a claim holds without a heartbeat; renewed every third.
@@ -58,6 +60,7 @@ class Runtime:
         registry: Registry,
         *,
         concurrency: int = 8,
+        prefetch: int | None = None,
         queues: Sequence[str] = ("default",),
         poll_interval: float = 1.0,
         lease_seconds: float = 30.0,
@@ -95,6 +98,7 @@ class Runtime:
             queues=queues,
             lease_seconds=lease_seconds,
             poll_interval=poll_interval,
+            prefetch=prefetch,
         )
         self._heartbeat = Heartbeat(self._store, self.pool, registry, lease_seconds=lease_seconds)
         loops = [*self.pool.loops(), Loop("runledger-heartbeat-0", self._heartbeat.step)]

@@ -3,7 +3,11 @@
 Threads (all daemon, named ``runledger-<role>-<n>``):
 
 - ``claimer``: claims up to the free capacity in one statement and commits before any handler
-  runs; sleeps until woken (a NOTIFY, a freed slot) or ``poll_interval`` passes.
+  runs; sleeps until woken (a NOTIFY, half the capacity freed) or ``poll_interval`` passes.
+  The capacity is ``concurrency + prefetch``: up to ``prefetch`` claimed jobs wait in memory
+  for a worker thread, so short jobs are claimed in batches rather than one slot at a time.
+  Their leases are renewed like the others'; at shutdown they are handed back without
+  counting the attempt.
 - ``worker-<n>``: run handlers. A handler that used ``ctx.conn`` has its outcome written in
   that connection's transaction by its own thread; the others hand outcomes to the completer.
 - ``completer``: writes queued outcomes in batches, one transaction per batch, retrying a
@@ -134,11 +138,13 @@ class WorkerPool:
         queues: Sequence[str],
         lease_seconds: float,
         poll_interval: float,
+        prefetch: int | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._worker_id = worker_id
         self._concurrency = concurrency
+        self._capacity = concurrency + (concurrency if prefetch is None else max(prefetch, 0))
         self._queues = tuple(queues)
         self._lease_seconds = lease_seconds
         self._poll_interval = poll_interval
@@ -268,7 +274,7 @@ class WorkerPool:
 
     def _claim_step(self, stop: threading.Event) -> None:
         with self._lock:
-            free = self._concurrency - self._busy if self._claiming else 0
+            free = self._capacity - self._busy if self._claiming else 0
         claimed: list[ClaimedJob] = []
         if free > 0 and self._defaults:
             self.wake.clear()
@@ -344,7 +350,10 @@ class WorkerPool:
             finally:
                 with self._lock:
                     self._busy -= 1
-                self.wake.set()
+                    # Claim again once half the capacity is free, or when idle.
+                    hungry = self._busy <= self._capacity // 2
+                if hungry:
+                    self.wake.set()
 
     def _run(self, flight: InFlight) -> None:
         job, ctx = flight.job, flight.ctx
