@@ -66,6 +66,7 @@ class InFlight:
     ctx: JobContext
     deadline: float | None
     started: bool = False
+    done: bool = False
     lost: bool = False
     timed_out: bool = False
 
@@ -152,6 +153,8 @@ class WorkerPool:
         self._inflight: dict[uuid.UUID, InFlight] = {}
         self._busy = 0
         self._claiming = True
+        self._starting = True
+        self._changed = threading.Condition(self._lock)
         self.wake = threading.Event()
         self._runnable: queue.SimpleQueue[InFlight | None] = queue.SimpleQueue()
         self._completions: queue.SimpleQueue[tuple[InFlight, AttemptResult]] = queue.SimpleQueue()
@@ -196,30 +199,38 @@ class WorkerPool:
         self.wake.set()
 
     def drain(self, timeout: float) -> list[InFlight]:
-        """Wait up to ``timeout`` for running handlers; return those still running after it."""
+        """Start no more handlers and wait up to ``timeout`` for the running ones; return
+        those still running after it. Prefetched jobs stay unstarted (``stop`` releases them).
+        """
         self.stop_claiming()
-        self.claimer.stop(timeout)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._busy == 0:
-                    break
-            time.sleep(0.01)
-        with self._lock:
-            return [f for f in self._inflight.values() if f.started]
+        self.claimer.stop(timeout)
+        with self._changed:
+            self._starting = False
+            self._changed.wait_for(
+                lambda: not self._running(), timeout=max(deadline - time.monotonic(), 0)
+            )
+            return self._running()
+
+    def _running(self) -> list[InFlight]:
+        return [f for f in self._inflight.values() if f.started and not f.done]
 
     def stop(self, timeout: float = 5.0) -> None:
         """Release what never started, flush outcomes and stop every thread it owns."""
         self.stop_claiming()
         with self._lock:
+            self._starting = False
             never_started = [f for f in self._inflight.values() if not f.started]
         for flight in never_started:
             self._completions.put((flight, outcome.released(flight.job)))
         for _ in self._workers:
             self._runnable.put(None)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (not self._completions.empty() or self._pending):
-            time.sleep(0.01)
+        with self._changed:
+            self._changed.wait_for(
+                lambda: not any(f.done or not f.started for f in self._inflight.values()),
+                timeout=max(deadline - time.monotonic(), 0),
+            )
         self.completer.stop(max(deadline - time.monotonic(), 0.1))
         for thread in self._workers:
             thread.join(max(deadline - time.monotonic(), 0.01))
@@ -343,13 +354,19 @@ class WorkerPool:
             flight = self._runnable.get()
             if flight is None:
                 return
+            with self._lock:
+                start = self._starting
+                flight.started = start
             try:
-                self._run(flight)
+                if start:
+                    self._run(flight)
             except BaseException:
                 _logger.exception("runledger worker error around job %s", flight.job.id)
             finally:
-                with self._lock:
+                with self._changed:
+                    flight.done = start
                     self._busy -= 1
+                    self._changed.notify_all()
                     # Claim again once half the capacity is free, or when idle.
                     hungry = self._busy <= self._capacity // 2
                 if hungry:
@@ -359,7 +376,6 @@ class WorkerPool:
         job, ctx = flight.job, flight.ctx
         handler = self._registry.get(job.job_type)
         policy = handler.retry if handler is not None else DEFAULT_RETRY_POLICY
-        flight.started = True
         result: AttemptResult
         if handler is None:  # the claim only takes registered types; kept for safety
             result = outcome.failure(job, LookupError(f"no handler for {job.job_type}"), policy)
@@ -461,8 +477,9 @@ class WorkerPool:
         self._registry.hooks.emit(report_events(report, results))
 
     def _forget(self, flight: InFlight) -> None:
-        with self._lock:
+        with self._changed:
             self._inflight.pop(flight.job.id, None)
+            self._changed.notify_all()
 
 
 def local_timeouts(pool: WorkerPool, now: Callable[[], float] = time.monotonic) -> list[InFlight]:
