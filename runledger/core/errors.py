@@ -120,6 +120,20 @@ class PayloadNotSerializable(JobOptionError, WorkflowBuildError):
         super().__init__(f"value at {path}{_where(step_key)} is not JSON: {reason}")
 
 
+class NulInText(JobOptionError, WorkflowBuildError):
+    """A job type, queue or key contains the NUL character, which PostgreSQL text cannot hold.
+
+    Attributes:
+        field: which setting (``job_type``, ``queue``, ``idempotency_key``, ``step_key``,
+            ``name``).
+    """
+
+    def __init__(self, *, field: str, step_key: str | None = None) -> None:
+        self.field = field
+        self.step_key = step_key
+        super().__init__(f"{field}{_where(step_key)} contains a NUL character (\\x00)")
+
+
 class BlankIdempotencyKey(JobOptionError, WorkflowBuildError):
     """An idempotency key was given but is empty or only white space."""
 

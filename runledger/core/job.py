@@ -17,6 +17,7 @@ from runledger.core.errors import (
     InvalidMaxAttempts,
     InvalidTimeout,
     NaiveRunAt,
+    NulInText,
     PriorityOutOfRange,
 )
 from runledger.core.payload import JsonValue, check_json, dumps
@@ -34,12 +35,14 @@ def check_job_type(job_type: object, *, step_key: str | None = None) -> None:
     """Raise ``BlankJobType`` unless ``job_type`` is a non-blank str."""
     if not isinstance(job_type, str) or not job_type.strip():
         raise BlankJobType(step_key=step_key)
+    check_text("job_type", job_type, step_key=step_key)
 
 
 def check_queue(queue: object, *, step_key: str | None = None) -> None:
     """Raise ``BlankQueue`` unless ``queue`` is a non-blank str."""
     if not isinstance(queue, str) or not queue.strip():
         raise BlankQueue(step_key=step_key)
+    check_text("queue", queue, step_key=step_key)
 
 
 def check_priority(priority: object, *, step_key: str | None = None) -> None:
@@ -74,6 +77,14 @@ def check_idempotency_key(value: object, *, step_key: str | None = None) -> None
     """Raise ``BlankIdempotencyKey`` unless ``value`` is None or a non-blank str."""
     if value is not None and (not isinstance(value, str) or not value.strip()):
         raise BlankIdempotencyKey(step_key=step_key)
+    if value is not None:
+        check_text("idempotency_key", value, step_key=step_key)
+
+
+def check_text(field: str, value: str, *, step_key: str | None = None) -> None:
+    """Raise ``NulInText`` if ``value`` holds a NUL character (PostgreSQL text cannot)."""
+    if "\x00" in value:
+        raise NulInText(field=field, step_key=step_key)
 
 
 def _delay_seconds(delay: object) -> float:

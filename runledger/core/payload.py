@@ -1,9 +1,10 @@
 """JSON values: the check that a payload, input or output can be stored, and its canonical text.
 
-Rule: payloads are plain JSON. dict (str keys), list, tuple (stored as a list), str, int, float
-(finite), bool and None are accepted; anything else, including ``datetime``, ``set``, ``bytes``,
-``Decimal`` and ``UUID``, is refused with the path to the offending value. Convert such values
-yourself (``dt.isoformat()``, ``str(uuid)``) so the handler reads back exactly what you stored.
+Rule: payloads are plain JSON. dict (str keys), list, tuple (stored as a list), str (without
+the NUL character, which jsonb cannot hold), int, float (finite), bool and None are accepted;
+anything else, including ``datetime``, ``set``, ``bytes``, ``Decimal`` and ``UUID``, is refused
+with the path to the offending value. Convert such values yourself (``dt.isoformat()``,
+``str(uuid)``) so the handler reads back exactly what you stored.
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ def check_json(value: Any, *, step_key: str | None = None, root: str = "$") -> N
                 reason="nested too deeply",
                 step_key=step_key,
             )
-        if item is None or isinstance(item, str | bool | int):
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise PayloadNotSerializable(
+                    path=path, type_name="str",
+                    reason="PostgreSQL cannot store the NUL character (\\x00) in JSON text",
+                    step_key=step_key,
+                )  # fmt: skip
+            continue
+        if item is None or isinstance(item, bool | int):
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
@@ -50,11 +59,11 @@ def check_json(value: Any, *, step_key: str | None = None, root: str = "$") -> N
         if isinstance(item, dict):
             # Pushed in reverse so the first offending value in document order is reported.
             for key, child in reversed(item.items()):
-                if not isinstance(key, str):
+                if not isinstance(key, str) or "\x00" in key:
                     raise PayloadNotSerializable(
                         path=f"{path}[{key!r}]",
                         type_name=describe(key),
-                        reason=f"object keys must be str, not {describe(key)}",
+                        reason=f"object keys must be str without NUL, not {key!r}",
                         step_key=step_key,
                     )
                 stack.append(

@@ -145,6 +145,7 @@ def _validate(workflow: Workflow) -> tuple[str, ...]:
     name = workflow.name
     if not isinstance(name, str) or not name.strip():
         raise BlankWorkflowName(workflow_name=str(name))
+    jobopts.check_text("name", name)
     jobopts.check_idempotency_key(workflow.idempotency_key)
     check_json(workflow.input, root="$input")
     if not workflow.steps:
@@ -154,6 +155,7 @@ def _validate(workflow: Workflow) -> tuple[str, ...]:
     for index, spec in enumerate(workflow.steps):
         if not isinstance(spec.key, str) or not spec.key.strip():
             raise BlankStepKey(workflow_name=name, index=index)
+        jobopts.check_text("step_key", spec.key)
         if spec.key in seen:
             raise DuplicateStepKey(workflow_name=name, step_key=spec.key)
         seen.add(spec.key)

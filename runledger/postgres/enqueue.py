@@ -47,6 +47,8 @@ inserted as (
            coalesce(run_at, now() + make_interval(secs => coalesce(delay, 0))),
            idempotency_key, request_fingerprint
     from input
+    -- A fixed order, so two batches sharing keys wait for each other instead of deadlocking.
+    order by job_type, idempotency_key, id
     on conflict on constraint jobs_idempotency_key do nothing
     returning id, queue
 ),

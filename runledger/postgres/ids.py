@@ -1,19 +1,32 @@
-"""Time-ordered UUIDs (version 7) for new rows: recent rows share the right edge of the index."""
+"""Time-ordered UUIDs (version 7) for new rows: recent rows share the right edge of the index.
+
+Ids made by one process are strictly increasing, so jobs enqueued together (same ``run_at``)
+are claimed in the order they were given.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 
+_lock = threading.Lock()
+_last = 0  # the last (millis << 12 | sequence) handed out
+
 
 def new_id() -> uuid.UUID:
-    """A fresh UUIDv7: 48 bits of Unix milliseconds, then 74 random bits."""
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    """A fresh UUIDv7: 48 bits of Unix milliseconds, a 12-bit sequence, 62 random bits."""
+    global _last  # noqa: PLW0603 - the process-wide monotonic clock of ids
+    rand = int.from_bytes(os.urandom(8), "big")
+    with _lock:
+        stamp = (time.time_ns() // 1_000_000) << 12
+        _last = stamp if stamp > _last else _last + 1
+        head = _last
+    millis, sequence = head >> 12, head & 0xFFF
     value = (millis & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76  # version
-    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a, 12 bits
+    value |= sequence << 64
     value |= 0b10 << 62  # RFC 4122 variant
-    value |= rand & ((1 << 62) - 1)  # rand_b, 62 bits
+    value |= rand & ((1 << 62) - 1)
     return uuid.UUID(int=value)

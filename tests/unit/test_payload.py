@@ -232,9 +232,12 @@ json_values = st.recursive(
     | st.booleans()
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
+    | st.text(alphabet=st.characters(exclude_characters="\x00")),
     lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+        st.lists(children, max_size=5)
+        | st.dictionaries(
+            st.text(st.characters(exclude_characters="\x00"), max_size=8), children, max_size=5
+        )
     ),
     max_leaves=30,
 )

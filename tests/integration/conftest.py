@@ -1,0 +1,69 @@
+"""Fixtures for the store's integration tests: a second connection, row counts, empty databases.
+
+``conn`` (the caller's connection, not autocommit) and ``dsn`` come from ``tests/conftest.py``.
+``observer`` is a second, autocommit connection to the same database: what it sees is what
+other sessions see, committed rows only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from runledger.testing import TestServer
+
+Counter = Callable[..., int]
+
+
+@pytest.fixture
+def observer(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """Another session on the test's database (autocommit): sees committed rows only."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def count(observer: psycopg.Connection[Any]) -> Counter:
+    """``count("jobs", "status = %s", ("queued",))``: committed rows of a runledger table."""
+
+    def run(table: str, where: str = "true", params: tuple[Any, ...] = ()) -> int:
+        query = sql.SQL("select count(*) from runledger.{} where {}").format(
+            sql.Identifier(table), sql.SQL(where)
+        )
+        row = observer.execute(query, params).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    return run
+
+
+@pytest.fixture
+def empty_database(pg_server: TestServer) -> Iterator[str]:
+    """The DSN of a brand-new database without the runledger schema, dropped afterwards."""
+    name = f"runledger_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        yield pg_server.dsn_for(name)
+    finally:
+        with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
+            admin.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity "
+                "where datname = %s and pid <> pg_backend_pid()",
+                (name,),
+            )
+            admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test in this directory ``db`` (they all need the PostgreSQL server)."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            item.add_marker(pytest.mark.db)
