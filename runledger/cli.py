@@ -92,9 +92,13 @@ def _worker(args: argparse.Namespace) -> int:
     settings = settings_from_env()
     options = settings.runtime_kwargs()
     if args.concurrency is not None:
+        if args.concurrency < 1:
+            raise CliError(f"--concurrency must be at least 1, got {args.concurrency}")
         options["concurrency"] = args.concurrency
-    if args.queues:
+    if args.queues is not None:
         options["queues"] = [q.strip() for q in args.queues.split(",") if q.strip()]
+        if not options["queues"]:
+            raise CliError(f"--queues needs at least one queue name, got {args.queues!r}")
     if args.no_listen:
         options["listen"] = False
     registry = _load_registry(args.app)
@@ -173,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SchemaNotMigrated as err:
         print(f"runledger: {err}", file=sys.stderr)
         return 1
-    except (RunledgerError, ConfigError) as err:
+    except (RunledgerError, ConfigError, ValueError) as err:
         print(f"runledger: {err}", file=sys.stderr)
         return 1
     return code

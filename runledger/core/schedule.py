@@ -29,18 +29,51 @@ def check_cron(name: str, cron: str) -> None:
         raise InvalidCron(name=name, cron=cron, reason="croniter cannot parse it")
 
 
+def _second_pass(tick: datetime.datetime, tz: zoneinfo.ZoneInfo) -> bool:
+    """True if ``tick`` is the second occurrence of an ambiguous local time (clocks went back)."""
+    local = tick.astimezone(tz)
+    first = local.replace(fold=0).astimezone(datetime.UTC)
+    second = local.replace(fold=1).astimezone(datetime.UTC)
+    return first != second and tick == second
+
+
+def _fixed_hour(cron: str) -> bool:
+    return "*" not in cron.split()[1]
+
+
 def next_tick(cron: str, timezone: str, after: datetime.datetime) -> datetime.datetime:
-    """The first tick of ``cron`` in ``timezone`` strictly after ``after`` (aware), in UTC."""
-    local = after.astimezone(zoneinfo.ZoneInfo(timezone))
-    tick = croniter(cron, local).get_next(datetime.datetime)
-    return tick.astimezone(datetime.UTC)
+    """The first tick of ``cron`` in ``timezone`` strictly after ``after`` (aware), in UTC.
+
+    Like cron(8), a schedule with a fixed hour fires once when clocks go back and its time
+    happens twice (at the first pass); schedules with a wildcard hour fire in both passes.
+    """
+    tz = zoneinfo.ZoneInfo(timezone)
+    ticks = croniter(cron, after.astimezone(tz))
+    fixed = _fixed_hour(cron)
+    while True:
+        tick: datetime.datetime = ticks.get_next(datetime.datetime).astimezone(datetime.UTC)
+        if tick <= after or (fixed and _second_pass(tick, tz)):
+            continue
+        return tick
 
 
 def latest_tick(cron: str, timezone: str, at: datetime.datetime) -> datetime.datetime:
-    """The last tick of ``cron`` at or before ``at``, in UTC (missed ticks coalesce to it)."""
-    local = at.astimezone(zoneinfo.ZoneInfo(timezone))
-    it = croniter(cron, local + datetime.timedelta(microseconds=1))
-    return it.get_prev(datetime.datetime).astimezone(datetime.UTC)
+    """The last tick of ``cron`` at or before ``at``, in UTC (missed ticks coalesce to it).
+
+    croniter walks back on the local wall clock, which in a repeated autumn hour can land on
+    an earlier tick; walking forward with ``next_tick`` from there corrects it.
+    """
+    tz = zoneinfo.ZoneInfo(timezone)
+    back = croniter(cron, at.astimezone(tz) + datetime.timedelta(microseconds=1))
+    guess: datetime.datetime = back.get_prev(datetime.datetime).astimezone(datetime.UTC)
+    if guess > at:  # never seen, but a guess after ``at`` would loop forever below
+        earlier = croniter(cron, (at - datetime.timedelta(days=2)).astimezone(tz))
+        guess = earlier.get_prev(datetime.datetime).astimezone(datetime.UTC)
+    while True:
+        following = next_tick(cron, timezone, guess)
+        if following > at:
+            return guess
+        guess = following
 
 
 @attrs.frozen(kw_only=True)

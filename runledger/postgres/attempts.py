@@ -65,7 +65,7 @@ claimed as (
     where j.id = c.id
     returning j.id, j.job_type, j.queue, j.payload, j.priority, j.attempt, j.max_attempts,
               j.timeout_seconds, j.lease_token, j.workflow_run_id, j.step_id, j.step_key,
-              j.started_at
+              j.started_at, j.scheduled_at
 ),
 attempts as (
     insert into runledger.job_attempts (job_id, attempt, worker, lease_token, started_at)
@@ -85,7 +85,7 @@ events as (
 )
 select c.id, c.job_type, c.queue, c.payload, c.priority, c.attempt, c.max_attempts,
        c.timeout_seconds, c.lease_token, c.workflow_run_id, c.step_id, c.step_key, c.started_at,
-       r.input as workflow_input
+       r.input as workflow_input, c.scheduled_at
 from claimed as c
 left join runledger.workflow_runs as r on r.id = c.workflow_run_id
 order by c.priority desc, c.id
@@ -238,6 +238,7 @@ class ClaimedJob:
     step_key: str | None
     started_at: datetime.datetime
     workflow_input: JsonValue = None
+    scheduled_at: datetime.datetime | None = None
     upstream: Mapping[str, JsonValue] = attrs.field(factory=dict)
 
 
@@ -293,6 +294,7 @@ def claim(
             step_key=row[11],
             started_at=row[12],
             workflow_input=row[13],
+            scheduled_at=row[14],
             upstream=upstream.get(row[10], {}) if row[10] is not None else {},
         )
         for row in rows

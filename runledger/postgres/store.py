@@ -40,7 +40,7 @@ class Store:
                 max_size=max_size,
                 timeout=timeout,
                 open=True,
-                name="runledger",
+                name="runledger-pool",
                 kwargs={"autocommit": False},
             )
             self._owns_pool = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -45,7 +46,7 @@ def _parse(env: Mapping[str, str], name: str, kind: type, expected: str) -> Any:
         value = kind(raw)
     except ValueError:
         raise ConfigError(name=name, value=raw, expected=expected) from None
-    if kind in (int, float) and value <= 0:
+    if kind in (int, float) and not 0 < value < math.inf:  # also refuses nan
         raise ConfigError(name=name, value=raw, expected=expected)
     return value
 
@@ -60,10 +61,17 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> RuntimeSettings:
     """
     env = os.environ if env is None else env
     queues = env.get("RUNLEDGER_QUEUES")
+    parsed_queues = None
+    if queues is not None and queues != "":
+        parsed_queues = tuple(q.strip() for q in queues.split(",") if q.strip())
+        if not parsed_queues:
+            raise ConfigError(
+                name="RUNLEDGER_QUEUES", value=queues, expected="comma-separated queue names"
+            )
     return RuntimeSettings(
         dsn=env.get("RUNLEDGER_DSN") or env.get("DATABASE_URL") or None,
         concurrency=_parse(env, "RUNLEDGER_CONCURRENCY", int, "a positive integer"),
-        queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None,
+        queues=parsed_queues,
         poll_interval=_parse(env, "RUNLEDGER_POLL_INTERVAL", float, "positive seconds"),
         lease_seconds=_parse(env, "RUNLEDGER_LEASE_SECONDS", float, "positive seconds"),
         listen=_parse(env, "RUNLEDGER_LISTEN", bool, "true or false"),

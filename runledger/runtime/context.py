@@ -26,6 +26,7 @@ class JobContext:
         workflow_run_id, step_key: the workflow step this job runs, or None.
         workflow_input: the run's input (None outside workflows).
         upstream: the outputs of the step's prerequisites, by step key.
+        scheduled_at: the cron tick a scheduled job stands for (None for other jobs).
         cancelled: set when the job is cancelled, times out or loses its lease. Long handlers
             should check it (``ctx.cancelled.is_set()`` or ``ctx.cancelled.wait(seconds)``)
             and return early: Python threads cannot be killed, and whatever a handler returns

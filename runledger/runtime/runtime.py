@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -78,8 +79,15 @@ class Runtime:
             queues = [q.strip() for q in queues.split(",") if q.strip()]
         if not queues:
             raise ValueError("give at least one queue")
-        if lease_seconds <= 0 or poll_interval <= 0:
-            raise ValueError("lease_seconds and poll_interval must be positive")
+        for name, value in (
+            ("lease_seconds", lease_seconds),
+            ("poll_interval", poll_interval),
+            ("reap_interval", reap_interval),
+            ("schedule_interval", schedule_interval),
+            ("shutdown_timeout", shutdown_timeout),
+        ):
+            if not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if isinstance(target, Store):
             self._store = target
             self._owns_store = False
@@ -166,12 +174,20 @@ class Runtime:
                 return
             self._stopped = True
         timeout = self.shutdown_timeout if timeout is None else timeout
+        # Each stage runs whatever the one before it raised (the database may be away), so
+        # every thread is stopped and joined.
         self._supervisor.stop(5)
-        still_running = self.pool.drain(timeout)
-        if still_running:
-            _logger.warning("%d handlers still running at shutdown", len(still_running))
-            self.pool.expire_running(still_running)
-        self.pool.stop(timeout=5)
+        try:
+            still_running = self.pool.drain(timeout)
+            if still_running:
+                _logger.warning("%d handlers still running at shutdown", len(still_running))
+                self.pool.expire_running(still_running)
+        except Exception:
+            _logger.exception("error while draining the worker pool")
+        try:
+            self.pool.stop(timeout=5)
+        except Exception:
+            _logger.exception("error while stopping the worker pool")
         for loop in self._loops:
             loop.stop(5)
         if self._owns_store:

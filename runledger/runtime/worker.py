@@ -33,7 +33,7 @@ import psycopg
 from runledger.core.payload import check_json
 from runledger.core.retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from runledger.core.status import AttemptOutcome, EventKind, JobStatus
-from runledger.errors import PayloadNotSerializable
+from runledger.errors import DatabaseError, PayloadNotSerializable
 from runledger.postgres.attempts import (
     AttemptResult,
     ClaimedJob,
@@ -52,6 +52,10 @@ from runledger.runtime.registry import Registry
 _logger = logging.getLogger("runledger.worker")
 
 COMPLETION_BATCH = 500
+
+# What a database outage looks like from here: psycopg's errors, and the store's wrappers of
+# them (a dead pooled connection surfaces as ConnectionNotUsable).
+DB_ERRORS = (psycopg.Error, OSError, DatabaseError)
 
 
 class TimedOut(Exception):
@@ -247,7 +251,7 @@ class WorkerPool:
                 renew_leases(
                     conn, [(f.job.id, f.job.lease_token) for f in flights], lease_seconds=0
                 )
-        except psycopg.Error:
+        except DB_ERRORS:
             _logger.exception("could not expire the leases of %d running jobs", len(flights))
 
     # --- state ------------------------------------------------------------------------------
@@ -331,7 +335,7 @@ class WorkerPool:
             step_key=job.step_key,
             workflow_input=job.workflow_input,
             upstream=job.upstream,
-            scheduled_at=None,
+            scheduled_at=job.scheduled_at,
             pool=self._store.pool,
             heartbeat=lambda: self._renew_one(job),
         )
@@ -465,7 +469,7 @@ class WorkerPool:
         try:
             with self._store.transaction() as conn:
                 report = finish(conn, list(results.values()))
-        except (psycopg.Error, OSError) as err:
+        except DB_ERRORS as err:
             _logger.warning("could not write %d outcomes (%s); retrying", len(batch), err)
             stop.wait(0.5)
             return

@@ -1,0 +1,223 @@
+"""Cron maths and schedule specs (no database): next_tick, latest_tick, ScheduleSpec."""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+
+import pytest
+
+from runledger.core.schedule import ScheduleSpec, latest_tick, next_tick
+from runledger.errors import (
+    BlankJobType,
+    InvalidCron,
+    InvalidMaxAttempts,
+    PayloadNotSerializable,
+    PriorityOutOfRange,
+    UnknownTimezone,
+)
+
+UTC = datetime.UTC
+PARIS = "Europe/Paris"
+
+
+def utc(*args: int) -> datetime.datetime:
+    return datetime.datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+# --- next_tick -------------------------------------------------------------------------------
+
+
+def test_next_tick_every_minute_in_utc_is_the_next_whole_minute() -> None:
+    assert next_tick("* * * * *", "UTC", utc(2026, 5, 4, 12, 0, 30, 500)) == utc(2026, 5, 4, 12, 1)
+
+
+def test_next_tick_is_strictly_after_a_time_that_is_itself_a_tick() -> None:
+    assert next_tick("* * * * *", "UTC", utc(2026, 5, 4, 12, 0)) == utc(2026, 5, 4, 12, 1)
+    assert next_tick("0 3 * * *", "UTC", utc(2026, 5, 4, 3, 0)) == utc(2026, 5, 5, 3, 0)
+
+
+def test_next_tick_returns_an_aware_utc_datetime_for_an_aware_non_utc_input() -> None:
+    after = datetime.datetime(
+        2026, 5, 4, 14, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+    )
+
+    tick = next_tick("30 12 * * *", "UTC", after)
+
+    assert tick == utc(2026, 5, 4, 12, 30)
+    assert tick.utcoffset() == datetime.timedelta(0)
+
+
+def test_next_tick_in_paris_winter_is_one_hour_before_utc() -> None:
+    assert next_tick("30 2 * * *", PARIS, utc(2026, 1, 10, 12)) == utc(2026, 1, 11, 1, 30)
+
+
+def test_next_tick_in_paris_summer_is_two_hours_before_utc() -> None:
+    assert next_tick("30 2 * * *", PARIS, utc(2026, 7, 10, 12)) == utc(2026, 7, 11, 0, 30)
+
+
+def test_next_tick_across_the_spring_change_fires_once_on_the_day_without_0230() -> None:
+    # 2026-03-29: Paris clocks jump from 02:00 CET to 03:00 CEST, so 02:30 does not exist.
+    ticks = []
+    moment = utc(2026, 3, 27, 12)
+    for _ in range(4):
+        moment = next_tick("30 2 * * *", PARIS, moment)
+        ticks.append(moment)
+
+    assert ticks == [
+        utc(2026, 3, 28, 1, 30),  # 02:30 CET
+        utc(2026, 3, 29, 1, 0),  # the gap: fired at 03:00 CEST, the first instant after it
+        utc(2026, 3, 30, 0, 30),  # 02:30 CEST
+        utc(2026, 3, 31, 0, 30),
+    ]
+
+
+def test_next_tick_is_strictly_increasing_across_both_dst_changes() -> None:
+    for start in (utc(2026, 3, 28), utc(2026, 10, 24)):
+        moment = start
+        for _ in range(24 * 4 * 3):  # every 15 minutes for three days
+            following = next_tick("*/15 * * * *", PARIS, moment)
+            assert following > moment
+            assert following - moment <= datetime.timedelta(minutes=15)
+            moment = following
+
+
+def test_next_tick_across_the_autumn_change_fires_a_daily_schedule_once_that_day() -> None:
+    # 2026-10-25: Paris clocks go back from 03:00 CEST to 02:00 CET; 02:30 happens twice.
+    ticks = []
+    moment = utc(2026, 10, 23, 12)
+    for _ in range(4):
+        moment = next_tick("30 2 * * *", PARIS, moment)
+        ticks.append(moment)
+
+    local_days = [tick.astimezone(zoneinfo.ZoneInfo(PARIS)).date() for tick in ticks]
+    assert ticks[:2] == [utc(2026, 10, 24, 0, 30), utc(2026, 10, 25, 0, 30)]
+    assert len(set(local_days)) == len(local_days), ticks
+
+
+# --- latest_tick -----------------------------------------------------------------------------
+
+
+def test_latest_tick_at_an_exact_tick_is_that_tick() -> None:
+    assert latest_tick("* * * * *", "UTC", utc(2026, 5, 4, 12, 7)) == utc(2026, 5, 4, 12, 7)
+    assert latest_tick("0 0 * * *", "UTC", utc(2026, 5, 4)) == utc(2026, 5, 4)
+
+
+def test_latest_tick_between_ticks_is_the_one_before() -> None:
+    at = utc(2026, 5, 4, 12, 7, 59, 999_999)
+    assert latest_tick("* * * * *", "UTC", at) == utc(2026, 5, 4, 12, 7)
+    assert latest_tick("0 */6 * * *", "UTC", at) == utc(2026, 5, 4, 12, 0)
+    assert latest_tick("0 0 1 1 *", "UTC", at) == utc(2026, 1, 1)
+
+
+def test_latest_tick_in_paris_is_computed_in_local_time() -> None:
+    # 2026-07-11 00:45 UTC is 02:45 CEST: today's 02:30 local (00:30 UTC) has passed.
+    assert latest_tick("30 2 * * *", PARIS, utc(2026, 7, 11, 0, 45)) == utc(2026, 7, 11, 0, 30)
+    # 00:15 UTC is 02:15 CEST: today's has not, so yesterday's.
+    assert latest_tick("30 2 * * *", PARIS, utc(2026, 7, 11, 0, 15)) == utc(2026, 7, 10, 0, 30)
+
+
+def test_latest_tick_across_the_spring_change_is_the_gap_tick() -> None:
+    assert latest_tick("30 2 * * *", PARIS, utc(2026, 3, 29, 0, 59)) == utc(2026, 3, 28, 1, 30)
+    assert latest_tick("30 2 * * *", PARIS, utc(2026, 3, 29, 1, 0)) == utc(2026, 3, 29, 1, 0)
+    assert latest_tick("30 2 * * *", PARIS, utc(2026, 3, 29, 12)) == utc(2026, 3, 29, 1, 0)
+
+
+def test_latest_tick_in_the_repeated_autumn_hour_is_the_tick_earlier_that_night() -> None:
+    # 01:10 UTC is 02:10 CET, after the 02:30 CEST (00:30 UTC) tick of the same night.
+    assert latest_tick("30 2 * * *", PARIS, utc(2026, 10, 25, 1, 10)) == utc(2026, 10, 25, 0, 30)
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        pytest.param(utc(2026, 3, 28, 22), id="spring"),
+        pytest.param(
+            utc(2026, 10, 24, 22),
+            id="autumn",
+        ),
+    ],
+)
+def test_latest_tick_and_next_tick_bracket_every_moment_across_dst_in_paris(
+    start: datetime.datetime,
+) -> None:
+    cron = "*/20 * * * *"
+    for minute in range(0, 6 * 60, 7):
+        at = start + datetime.timedelta(minutes=minute, seconds=13)
+        before, after = latest_tick(cron, PARIS, at), next_tick(cron, PARIS, at)
+        assert before <= at < after
+        assert after - before <= datetime.timedelta(minutes=20), (at, before, after)
+
+
+def test_latest_tick_half_a_second_after_each_tick_is_that_tick_through_the_autumn_change() -> None:
+    # What fire_due computes when a due tick fires on time: latest_tick(now) must be the tick,
+    # or the job gets an older tick's scheduled_at, hits ON CONFLICT and is never enqueued.
+    cron = "*/20 * * * *"
+    tick = utc(2026, 10, 24, 23, 0)
+    for _ in range(9):  # 23:00Z to 01:40Z, through the repeated hour
+        tick = next_tick(cron, PARIS, tick)
+        assert latest_tick(cron, PARIS, tick + datetime.timedelta(seconds=0.5)) == tick
+
+
+def test_latest_tick_of_a_next_tick_is_that_tick() -> None:
+    moment = utc(2026, 5, 4, 12, 0, 1)
+    for cron, tz in (("* * * * *", "UTC"), ("15 4 * * 1", PARIS), ("0 0 1 * *", "Asia/Tokyo")):
+        tick = next_tick(cron, tz, moment)
+        assert latest_tick(cron, tz, tick) == tick
+
+
+# --- ScheduleSpec ----------------------------------------------------------------------------
+
+
+def test_schedule_spec_keeps_its_fields_and_defaults_to_utc() -> None:
+    spec = ScheduleSpec(name="nightly", cron="0 3 * * *", job_type="report.build")
+
+    assert (spec.name, spec.cron, spec.job_type) == ("nightly", "0 3 * * *", "report.build")
+    assert spec.timezone == "UTC"
+    assert spec.payload is None
+    assert spec.queue is None
+
+
+def test_schedule_spec_is_frozen() -> None:
+    spec = ScheduleSpec(name="nightly", cron="0 3 * * *", job_type="report.build")
+
+    with pytest.raises(AttributeError):
+        spec.cron = "* * * * *"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "cron", ["* * *", "61 * * * *", "* 24 * * *", "* * * * * *", "", "not a cron", "* * 0 * *"]
+)
+def test_schedule_spec_with_an_invalid_cron_raises_invalid_cron_naming_it(cron: str) -> None:
+    with pytest.raises(InvalidCron) as caught:
+        ScheduleSpec(name="bad", cron=cron, job_type="tick")
+
+    assert caught.value.name == "bad"
+    assert caught.value.cron == cron
+    assert isinstance(caught.value, ValueError)
+
+
+def test_schedule_spec_with_a_blank_name_raises_invalid_cron() -> None:
+    with pytest.raises(InvalidCron):
+        ScheduleSpec(name="  ", cron="* * * * *", job_type="tick")
+
+
+@pytest.mark.parametrize("timezone", ["Mars/Olympus", "", "../etc/passwd", "UTC+99"])
+def test_schedule_spec_with_an_unknown_timezone_raises_unknown_timezone(timezone: str) -> None:
+    with pytest.raises(UnknownTimezone) as caught:
+        ScheduleSpec(name="tz", cron="* * * * *", job_type="tick", timezone=timezone)
+
+    assert caught.value.name == "tz"
+    assert caught.value.timezone == timezone
+    assert isinstance(caught.value, ValueError)
+
+
+def test_schedule_spec_validates_its_job_options() -> None:
+    with pytest.raises(BlankJobType):
+        ScheduleSpec(name="s", cron="* * * * *", job_type=" ")
+    with pytest.raises(PriorityOutOfRange):
+        ScheduleSpec(name="s", cron="* * * * *", job_type="t", priority=1000)
+    with pytest.raises(InvalidMaxAttempts):
+        ScheduleSpec(name="s", cron="* * * * *", job_type="t", max_attempts=0)
+    with pytest.raises(PayloadNotSerializable):
+        ScheduleSpec(name="s", cron="* * * * *", job_type="t", payload={"when": object()})
