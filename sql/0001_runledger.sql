@@ -108,6 +108,9 @@ create table runledger.jobs (
     lease_owner         text,
     lease_expires_at    timestamptz,
     started_at          timestamptz,
+    -- when the reaper times the running attempt out: set at claim with a lease's grace, then
+    -- kept exact by the heartbeat from the moment the handler really starts
+    deadline_at         timestamptz,
     idempotency_key     text check (btrim(idempotency_key) <> ''),
     request_fingerprint text,
     workflow_run_id     uuid references runledger.workflow_runs (id) on delete cascade,
@@ -136,6 +139,7 @@ create table runledger.jobs (
 create index jobs_runnable on runledger.jobs (queue, priority desc, run_at, id)
     where status = 'queued';
 create index jobs_leases on runledger.jobs (lease_expires_at) where status = 'running';
+create index jobs_deadlines on runledger.jobs (deadline_at) where status = 'running';
 create index jobs_workflow_run on runledger.jobs (workflow_run_id)
     where workflow_run_id is not null;
 create index jobs_finished on runledger.jobs (status, finished_at)

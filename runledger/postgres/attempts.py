@@ -60,6 +60,11 @@ claimed as (
         lease_owner = %(worker)s,
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         started_at = now(),
+        -- a claimed job may wait for a thread (prefetch): the heartbeat makes this exact
+        deadline_at = now() + make_interval(secs => %(lease_seconds)s) + make_interval(
+            secs => coalesce(
+                j.timeout_seconds,
+                (%(defaults)s::jsonb -> j.job_type ->> 'timeout_seconds')::integer)),
         updated_at = now()
     from candidates as c
     where j.id = c.id
@@ -98,20 +103,28 @@ join runledger.workflow_step_runs as p on p.id = d.prerequisite_id
 where d.step_id = any(%(step_ids)s)
 """
 
+# Renews leases and moves attempt deadlines: ``remaining`` is the seconds the handler has left
+# (its whole timeout while it waits for a thread), or null for no timeout.
 RENEW_LEASES = """
-with locked as (
+with input as (
+    select *
+    from unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(remaining)s::float8[])
+        as u(id, token, remaining)
+),
+locked as (
     select j.id
     from runledger.jobs as j
-    join unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) as u(id, token)
-        on j.id = u.id and j.lease_token = u.token
+    join input as u on j.id = u.id and j.lease_token = u.token
     where j.status = 'running'
     order by j.id
     for update of j
 )
 update runledger.jobs as j
-set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-from locked as l
-where j.id = l.id
+set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    deadline_at = case when u.remaining is null then j.deadline_at
+                       else now() + make_interval(secs => u.remaining) end
+from locked as l, input as u
+where j.id = l.id and u.id = j.id and u.token = j.lease_token
 returning j.id
 """
 
@@ -148,10 +161,11 @@ done as (
         lease_token = null,
         lease_owner = null,
         lease_expires_at = null,
+        deadline_at = null,
         finished_at = case when u.status in ('succeeded', 'failed') then now() end,
         updated_at = now()
     from input as u, locked as l
-    where j.id = u.id and l.id = j.id
+    where j.id = u.id and l.id = j.id and j.lease_token = u.token
     returning j.id, j.status, j.run_at, j.attempt, j.workflow_run_id, j.step_id, j.step_key,
               j.job_type, j.queue, u.token
 ),
@@ -197,7 +211,7 @@ notified as (
     from (select distinct queue from done where status = 'queued') as q
 )
 select d.id, d.status, d.workflow_run_id, d.step_id, d.step_key, d.attempt, d.job_type,
-       d.run_at, (select n from notified) as notified
+       d.run_at, d.token, (select n from notified) as notified
 from done as d
 """
 
@@ -206,14 +220,10 @@ from done as d
 # conditions on the newest row version.
 LOCK_EXPIRED = """
 select id, lease_token, job_type, attempt, max_attempts,
-       case when timeout_seconds is not null
-                 and started_at + make_interval(secs => timeout_seconds) < now()
-            then 'timed_out' else 'lease_expired' end as outcome
+       case when deadline_at < now() then 'timed_out' else 'lease_expired' end as outcome
 from runledger.jobs
 where status = 'running'
-  and (lease_expires_at < now()
-       or (timeout_seconds is not null
-           and started_at + make_interval(secs => timeout_seconds) < now()))
+  and (lease_expires_at < now() or deadline_at < now())
 order by id
 limit %(limit)s
 for update skip locked
@@ -302,16 +312,21 @@ def claim(
 
 
 def renew_leases(
-    conn: Conn, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], *, lease_seconds: float
+    conn: Conn,
+    leases: Sequence[tuple[uuid.UUID, uuid.UUID, float | None]],
+    *,
+    lease_seconds: float,
 ) -> set[uuid.UUID]:
-    """Extend the given (job id, lease token) leases; return the job ids still held."""
+    """Extend (job id, lease token, seconds left before the timeout or None) leases and set
+    their deadlines; return the job ids whose lease is still held."""
     if not leases:
         return set()
     rows = conn.execute(
         RENEW_LEASES,
         {
-            "ids": [job_id for job_id, _ in leases],
-            "tokens": [token for _, token in leases],
+            "ids": [lease[0] for lease in leases],
+            "tokens": [lease[1] for lease in leases],
+            "remaining": [lease[2] for lease in leases],
             "lease_seconds": float(lease_seconds),
         },
     ).fetchall()
@@ -344,6 +359,7 @@ class Finished:
     """An attempt result that was written (its lease was still held)."""
 
     job_id: uuid.UUID
+    lease_token: uuid.UUID
     status: JobStatus
     attempt: int
     job_type: str
@@ -385,19 +401,20 @@ def finish(conn: Conn, results: Sequence[AttemptResult]) -> FinishReport:
             "reasons": [None if r.retry_reason is None else str(r.retry_reason) for r in results],
         },
     ).fetchall()
-    by_id = {r.job_id: r for r in results}
+    by_token = {r.lease_token: r for r in results}
     finished: list[Finished] = []
     outcomes: list[StepOutcome] = []
-    for job_id, status, run_id, step_id, step_key, attempt, job_type, run_at, _ in rows:
+    for job_id, status, run_id, step_id, step_key, attempt, job_type, run_at, token, _ in rows:
         job_status = JobStatus(status)
         finished.append(
             Finished(
-                job_id=job_id, status=job_status, attempt=attempt, job_type=job_type,
+                job_id=job_id,
+                lease_token=token, status=job_status, attempt=attempt, job_type=job_type,
                 workflow_run_id=run_id, step_key=step_key, run_at=run_at,
             )
         )  # fmt: skip
         if step_id is not None and job_status.is_terminal:
-            result = by_id[job_id]
+            result = by_token[token]
             outcomes.append(
                 StepOutcome(
                     step_id=step_id,
@@ -406,8 +423,8 @@ def finish(conn: Conn, results: Sequence[AttemptResult]) -> FinishReport:
                     error=_error_text(result),
                 )
             )
-    written = {f.job_id for f in finished}
-    lost = tuple(r.job_id for r in results if r.job_id not in written)
+    written = {row[8] for row in rows}
+    lost = tuple(r.job_id for r in results if r.lease_token not in written)
     return FinishReport(finished=tuple(finished), lost=lost, workflow=advance(conn, outcomes))
 
 

@@ -137,8 +137,22 @@ def schema_version(conn: psycopg.Connection[Any]) -> int | None:
 
 
 def check_schema(conn: psycopg.Connection[Any]) -> None:
-    """Raise ``SchemaNotMigrated`` unless the schema is at the shipped version."""
+    """Raise unless the schema is at the shipped version, from the shipped files.
+
+    Raises:
+        SchemaNotMigrated: the schema is missing or older; run ``runledger migrate``.
+        MigrationError: an applied migration differs from the file this version ships.
+    """
     found = schema_version(conn)
     expected = latest_version()
     if found is None or found < expected:
         raise SchemaNotMigrated(found=found, expected=expected)
+    applied = {row[0]: row[2] for row in conn.execute(APPLIED).fetchall()}
+    for migration in migrations():
+        if applied.get(migration.version) != migration.checksum:
+            raise MigrationError(
+                version=migration.version,
+                name=migration.name,
+                reason="the applied migration differs from the file this runledger ships; "
+                "the database was migrated by another version",
+            )

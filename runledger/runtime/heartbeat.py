@@ -10,7 +10,7 @@ from runledger.postgres.attempts import renew_leases
 from runledger.postgres.store import Store
 from runledger.runtime.hooks import LifecycleEvent
 from runledger.runtime.registry import Registry
-from runledger.runtime.worker import WorkerPool, local_timeouts
+from runledger.runtime.worker import InFlight, WorkerPool, local_timeouts
 
 _logger = logging.getLogger("runledger.heartbeat")
 
@@ -48,23 +48,28 @@ class Heartbeat:
             return
         with self._store.transaction() as conn:
             held = renew_leases(conn, leases, lease_seconds=self._lease_seconds)
-            lost = [job_id for job_id, _ in leases if job_id not in held]
+            lost = [job_id for job_id, _, _ in leases if job_id not in held]
             statuses = dict(conn.execute(JOB_STATUSES, {"ids": lost}).fetchall()) if lost else {}
         events = []
-        for job_id in lost:
-            flight = self._pool.mark_lost(job_id)
+        for job_id, token, _ in leases:
+            if job_id in held:
+                continue
+            flight = self._pool.mark_lost(token)
             if flight is None:
-                continue  # finished meanwhile
+                continue  # finished meanwhile, or already known
             flight.ctx.logger.warning("job %s lost its lease (%s)", job_id, statuses.get(job_id))
             if statuses.get(job_id) == "cancelled":
-                events.append(
-                    LifecycleEvent(
-                        kind=EventKind.JOB_CANCELLED,
-                        job_id=job_id,
-                        job_type=flight.job.job_type,
-                        attempt=flight.job.attempt,
-                        workflow_run_id=flight.job.workflow_run_id,
-                        step_key=flight.job.step_key,
-                    )
-                )
+                events.append(cancelled_event(flight))
         self._registry.hooks.emit(events)
+
+
+def cancelled_event(flight: InFlight) -> LifecycleEvent:
+    """The ``job.cancelled`` hook event for an attempt found cancelled."""
+    return LifecycleEvent(
+        kind=EventKind.JOB_CANCELLED,
+        job_id=flight.job.id,
+        job_type=flight.job.job_type,
+        attempt=flight.job.attempt,
+        workflow_run_id=flight.job.workflow_run_id,
+        step_key=flight.job.step_key,
+    )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
+from collections.abc import Callable
 
 from runledger.core.retry import DEFAULT_RETRY_POLICY
 from runledger.core.status import AttemptOutcome
@@ -30,10 +32,18 @@ class LeaseExpired(Exception):
 class Reaper:
     """Reaps expired and timed-out attempts every ``interval`` seconds."""
 
-    def __init__(self, store: Store, registry: Registry, *, interval: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        *,
+        interval: float,
+        on_reaped: Callable[[uuid.UUID], object] = lambda token: None,
+    ) -> None:
         self._store = store
         self._registry = registry
         self.interval = interval
+        self._on_reaped = on_reaped
 
     def step(self, stop: threading.Event) -> None:
         """Reap until nothing is left, then wait ``interval``."""
@@ -51,7 +61,8 @@ class Reaper:
             report = finish(conn, results)
         for e in expired:
             _logger.warning("reaped job %s (attempt %d): %s", e.id, e.attempt, e.outcome)
-        self._registry.hooks.emit(report_events(report, {r.job_id: r for r in results}))
+            self._on_reaped(e.lease_token)  # a handler of this process learns it at once
+        self._registry.hooks.emit(report_events(report, {r.lease_token: r for r in results}))
         return len(expired)
 
     def _result(self, expired: Expired) -> AttemptResult:

@@ -19,7 +19,7 @@ from runledger.postgres.cancellation import CANCEL_CHANNEL
 from runledger.postgres.enqueue import NOTIFY_CHANNEL
 from runledger.postgres.listener import Listener
 from runledger.postgres.store import Store
-from runledger.runtime.heartbeat import Heartbeat
+from runledger.runtime.heartbeat import Heartbeat, cancelled_event
 from runledger.runtime.loop import Loop
 from runledger.runtime.reaper import Reaper
 from runledger.runtime.registry import Registry
@@ -111,7 +111,9 @@ class Runtime:
         self._heartbeat = Heartbeat(self._store, self.pool, registry, lease_seconds=lease_seconds)
         loops = [*self.pool.loops(), Loop("runledger-heartbeat-0", self._heartbeat.step)]
         if reaper:
-            self._reaper: Reaper | None = Reaper(self._store, registry, interval=reap_interval)
+            self._reaper: Reaper | None = Reaper(
+                self._store, registry, interval=reap_interval, on_reaped=self.pool.mark_lost
+            )
             loops.append(Loop("runledger-reaper-0", self._reaper.step))
         else:
             self._reaper = None
@@ -238,8 +240,11 @@ class Runtime:
                 job_id = uuid.UUID(payload)
             except ValueError:
                 return
-            if self.pool.get(job_id) is not None:
-                self.pool.mark_lost(job_id)
+            events = []
+            for flight in self.pool.of_job(job_id):
+                if self.pool.mark_lost(flight.job.lease_token) is not None:
+                    events.append(cancelled_event(flight))
+            self.registry.hooks.emit(events)
 
     def _supervise(self, stop: threading.Event) -> None:
         for loop in self._loops:

@@ -64,11 +64,16 @@ class TimedOut(Exception):
 
 @attrs.define(eq=False)
 class InFlight:
-    """A claimed job in this process: its context and where it stands."""
+    """A claimed attempt in this process: its context and where it stands.
+
+    Keyed by lease token, not job id: a retry of a job may be claimed here while an earlier
+    attempt's handler is still running (it ignored its timeout), and each keeps its own state.
+    ``deadline`` is set when the handler starts, not at claim (the job may wait in prefetch).
+    """
 
     job: ClaimedJob
     ctx: JobContext
-    deadline: float | None
+    deadline: float | None = None
     started: bool = False
     done: bool = False
     lost: bool = False
@@ -76,12 +81,13 @@ class InFlight:
 
 
 def report_events(
-    report: FinishReport, jobs: dict[uuid.UUID, AttemptResult]
+    report: FinishReport, results: dict[uuid.UUID, AttemptResult]
 ) -> list[LifecycleEvent]:
-    """The hook events of a written ``finish``: jobs, then steps, then runs."""
+    """The hook events of a written ``finish`` (``results`` by lease token): jobs, then steps,
+    then runs."""
     events: list[LifecycleEvent] = []
     for done in report.finished:
-        result = jobs.get(done.job_id)
+        result = results.get(done.lease_token)
         if result is not None and result.outcome is AttemptOutcome.RELEASED:
             continue
         kind = {
@@ -236,49 +242,67 @@ class WorkerPool:
                 timeout=max(deadline - time.monotonic(), 0),
             )
         self.completer.stop(max(deadline - time.monotonic(), 0.1))
+        with self._lock:
+            stuck = len(self._running())
         for thread in self._workers:
-            thread.join(max(deadline - time.monotonic(), 0.01))
+            # Threads of handlers stuck in user code cannot be joined; do not wait for them.
+            thread.join(0.05 if stuck else max(deadline - time.monotonic(), 0.01))
 
     def expire_running(self, flights: Sequence[InFlight]) -> None:
-        """Give up the leases of handlers still running at shutdown, so a reaper re-runs
-        them at once: their lease expiry is set to now, and their late results are fenced."""
+        """Give up the leases of handlers still running at shutdown, so any runtime's reaper
+        re-runs them at once. The heartbeat stops renewing them; a handler that returns
+        before a reaper takes its job still records its outcome, one that returns after is
+        fenced out."""
         if not flights:
             return
         for flight in flights:
-            flight.ctx.cancelled.set()
+            self.mark_lost(flight.job.lease_token)
         try:
             with self._store.transaction() as conn:
                 renew_leases(
-                    conn, [(f.job.id, f.job.lease_token) for f in flights], lease_seconds=0
+                    conn,
+                    [(f.job.id, f.job.lease_token, None) for f in flights],
+                    lease_seconds=0,
                 )
         except DB_ERRORS:
             _logger.exception("could not expire the leases of %d running jobs", len(flights))
 
     # --- state ------------------------------------------------------------------------------
 
-    def leases(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        """(job id, lease token) of every job this pool holds."""
+    def leases(self) -> list[tuple[uuid.UUID, uuid.UUID, float | None]]:
+        """(job id, lease token, seconds left before the timeout) of every attempt this pool
+        holds; an attempt waiting for a thread has its whole timeout left."""
+        now = time.monotonic()
         with self._lock:
-            return [(f.job.id, f.job.lease_token) for f in self._inflight.values() if not f.lost]
+            flights = [f for f in self._inflight.values() if not f.lost]
+        leases: list[tuple[uuid.UUID, uuid.UUID, float | None]] = []
+        for f in flights:
+            remaining: float | None = None
+            if f.job.timeout_seconds is not None:
+                deadline = f.deadline
+                remaining = float(f.job.timeout_seconds) if deadline is None else deadline - now
+            leases.append((f.job.id, f.job.lease_token, remaining))
+        return leases
 
     def flights(self) -> list[InFlight]:
-        """Every job this pool holds."""
+        """Every attempt this pool holds."""
         with self._lock:
             return list(self._inflight.values())
 
-    def get(self, job_id: uuid.UUID) -> InFlight | None:
-        """The in-flight job with this id, if this pool holds it."""
+    def of_job(self, job_id: uuid.UUID) -> list[InFlight]:
+        """The attempts of ``job_id`` this pool holds (usually one)."""
         with self._lock:
-            return self._inflight.get(job_id)
+            return [f for f in self._inflight.values() if f.job.id == job_id]
 
-    def mark_lost(self, job_id: uuid.UUID) -> InFlight | None:
-        """Note that the lease of ``job_id`` is gone and tell its handler."""
+    def mark_lost(self, lease_token: uuid.UUID) -> InFlight | None:
+        """Note that this attempt's lease is gone and tell its handler (``ctx.cancelled``).
+        Returns the attempt if it was held and not already known lost."""
         with self._lock:
-            flight = self._inflight.get(job_id)
-            if flight is not None:
-                flight.lost = True
-        if flight is not None:
-            flight.ctx.cancelled.set()
+            flight = self._inflight.get(lease_token)
+            if flight is None or flight.lost:
+                return None
+            flight.lost = True
+        flight.ctx.cancelled.set()
         return flight
 
     def wants_queue(self, queue_name: str) -> bool:
@@ -303,21 +327,12 @@ class WorkerPool:
                     lease_seconds=self._lease_seconds,
                     defaults=self._defaults,
                 )
-            started = []
             for job in claimed:
                 flight = self._flight(job)
                 with self._lock:
-                    self._inflight[job.id] = flight
+                    self._inflight[job.lease_token] = flight
                     self._busy += 1
                 self._runnable.put(flight)
-                started.append(
-                    LifecycleEvent(
-                        kind=EventKind.JOB_STARTED, job_id=job.id, job_type=job.job_type,
-                        attempt=job.attempt, workflow_run_id=job.workflow_run_id,
-                        step_key=job.step_key,
-                    )
-                )  # fmt: skip
-            self._registry.hooks.emit(started)
         if free > 0 and len(claimed) == free:
             return  # there may be more: claim again once a slot frees up
         if not stop.is_set():
@@ -339,15 +354,16 @@ class WorkerPool:
             pool=self._store.pool,
             heartbeat=lambda: self._renew_one(job),
         )
-        deadline = None
-        if job.timeout_seconds is not None:
-            deadline = time.monotonic() + job.timeout_seconds
-        return InFlight(job=job, ctx=ctx, deadline=deadline)
+        return InFlight(job=job, ctx=ctx)
 
     def _renew_one(self, job: ClaimedJob) -> bool:
         with self._store.transaction() as conn:
+            flight = self._inflight.get(job.lease_token)
+            remaining: float | None = None
+            if flight is not None and flight.deadline is not None:
+                remaining = flight.deadline - time.monotonic()
             held = renew_leases(
-                conn, [(job.id, job.lease_token)], lease_seconds=self._lease_seconds
+                conn, [(job.id, job.lease_token, remaining)], lease_seconds=self._lease_seconds
             )
         return job.id in held
 
@@ -359,11 +375,17 @@ class WorkerPool:
             if flight is None:
                 return
             with self._lock:
-                start = self._starting
+                # Not after shutdown began, nor for an attempt already reaped or cancelled.
+                start = self._starting and not flight.lost
                 flight.started = start
+                if start and flight.job.timeout_seconds is not None:
+                    flight.deadline = time.monotonic() + flight.job.timeout_seconds
             try:
                 if start:
+                    self._registry.hooks.emit([_started(flight.job)])
                     self._run(flight)
+                elif flight.lost:
+                    self._forget(flight)
             except BaseException:
                 _logger.exception("runledger worker error around job %s", flight.job.id)
             finally:
@@ -447,7 +469,7 @@ class WorkerPool:
                 return
             conn.commit()
             self._forget(flight)
-            self._registry.hooks.emit(report_events(report, {result.job_id: result}))
+            self._registry.hooks.emit(report_events(report, {result.lease_token: result}))
         finally:
             pool.putconn(conn)
 
@@ -465,7 +487,7 @@ class WorkerPool:
                 except queue.Empty:
                     break
         batch = self._pending
-        results = {result.job_id: result for _, result in batch}
+        results = {result.lease_token: result for _, result in batch}
         try:
             with self._store.transaction() as conn:
                 report = finish(conn, list(results.values()))
@@ -482,8 +504,20 @@ class WorkerPool:
 
     def _forget(self, flight: InFlight) -> None:
         with self._changed:
-            self._inflight.pop(flight.job.id, None)
+            if self._inflight.get(flight.job.lease_token) is flight:
+                del self._inflight[flight.job.lease_token]
             self._changed.notify_all()
+
+
+def _started(job: ClaimedJob) -> LifecycleEvent:
+    return LifecycleEvent(
+        kind=EventKind.JOB_STARTED,
+        job_id=job.id,
+        job_type=job.job_type,
+        attempt=job.attempt,
+        workflow_run_id=job.workflow_run_id,
+        step_key=job.step_key,
+    )
 
 
 def local_timeouts(pool: WorkerPool, now: Callable[[], float] = time.monotonic) -> list[InFlight]:

@@ -14,7 +14,7 @@ import pytest
 
 import runledger
 from runledger import AttemptOutcome, JobStatus, RetryPolicy
-from runledger.postgres.attempts import ClaimedJob, claim, finish
+from runledger.postgres.attempts import ClaimedJob, claim, finish, renew_leases
 from runledger.runtime import outcome
 from runledger.runtime.reaper import Reaper
 
@@ -118,6 +118,11 @@ def test_attempt_past_its_timeout_is_reaped_as_timed_out_despite_a_long_lease(
 ) -> None:
     job_id = runledger.enqueue(autocommit_conn, "slow.one", timeout_seconds=1, max_attempts=3)
     claimed = fake_claim(autocommit_conn, "slow.one", lease_seconds=600)
+    # What the owner's heartbeat writes once the handler has started: 1 s left of its timeout.
+    # (At claim the deadline gets a lease's grace, since a prefetched job may wait for a
+    # thread; the heartbeat makes it exact.)
+    with autocommit_conn.transaction():
+        renew_leases(autocommit_conn, [(job_id, claimed.lease_token, 1.0)], lease_seconds=600)
     reaper = Reaper(store, runledger.Registry(), interval=1)
 
     wait_until(lambda: reaper.reap_once() == 1, what="the attempt to time out and be reaped")
