@@ -41,7 +41,7 @@ with candidates as (
           and j.run_at <= now()
         order by j.priority desc, j.run_at, j.id
         limit %(limit)s
-        for update skip locked
+        for no key update skip locked
     ) as c
     order by c.priority desc, c.run_at, c.id
     limit %(limit)s
@@ -117,7 +117,7 @@ locked as (
     join input as u on j.id = u.id and j.lease_token = u.token
     where j.status = 'running'
     order by j.id
-    for update of j
+    for no key update of j
 )
 update runledger.jobs as j
 set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
@@ -145,7 +145,7 @@ locked as (
     join input as u on u.id = j.id and j.lease_token = u.token
     where j.status = 'running'
     order by j.id
-    for update of j
+    for no key update of j
 ),
 done as (
     update runledger.jobs as j
@@ -226,7 +226,7 @@ where status = 'running'
   and (lease_expires_at < now() or deadline_at < now())
 order by id
 limit %(limit)s
-for update skip locked
+for no key update skip locked
 """
 
 
@@ -265,7 +265,8 @@ def claim(
     """Claim up to ``limit`` due jobs in the caller's transaction (commit it before running).
 
     Opens an attempt row, a fresh lease token and a ``job.started`` event for each, marks
-    workflow steps running and loads each step's upstream outputs. Never waits for a row lock.
+    workflow steps running and loads each step's upstream outputs. Never waits for a job row
+    (SKIP LOCKED); it can wait for a step row that a ``cancel_workflow`` holds.
     """
     if limit <= 0:
         return []

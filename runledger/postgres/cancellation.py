@@ -26,7 +26,7 @@ LOCK_JOB = """
 select id, status, lease_token, step_id, workflow_run_id, step_key
 from runledger.jobs
 where id = %(id)s
-for update
+for no key update
 """
 
 CANCEL_JOBS = """
@@ -57,21 +57,21 @@ LOCK_RUN_JOBS = """
 select id from runledger.jobs
 where workflow_run_id = %(id)s and status in ('queued', 'running')
 order by id
-for update
+for no key update
 """
 LOCK_RUN_STEPS = """
 select id, step_key, status, job_id from runledger.workflow_step_runs
 where workflow_run_id = %(id)s and status not in ('succeeded', 'failed', 'cancelled')
 order by id
-for update
+for no key update
 """
 LOCK_LATE_JOBS = """
 select id from runledger.jobs
 where id = any(%(ids)s) and status in ('queued', 'running')
 order by id
-for update nowait
+for no key update nowait
 """
-LOCK_RUN = "select status from runledger.workflow_runs where id = %(id)s for update"
+LOCK_RUN = "select status from runledger.workflow_runs where id = %(id)s for no key update"
 CANCEL_STEPS = """
 update runledger.workflow_step_runs
 set status = 'cancelled', error = coalesce(%(reason)s, 'the run was cancelled'),

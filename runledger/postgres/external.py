@@ -19,7 +19,7 @@ LOCK_STEP = """
 select id, kind, status, output, error
 from runledger.workflow_step_runs
 where workflow_run_id = %(run_id)s and step_key = %(step_key)s
-for update
+for no key update
 """
 
 

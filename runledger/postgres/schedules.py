@@ -74,7 +74,7 @@ from runledger.schedules
 where enabled and next_run_at <= now()
 order by name
 limit %(limit)s
-for update skip locked
+for no key update skip locked
 """
 FIRE = """
 with job as (

@@ -17,7 +17,9 @@ Every path that changes job, step or run rows takes row locks in this order and 
    updated once per transaction, at its end, to apply counter deltas.
 
 ``runledger.schedules`` rows are independent of the above and come before any job insert.
-Inserting new rows takes no lock anyone else can wait for.
+Inserting a row takes FOR KEY SHARE locks on the rows its foreign keys point at (a released
+job's run and step), which is why run rows are updated under FOR NO KEY UPDATE (compatible
+with KEY SHARE) rather than FOR UPDATE.
 
 Paths that cannot know every row up front obey the order by refusing to wait out of it:
 
@@ -52,7 +54,7 @@ select id, workflow_run_id, step_key, kind, status
 from runledger.workflow_step_runs
 where id = any(%(ids)s)
 order by id
-for update
+for no key update
 """
 
 # The blocked descendants of the given steps, reached through blocked steps only: every step
@@ -73,7 +75,7 @@ select s.id, s.workflow_run_id, s.step_key, s.kind, s.deps_pending, s.job_type, 
 from runledger.workflow_step_runs as s
 where s.id in (select id from reach) and s.status = 'blocked'
 order by s.id
-for update
+for no key update
 """
 
 # Only edges that can matter now: into the locked blocked steps, from a step finishing in this
@@ -142,14 +144,16 @@ select * from unnest(%(kinds)s::text[], %(job_ids)s::uuid[], %(run_ids)s::uuid[]
 """
 
 # Counter deltas per run, applied last (lock order step 3). The status follows from the
-# counters: no open step left -> finished; no job step queued or running -> waiting.
+# counters: no open step left -> finished; no job step queued or running -> waiting. The run
+# row is locked FOR NO KEY UPDATE, which does not conflict with the FOR KEY SHARE locks that
+# inserting a released job (whose foreign key points at the run) takes earlier.
 UPDATE_RUNS = """
 with locked as (
     select id, status as old_status
     from runledger.workflow_runs
     where id = any(%(ids)s)
     order by id
-    for update
+    for no key update
 ),
 u as (
     select *
@@ -157,32 +161,24 @@ u as (
                 %(unsuccessful)s::integer[], %(results)s::jsonb[], %(has_result)s::boolean[])
         as u(id, open, active, unsuccessful, result, has_result)
 ),
-counted as (
-    select r.id,
-           r.steps_open + u.open as steps_open,
-           r.steps_active + u.active as steps_active,
-           r.steps_unsuccessful + u.unsuccessful as steps_unsuccessful,
-           u.result, u.has_result
-    from runledger.workflow_runs as r
-    join u on u.id = r.id
-    join locked as l on l.id = r.id
-    where l.old_status in ('running', 'waiting')
-),
 updated as (
+    -- The deltas apply to r.*, the row version the UPDATE itself locked and re-read, never to
+    -- a snapshot taken before waiting for the lock (that would lose concurrent deltas).
     update runledger.workflow_runs as r
-    set steps_open = c.steps_open,
-        steps_active = c.steps_active,
-        steps_unsuccessful = c.steps_unsuccessful,
-        result = case when c.has_result then c.result else r.result end,
+    set steps_open = r.steps_open + u.open,
+        steps_active = r.steps_active + u.active,
+        steps_unsuccessful = r.steps_unsuccessful + u.unsuccessful,
+        result = case when u.has_result then u.result else r.result end,
         status = case
-            when c.steps_open = 0 and c.steps_unsuccessful = 0 then 'succeeded'
-            when c.steps_open = 0 then 'completed_with_errors'
-            when c.steps_active = 0 then 'waiting'
+            when r.steps_open + u.open = 0 and r.steps_unsuccessful + u.unsuccessful = 0
+                then 'succeeded'
+            when r.steps_open + u.open = 0 then 'completed_with_errors'
+            when r.steps_active + u.active = 0 then 'waiting'
             else 'running' end,
-        finished_at = case when c.steps_open = 0 then now() end,
+        finished_at = case when r.steps_open + u.open = 0 then now() end,
         updated_at = now()
-    from counted as c
-    where r.id = c.id
+    from u, locked as l
+    where r.id = u.id and l.id = r.id and r.status in ('running', 'waiting')
     returning r.id, r.status
 )
 select u.id, l.old_status, u.status
@@ -277,9 +273,9 @@ def advance(conn: Conn, outcomes: Sequence[StepOutcome]) -> Advance:
 
     releases = _cascade(conn, finished, deltas, changes, updates) if finished else []
     _write_steps(conn, updates)
+    _write_step_events(conn, changes)  # a step's outcome is recorded before what it releases
     if releases:
         _insert_step_jobs(conn, releases)
-    _write_step_events(conn, changes)
     runs = _update_runs(conn, deltas)
     return Advance(steps=tuple(changes), runs=tuple(runs))
 
