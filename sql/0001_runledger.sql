@@ -125,7 +125,6 @@ create table runledger.jobs (
     created_at          timestamptz not null default now(),
     updated_at          timestamptz not null default now(),
     finished_at         timestamptz,
-    constraint jobs_idempotency_key unique (job_type, idempotency_key),
     check ((schedule_name is null) = (scheduled_at is null)),
     check ((status = 'running') = (lease_token is not null)),
     check ((lease_token is null) = (lease_expires_at is null)),
@@ -135,6 +134,9 @@ create table runledger.jobs (
     check (max_attempts is null or attempt <= max_attempts),
     check ((finished_at is null) = (status in ('queued', 'running')))
 );
+-- Keyed jobs only: most jobs have no key and need no entry here.
+create unique index jobs_idempotency_key on runledger.jobs (job_type, idempotency_key)
+    where idempotency_key is not null;
 -- Runnable rows only: the claim walks this index in its ORDER BY.
 create index jobs_runnable on runledger.jobs (queue, priority desc, run_at, id)
     where status = 'queued';

@@ -101,9 +101,12 @@ def _hint(item: Any) -> str:
     return ""
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
     """The canonical JSON text of a checked value: sorted keys, no spaces."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def freeze_mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:

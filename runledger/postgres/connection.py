@@ -46,7 +46,9 @@ def writing(conn: Conn) -> Iterator[Conn]:
     """
     check_usable(conn)
     try:
-        if conn.autocommit:
+        # Only an autocommit connection outside any transaction needs one of its own; inside
+        # the caller's ``with conn.transaction()`` the writes simply join it.
+        if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
             with conn.transaction():
                 yield conn
         else:
