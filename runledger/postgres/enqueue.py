@@ -2,12 +2,14 @@
 
 Each function writes its rows, their ``enqueued`` events and a NOTIFY on ``NOTIFY_CHANNEL``
 (delivered when the caller commits) in the caller's transaction; see
-``runledger.postgres.connection`` for how the connection is used. Whole batches are single
-statements over arrays, so ``enqueue_many`` of 10,000 jobs is one round trip per 5,000.
+``runledger.postgres.connection`` for how the connection is used. Batches are single
+statements over arrays, or, when large and without idempotency keys, COPYs: either way
+``enqueue_many`` of 10,000 jobs takes a handful of round trips.
 """
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -241,9 +243,11 @@ def enqueue_many(
 ) -> list[uuid.UUID]:
     """Queue many jobs in the caller's transaction; return their ids in the input order.
 
-    Same transaction rules and errors as ``enqueue``. Writes in batches of ``BATCH_SIZE`` with
-    one statement each. All or nothing: if any job fails (for example an idempotency
-    conflict), none of this call's jobs stay written and the caller's transaction stays usable.
+    Same transaction rules and errors as ``enqueue``. Every job is validated before anything is
+    written. Large batches without idempotency keys are written with COPY; others with one
+    statement per ``BATCH_SIZE`` jobs. An idempotency conflict leaves none of this call's jobs
+    written and the caller's transaction usable; a database error aborts the caller's
+    transaction like any failed statement.
     """
     return _enqueue_jobs(conn, list(jobs), registry)
 
@@ -265,7 +269,50 @@ def _enqueue_jobs(
         return _insert_jobs(conn, resolved)
 
 
+# Bulk path for batches without idempotency keys (nothing can conflict): COPY is about twice
+# as fast as INSERT ... SELECT over arrays. run_at is computed from the transaction's own
+# now(), the value the INSERT path would use.
+COPY_JOBS = """
+copy runledger.jobs (
+    id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at)
+from stdin
+"""
+COPY_ENQUEUED_EVENTS = "copy runledger.events (kind, job_id) from stdin"
+TRANSACTION_NOW = "select now()"
+NOTIFY_QUEUES = """
+select count(pg_notify('runledger_jobs', queue)) from unnest(%(queues)s::text[]) as queue
+"""
+COPY_THRESHOLD = 50
+
+
+def _copy_jobs(conn: Conn, resolved: list[_Resolved]) -> list[uuid.UUID]:
+    now_row = conn.execute(TRANSACTION_NOW).fetchone()
+    assert now_row is not None
+    now: datetime.datetime = now_row[0]
+    with conn.cursor() as cur:
+        with cur.copy(COPY_JOBS) as copy:
+            for r in resolved:
+                job = r.job
+                run_at = job.run_at
+                if run_at is None:
+                    delay = job.delay_seconds
+                    run_at = now if not delay else now + datetime.timedelta(seconds=delay)
+                copy.write_row(
+                    (
+                        r.id, r.queue, job.job_type, dumps(job.stored_payload), job.priority,
+                        r.max_attempts, r.timeout_seconds, run_at,
+                    )
+                )  # fmt: skip
+        with cur.copy(COPY_ENQUEUED_EVENTS) as copy:
+            for r in resolved:
+                copy.write_row(("job.enqueued", r.id))
+        cur.execute(NOTIFY_QUEUES, {"queues": sorted({r.queue for r in resolved})})
+    return [r.id for r in resolved]
+
+
 def _insert_jobs(conn: Conn, resolved: list[_Resolved]) -> list[uuid.UUID]:
+    if len(resolved) >= COPY_THRESHOLD and all(r.job.idempotency_key is None for r in resolved):
+        return _copy_jobs(conn, resolved)
     inserted: set[uuid.UUID] = set()
     for start in range(0, len(resolved), BATCH_SIZE):
         batch = resolved[start : start + BATCH_SIZE]
