@@ -15,10 +15,12 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from runledger.errors import ConfigError
 from runledger.postgres.cancellation import CANCEL_CHANNEL
 from runledger.postgres.enqueue import NOTIFY_CHANNEL
 from runledger.postgres.listener import Listener
 from runledger.postgres.store import Store
+from runledger.runtime.config import settings_from_env
 from runledger.runtime.heartbeat import Heartbeat, cancelled_event
 from runledger.runtime.loop import Loop
 from runledger.runtime.reaper import Reaper
@@ -135,6 +137,30 @@ class Runtime:
         self._started = False
         self._stopped = False
         self._stop_requested = threading.Event()
+
+    @classmethod
+    def from_env(
+        cls,
+        registry: Registry,
+        target: str | ConnectionPool[Any] | Store | None = None,
+        **overrides: Any,
+    ) -> Runtime:
+        """A runtime configured from ``RUNLEDGER_*`` environment variables.
+
+        ``RUNLEDGER_DSN`` (or ``DATABASE_URL``) gives the database unless ``target`` does;
+        keyword ``overrides`` win over the environment.
+
+        Raises:
+            ConfigError: a variable does not parse, or no database is given.
+        """
+        settings = settings_from_env()
+        if target is None:
+            if settings.dsn is None:
+                raise ConfigError(
+                    name="RUNLEDGER_DSN", value="", expected="a PostgreSQL DSN (or DATABASE_URL)"
+                )
+            target = settings.dsn
+        return cls(target, registry, **{**settings.runtime_kwargs(), **overrides})
 
     @property
     def store(self) -> Store:
