@@ -9,7 +9,8 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from types import FrameType
 from typing import Any
 
@@ -55,6 +56,8 @@ class Runtime:
         scheduler: fire cron schedules in this runtime.
         reaper: reap expired leases in this runtime.
         worker_id: the name written as the lease owner (default host:pid:random).
+        handler_context: a callable returning a context manager entered around every
+            handler call, in the handler's thread (e.g. Flask's ``app.app_context``).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Runtime:
         scheduler: bool = True,
         reaper: bool = True,
         worker_id: str | None = None,
+        handler_context: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -109,6 +113,7 @@ class Runtime:
             lease_seconds=lease_seconds,
             poll_interval=poll_interval,
             prefetch=prefetch,
+            handler_context=handler_context,
         )
         self._heartbeat = Heartbeat(self._store, self.pool, registry, lease_seconds=lease_seconds)
         loops = [*self.pool.loops(), Loop("runledger-heartbeat-0", self._heartbeat.step)]
@@ -178,9 +183,11 @@ class Runtime:
         with self._lock:
             if self._started:
                 return
+            # Checked before anything starts, so a refused start leaves nothing running and
+            # can be retried once the schema is migrated.
+            self._store.check_schema()
+            self._scheduler.sync()
             self._started = True
-        self._store.check_schema()
-        self._scheduler.sync()
         self.pool.start()
         for loop in self._loops:
             loop.start()
@@ -197,10 +204,13 @@ class Runtime:
         and joins every thread it started, except handler threads stuck in user code.
         """
         with self._lock:
-            if self._stopped or not self._started:
-                self._stopped = True
+            if self._stopped:
                 return
             self._stopped = True
+            if not self._started:
+                if self._owns_store:
+                    self._store.close()
+                return
         timeout = self.shutdown_timeout if timeout is None else timeout
         # Each stage runs whatever the one before it raised (the database may be away), so
         # every thread is stopped and joined.

@@ -18,6 +18,7 @@ No transaction or row lock is held while a handler runs, except the handler's ow
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -25,6 +26,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import attrs
@@ -150,8 +152,10 @@ class WorkerPool:
         lease_seconds: float,
         poll_interval: float,
         prefetch: int | None = None,
+        handler_context: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self._store = store
+        self._handler_context = handler_context or contextlib.nullcontext
         self._registry = registry
         self._worker_id = worker_id
         self._concurrency = concurrency
@@ -245,6 +249,8 @@ class WorkerPool:
         with self._lock:
             stuck = len(self._running())
         for thread in self._workers:
+            if thread.ident is None:
+                continue  # never started
             # Threads of handlers stuck in user code cannot be joined; do not wait for them.
             thread.join(0.05 if stuck else max(deadline - time.monotonic(), 0.01))
 
@@ -407,7 +413,8 @@ class WorkerPool:
             result = outcome.failure(job, LookupError(f"no handler for {job.job_type}"), policy)
         else:
             try:
-                output = handler.fn(ctx, job.payload)
+                with self._handler_context():
+                    output = handler.fn(ctx, job.payload)
                 check_json(output, root="$output")
                 result = outcome.success(job, output)
             except PayloadNotSerializable as err:

@@ -1,0 +1,1 @@
+"""A Flask app that enqueues a welcome-email workflow in its signup transaction."""

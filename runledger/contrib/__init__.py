@@ -1,0 +1,1 @@
+"""Integrations with web frameworks: ``runledger.contrib.flask`` and ``.django``."""
