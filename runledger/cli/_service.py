@@ -1,0 +1,84 @@
+"""The commands that install and run runledger: ``migrate`` and ``worker``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Any
+
+from runledger.cli._arguments import Subcommands
+from runledger.cli._database import CliError, connect, dsn
+from runledger.postgres.migrate import check_schema, latest_version, migrate
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    with connect(args) as conn:
+        applied = migrate(conn)
+    if applied:
+        print(f"applied migrations {', '.join(map(str, applied))}; schema at {applied[-1]}")
+    else:
+        print(f"schema already at version {latest_version()}; nothing to apply")
+    return 0
+
+
+def _load_registry(spec: str) -> Any:
+    from runledger.runtime.registry import Registry
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise CliError(f"--app must look like package.module:registry, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise CliError(f"cannot import {module_name!r}: {err}") from err
+    registry = getattr(module, attr, None)
+    if not isinstance(registry, Registry):
+        raise CliError(f"{spec!r} is not a runledger.Registry (got {type(registry).__name__})")
+    return registry
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from runledger.runtime.config import settings_from_env
+    from runledger.runtime.runtime import Runtime
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+    )
+    settings = settings_from_env()
+    options = settings.runtime_kwargs()
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            raise CliError(f"--concurrency must be at least 1, got {args.concurrency}")
+        options["concurrency"] = args.concurrency
+    if args.queues is not None:
+        options["queues"] = [q.strip() for q in args.queues.split(",") if q.strip()]
+        if not options["queues"]:
+            raise CliError(f"--queues needs at least one queue name, got {args.queues!r}")
+    if args.no_listen:
+        options["listen"] = False
+    registry = _load_registry(args.app)
+    with connect(args) as conn:
+        check_schema(conn)
+    Runtime(dsn(args), registry, **options).run()
+    return 0
+
+
+def add_commands(commands: Subcommands, database: argparse.ArgumentParser) -> None:
+    """Add ``migrate`` and ``worker``; ``database`` is the parent parser giving ``--dsn``."""
+    mig = commands.add_parser(
+        "migrate", parents=[database], help="install or upgrade the runledger schema"
+    )
+    mig.set_defaults(func=_migrate)
+
+    work = commands.add_parser("worker", parents=[database], help="run jobs until SIGTERM/SIGINT")
+    work.add_argument("--app", required=True, help="the registry, as package.module:name")
+    work.add_argument("--concurrency", type=int, help="handlers at once (default 8)")
+    work.add_argument("--queues", help="comma-separated queues (default: default)")
+    work.add_argument("--no-listen", action="store_true", help="poll only (PgBouncer)")
+    work.add_argument("--log-level", default="info")
+    work.set_defaults(func=_worker)
