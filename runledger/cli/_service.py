@@ -61,6 +61,10 @@ def _worker(args: argparse.Namespace) -> int:
             raise CliError(f"--queues needs at least one queue name, got {args.queues!r}")
     if args.no_listen:
         options["listen"] = False
+    if args.prefetch is not None:
+        if args.prefetch < 0:
+            raise CliError(f"--prefetch must be 0 or more, got {args.prefetch}")
+        options["prefetch"] = args.prefetch
     registry = _load_registry(args.app)
     with connect(args) as conn:
         check_schema(conn)
@@ -80,5 +84,10 @@ def add_commands(commands: Subcommands, database: argparse.ArgumentParser) -> No
     work.add_argument("--concurrency", type=int, help="handlers at once (default 8)")
     work.add_argument("--queues", help="comma-separated queues (default: default)")
     work.add_argument("--no-listen", action="store_true", help="poll only (PgBouncer)")
+    work.add_argument(
+        "--prefetch",
+        type=int,
+        help="claimed jobs that may wait for a thread (default: concurrency)",
+    )
     work.add_argument("--log-level", default="info")
     work.set_defaults(func=_worker)

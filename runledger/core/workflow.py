@@ -32,6 +32,7 @@ from runledger.core.errors import (
     SelfDependency,
     UnknownDependency,
     UnknownResultStep,
+    WorkflowBuildError,
 )
 from runledger.core.payload import JsonValue, check_json
 from runledger.core.status import ReleaseMode, StepKind
@@ -142,6 +143,16 @@ class Workflow:
 
 
 def _validate(workflow: Workflow) -> tuple[str, ...]:
+    try:
+        return _check(workflow)
+    except WorkflowBuildError as err:
+        # Option errors shared with plain jobs are raised without the workflow's name.
+        if not err.workflow_name and isinstance(workflow.name, str):
+            err.workflow_name = workflow.name
+        raise
+
+
+def _check(workflow: Workflow) -> tuple[str, ...]:
     name = workflow.name
     if not isinstance(name, str) or not name.strip():
         raise BlankWorkflowName(workflow_name=str(name))

@@ -18,7 +18,9 @@ class Store:
     """A pool of connections to the database holding the ``runledger`` schema.
 
     ``Store(dsn)`` opens its own pool (closed by ``close()``); ``Store(pool)`` borrows a
-    ``psycopg_pool.ConnectionPool`` the caller owns and closes. Thread-safe: each
+    ``psycopg_pool.ConnectionPool`` the caller owns and closes. ``prepare_threshold=None``
+    turns psycopg's automatic prepared statements off, for PgBouncer in transaction mode
+    before 1.21. Thread-safe: each
     ``transaction()`` takes its own connection from the pool.
     """
 
@@ -29,6 +31,7 @@ class Store:
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 30.0,
+        prepare_threshold: int | None = 5,
     ) -> None:
         if isinstance(dsn_or_pool, ConnectionPool):
             self._pool: ConnectionPool[Any] = dsn_or_pool
@@ -41,7 +44,7 @@ class Store:
                 timeout=timeout,
                 open=True,
                 name="runledger-pool",
-                kwargs={"autocommit": False},
+                kwargs={"autocommit": False, "prepare_threshold": prepare_threshold},
             )
             self._owns_pool = True
         else:

@@ -23,6 +23,7 @@ class RuntimeSettings:
     lease_seconds: float | None = None
     listen: bool | None = None
     shutdown_timeout: float | None = None
+    prefetch: int | None = None
 
     def runtime_kwargs(self) -> dict[str, Any]:
         """The settings that are set, as ``Runtime`` keyword arguments."""
@@ -51,10 +52,24 @@ def _parse(env: Mapping[str, str], name: str, kind: type, expected: str) -> Any:
     return value
 
 
+def _parse_prefetch(env: Mapping[str, str]) -> int | None:
+    raw = env.get("RUNLEDGER_PREFETCH")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(name="RUNLEDGER_PREFETCH", value=raw, expected="an integer >= 0")
+    return value
+
+
 def settings_from_env(env: Mapping[str, str] | None = None) -> RuntimeSettings:
     """Read ``RUNLEDGER_DSN`` (or ``DATABASE_URL``), ``RUNLEDGER_CONCURRENCY``,
     ``RUNLEDGER_QUEUES`` (comma-separated), ``RUNLEDGER_POLL_INTERVAL``,
-    ``RUNLEDGER_LEASE_SECONDS``, ``RUNLEDGER_LISTEN`` and ``RUNLEDGER_SHUTDOWN_TIMEOUT``.
+    ``RUNLEDGER_LEASE_SECONDS``, ``RUNLEDGER_LISTEN``, ``RUNLEDGER_SHUTDOWN_TIMEOUT`` and
+    ``RUNLEDGER_PREFETCH``.
 
     Raises:
         ConfigError: a value does not parse; the error names the variable.
@@ -76,4 +91,5 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> RuntimeSettings:
         lease_seconds=_parse(env, "RUNLEDGER_LEASE_SECONDS", float, "positive seconds"),
         listen=_parse(env, "RUNLEDGER_LISTEN", bool, "true or false"),
         shutdown_timeout=_parse(env, "RUNLEDGER_SHUTDOWN_TIMEOUT", float, "positive seconds"),
+        prefetch=_parse_prefetch(env),
     )

@@ -21,7 +21,8 @@ class LifecycleEvent:
 
     Attributes:
         kind: what happened (``job.succeeded``, ``step.failed``, ``run.succeeded``, ...).
-        job_id, job_type, attempt: the job, for job events (and step events of job steps).
+        job_id, job_type, attempt: the job, for job events; step events carry ``job_id``
+            only for a released job step (``step.queued``).
         workflow_run_id, step_key: the workflow, for workflow jobs, steps and runs.
         error: the error text for failures and retries.
         retry_at: when a retried job runs next.

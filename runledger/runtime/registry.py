@@ -191,6 +191,11 @@ class Registry:
         return self.hooks.add((EventKind.STEP_CANCELLED,), hook)
 
     def on_run_finished(self, hook: Hook) -> Hook:
-        """Call ``hook`` after a workflow run reaches a final status (not for cancels made
-        outside a runtime)."""
-        return self.hooks.add((EventKind.RUN_SUCCEEDED, EventKind.RUN_COMPLETED_WITH_ERRORS), hook)
+        """Call ``hook`` after a workflow run reaches a final status in a transaction this
+        runtime commits (a job completion or a reap). Transitions committed by application
+        code (``complete_external_step``, ``cancel_workflow``) are in ``runledger.events``
+        but call no hook: hooks run in the runtime process."""
+        return self.hooks.add(
+            (EventKind.RUN_SUCCEEDED, EventKind.RUN_COMPLETED_WITH_ERRORS, EventKind.RUN_CANCELLED),
+            hook,
+        )

@@ -58,6 +58,8 @@ class Runtime:
         worker_id: the name written as the lease owner (default host:pid:random).
         handler_context: a callable returning a context manager entered around every
             handler call, in the handler's thread (e.g. Flask's ``app.app_context``).
+        prepare_threshold: psycopg's; None disables prepared statements (PgBouncer in
+            transaction mode before 1.21). Ignored when ``target`` is a pool or a store.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class Runtime:
         reaper: bool = True,
         worker_id: str | None = None,
         handler_context: Callable[[], AbstractContextManager[Any]] | None = None,
+        prepare_threshold: int | None = 5,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -99,7 +102,12 @@ class Runtime:
             self._owns_store = False
         else:
             # Handlers using ctx.conn each hold a connection; the loops need a few more.
-            self._store = Store(target, min_size=2, max_size=concurrency + 6)
+            self._store = Store(
+                target,
+                min_size=2,
+                max_size=concurrency + 6,
+                prepare_threshold=prepare_threshold,
+            )
             self._owns_store = not isinstance(target, ConnectionPool)
         self.registry = registry
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

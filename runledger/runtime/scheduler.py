@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 
+import attrs
+
+from runledger.core.schedule import ScheduleSpec
 from runledger.postgres.schedules import fire_due, upsert_schedule
 from runledger.postgres.store import Store
 from runledger.runtime.registry import Registry
@@ -22,12 +25,19 @@ class Scheduler:
 
     def sync(self) -> None:
         """Write the registry's schedules to the database (one transaction)."""
-        specs = self._registry.schedules()
+        specs = [self._with_handler_queue(spec) for spec in self._registry.schedules()]
         if not specs:
             return
         with self._store.transaction() as conn:
             for spec in specs:
                 upsert_schedule(conn, spec)
+
+    def _with_handler_queue(self, spec: ScheduleSpec) -> ScheduleSpec:
+        """A schedule without a queue uses its handler's, as ``enqueue(registry=)`` does."""
+        defaults = self._registry.handler_defaults(spec.job_type)
+        if spec.queue is None and defaults is not None and defaults.queue is not None:
+            return attrs.evolve(spec, queue=defaults.queue)
+        return spec
 
     def step(self, stop: threading.Event) -> None:
         """Fire what is due, then wait ``interval``."""

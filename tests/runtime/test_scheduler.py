@@ -542,3 +542,20 @@ def test_registry_schedule_with_an_unknown_timezone_raises_unknown_timezone() ->
 
     assert (caught.value.name, caught.value.timezone) == ("bad", "Mars/Olympus")
     assert registry.schedules() == ()
+
+
+def test_a_schedule_without_a_queue_uses_its_handlers_queue(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    from runledger.runtime.scheduler import Scheduler
+
+    registry = runledger.Registry()
+
+    @registry.handler("mail.digest", queue="mail")
+    def digest(ctx: runledger.JobContext, payload: Any) -> None:
+        return None
+
+    registry.schedule("digest", cron="0 6 * * *", job_type="mail.digest")
+    with runledger.Store(dsn) as store:
+        Scheduler(store, registry).sync()
+    assert [s.queue for s in runledger.list_schedules(autocommit_conn)] == ["mail"]

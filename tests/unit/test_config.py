@@ -158,3 +158,15 @@ def test_settings_from_env_reads_os_environ_by_default(monkeypatch: pytest.Monke
 
     assert settings.concurrency == 3
     assert settings.queues == ("x",)
+
+
+def test_prefetch_is_read_and_must_be_a_non_negative_integer() -> None:
+    from runledger.errors import ConfigError
+    from runledger.runtime.config import settings_from_env
+
+    assert settings_from_env({"RUNLEDGER_PREFETCH": "0"}).prefetch == 0
+    assert settings_from_env({"RUNLEDGER_PREFETCH": "12"}).runtime_kwargs()["prefetch"] == 12
+    for bad in ("-1", "x"):
+        with pytest.raises(ConfigError) as caught:
+            settings_from_env({"RUNLEDGER_PREFETCH": bad})
+        assert caught.value.name == "RUNLEDGER_PREFETCH"

@@ -700,3 +700,10 @@ def test_first_offending_value_in_document_order_is_reported() -> None:
     with pytest.raises(PayloadNotSerializable) as caught:
         check_json([set(), b""])
     assert caught.value.path == "$[0]"
+
+
+def test_option_errors_from_build_carry_the_workflow_name() -> None:
+    with pytest.raises(PriorityOutOfRange) as caught:
+        WorkflowBuilder("named").step("a", job="t", priority=1000).build()
+    assert caught.value.workflow_name == "named"
+    assert caught.value.step_key == "a"
