@@ -247,7 +247,7 @@ def advance(conn: Conn, outcomes: Sequence[StepOutcome]) -> Advance:
     if not outcomes:
         return Advance()
     by_id = {o.step_id: o for o in outcomes}
-    locked = conn.execute(LOCK_STEPS, {"ids": sorted(by_id)}).fetchall()
+    locked = conn.execute(LOCK_STEPS, {"ids": sorted(by_id)}, prepare=False).fetchall()
     finished: dict[int, StepStatus] = {}
     deltas: dict[uuid.UUID, _RunDelta] = defaultdict(_RunDelta)
     changes: list[StepChange] = []
@@ -318,12 +318,14 @@ def _cascade(
     Descendants are processed in id (= topological) order, so a step cancelled here is
     settled before any of its own dependents is looked at.
     """
-    blocked = conn.execute(LOCK_BLOCKED_DESCENDANTS, {"ids": list(finished)}).fetchall()
+    blocked = conn.execute(
+        LOCK_BLOCKED_DESCENDANTS, {"ids": list(finished)}, prepare=False
+    ).fetchall()
     if not blocked:
         return []
     edges: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for step_id, prerequisite_id, mode in conn.execute(
-        EDGES_INTO, {"ids": [row[0] for row in blocked], "finished": list(finished)}
+        EDGES_INTO, {"ids": [row[0] for row in blocked], "finished": list(finished)}, prepare=False
     ).fetchall():
         edges[step_id].append((prerequisite_id, mode))
     releases: list[_Release] = []
@@ -394,6 +396,7 @@ def _write_steps(
             "pending": [u[4] for u in updates],
             "job_ids": [u[5] for u in updates],
         },
+        prepare=False,
     )
 
 
@@ -412,6 +415,7 @@ def _insert_step_jobs(conn: Conn, releases: list[_Release]) -> None:
             "step_ids": [r.step_id for r in releases],
             "step_keys": [r.step_key for r in releases],
         },
+        prepare=False,
     )
 
 
@@ -440,6 +444,7 @@ def write_events(
             "step_keys": [e[3] for e in events],
             "data": [dumps(e[4]) for e in events],
         },
+        prepare=False,
     )
 
 
@@ -457,6 +462,7 @@ def _update_runs(conn: Conn, deltas: dict[uuid.UUID, _RunDelta]) -> list[RunChan
             "results": [dumps(deltas[i].result) if deltas[i].has_result else None for i in ids],
             "has_result": [deltas[i].has_result for i in ids],
         },
+        prepare=False,
     ).fetchall()
     changes = [
         RunChange(run_id=row[0], old_status=RunStatus(row[1]), status=RunStatus(row[2]))

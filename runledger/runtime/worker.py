@@ -54,6 +54,8 @@ from runledger.runtime.registry import Registry
 _logger = logging.getLogger("runledger.worker")
 
 COMPLETION_BATCH = 500
+# The claimer pauses while this many times the capacity of outcomes wait to be written.
+UNWRITTEN_LIMIT_FACTOR = 3
 
 # What a database outage looks like from here: psycopg's errors, and the store's wrappers of
 # them (a dead pooled connection surfaces as ConnectionNotUsable).
@@ -173,6 +175,7 @@ class WorkerPool:
         self._runnable: queue.SimpleQueue[InFlight | None] = queue.SimpleQueue()
         self._completions: queue.SimpleQueue[tuple[InFlight, AttemptResult]] = queue.SimpleQueue()
         self._pending: list[tuple[InFlight, AttemptResult]] = []
+        self._unwritten = 0  # outcomes handed to the completer and not yet written
         self._defaults = {
             job_type: {
                 "max_attempts": handler.defaults.max_attempts,
@@ -236,7 +239,7 @@ class WorkerPool:
             self._starting = False
             never_started = [f for f in self._inflight.values() if not f.started]
         for flight in never_started:
-            self._completions.put((flight, outcome.released(flight.job)))
+            self._queue_outcome(flight, outcome.released(flight.job))
         for _ in self._workers:
             self._runnable.put(None)
         deadline = time.monotonic() + timeout
@@ -320,6 +323,10 @@ class WorkerPool:
     def _claim_step(self, stop: threading.Event) -> None:
         with self._lock:
             free = self._capacity - self._busy if self._claiming else 0
+            # Claim no further ahead than the completer can write: finished jobs whose
+            # outcomes wait in memory still hold leases and make every write slower.
+            if self._unwritten >= UNWRITTEN_LIMIT_FACTOR * self._capacity:
+                free = 0
         claimed: list[ClaimedJob] = []
         if free > 0 and self._defaults:
             self.wake.clear()
@@ -437,7 +444,7 @@ class WorkerPool:
         if conn is not None:
             self._finish_in_handler_conn(flight, result, conn, policy)
         else:
-            self._completions.put((flight, result))
+            self._queue_outcome(flight, result)
 
     def _finish_in_handler_conn(
         self,
@@ -452,7 +459,7 @@ class WorkerPool:
         try:
             if result.status is not JobStatus.SUCCEEDED:
                 conn.rollback()
-                self._completions.put((flight, result))
+                self._queue_outcome(flight, result)
                 return
             try:
                 report = finish(conn, [result])
@@ -463,7 +470,7 @@ class WorkerPool:
                     RuntimeError(f"the handler's transaction on ctx.conn failed: {err}"),
                     policy,
                 )
-                self._completions.put((flight, failed))
+                self._queue_outcome(flight, failed)
                 return
             if report.lost:
                 conn.rollback()
@@ -503,11 +510,19 @@ class WorkerPool:
             stop.wait(0.5)
             return
         self._pending = []
+        with self._lock:
+            self._unwritten -= len(batch)
+        self.wake.set()  # the claimer may have been held back by the backlog
         for flight, _ in batch:
             self._forget(flight)
         for job_id in report.lost:
             _logger.info("job %s: lease lost before its outcome was written; dropped", job_id)
         self._registry.hooks.emit(report_events(report, results))
+
+    def _queue_outcome(self, flight: InFlight, result: AttemptResult) -> None:
+        with self._lock:
+            self._unwritten += 1
+        self._completions.put((flight, result))
 
     def _forget(self, flight: InFlight) -> None:
         with self._changed:

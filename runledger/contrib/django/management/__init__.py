@@ -1,0 +1,1 @@
+"""Django management commands: ``runledger_worker`` and ``runledger_migrate``."""

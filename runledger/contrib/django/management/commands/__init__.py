@@ -1,0 +1,1 @@
+"""The commands ``manage.py`` finds: ``runledger_worker`` and ``runledger_migrate``."""

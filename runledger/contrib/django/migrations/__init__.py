@@ -1,0 +1,1 @@
+"""Django migrations of the runledger app: they apply runledger's own SQL migrations."""
