@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """Django integration: enqueue inside ``transaction.atomic()``, workers from ``manage.py``,
 a ``django.tasks`` backend and read-only admin pages.
 

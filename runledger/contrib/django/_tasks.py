@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """The Tasks framework this Django has: ``django.tasks`` (Django 6+) or its ``django_tasks``
 backport (Django 5.2), under one set of names."""
 

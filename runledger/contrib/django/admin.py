@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """Read-only admin pages for jobs, workflow runs and steps, and schedules, with actions that go
 through runledger's functions: cancel and requeue jobs, cancel runs, pause and resume
 schedules.

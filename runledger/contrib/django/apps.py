@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """The Django app: ``INSTALLED_APPS += ["runledger.contrib.django"]`` (app label
 ``runledger``)."""
 

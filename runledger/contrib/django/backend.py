@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """``RunledgerBackend``: Django's Tasks framework (``django.tasks``, or the ``django_tasks``
 backport on Django 5.2) on runledger.
 

@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """Django's database connections as runledger sees them: the psycopg 3 connection under a
 ``DatabaseWrapper`` (for enqueueing in Django's transaction) and a libpq DSN built from
 ``settings.DATABASES`` (for the runtime's own pool)."""

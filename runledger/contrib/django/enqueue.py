@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """Enqueue on Django's connection, so jobs commit and roll back with ``transaction.atomic()``.
 
 Inside an atomic block the job's rows are written in Django's transaction: they become

@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """The project-wide registry that every installed app's ``jobs.py`` decorates.
 
 ``RunledgerConfig.ready()`` imports the ``jobs`` module of each app in ``INSTALLED_APPS``

@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """Read-only Django models over the ``runledger`` schema, for the admin and ORM queries.
 
 Unmanaged (``managed = False``): runledger's own migrations own the tables, and every

@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """``InstallSchema``: the migration operation that applies runledger's SQL migrations."""
 
 from __future__ import annotations

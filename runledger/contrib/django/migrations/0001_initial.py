@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """Install the runledger schema, and the state of the read-only models over it.
 
 ``InstallSchema`` runs ``runledger.migrate`` (idempotent: a schema installed earlier by

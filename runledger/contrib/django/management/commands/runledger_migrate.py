@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """``manage.py runledger_migrate``: install or upgrade the runledger schema."""
 
 from __future__ import annotations

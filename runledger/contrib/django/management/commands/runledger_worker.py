@@ -1,5 +1,3 @@
-# mypy: disable-error-code="import-untyped"
-# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 """``manage.py runledger_worker``: run the project registry's jobs until SIGTERM or SIGINT."""
 
 from __future__ import annotations
