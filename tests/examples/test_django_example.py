@@ -155,7 +155,12 @@ def test_the_readme_commands_place_an_order_and_the_worker_confirms_and_receipts
         if worker.poll() is not None:
             pytest.fail(f"the worker exited: {worker.communicate()}")
         _, shown = request(f"{base}/orders/{placed['order']}/")
-        return shown if shown["receipt"]["status"] == "SUCCESSFUL" else None
+        # Both outcomes are written by the worker, each in its own transaction.
+        finished = (
+            shown["receipt"]["status"] == "SUCCESSFUL"
+            and shown["confirm_job"]["status"] == "succeeded"
+        )
+        return shown if finished else None
 
     shown = poll(done, timeout=30, what="the order's job and task to finish")
     assert shown == {
