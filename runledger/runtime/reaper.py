@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
 from runledger.core.retry import DEFAULT_RETRY_POLICY
 from runledger.core.status import AttemptOutcome
 from runledger.postgres.attempts import AttemptResult, Expired, finish, lock_expired
+from runledger.postgres.maintenance import vacuum_jobs_if_needed
 from runledger.postgres.store import Store
 from runledger.runtime import outcome
 from runledger.runtime.registry import Registry
@@ -23,6 +25,8 @@ from runledger.runtime.worker import TimedOut, report_events
 _logger = logging.getLogger("runledger.reaper")
 
 BATCH = 100
+# Seconds between checks of the jobs table's dead rows (see runledger.postgres.maintenance).
+VACUUM_EVERY = 10.0
 
 
 class LeaseExpired(Exception):
@@ -30,7 +34,9 @@ class LeaseExpired(Exception):
 
 
 class Reaper:
-    """Reaps expired and timed-out attempts every ``interval`` seconds."""
+    """Reaps expired and timed-out attempts every ``interval`` seconds, and vacuums the jobs
+    table when dead rows pile up faster than autovacuum visits (``vacuum=False`` to leave
+    that to autovacuum alone)."""
 
     def __init__(
         self,
@@ -39,16 +45,25 @@ class Reaper:
         *,
         interval: float,
         on_reaped: Callable[[uuid.UUID], object] = lambda token: None,
+        vacuum: bool = True,
     ) -> None:
         self._store = store
         self._registry = registry
         self.interval = interval
         self._on_reaped = on_reaped
+        self.vacuum = vacuum
+        self._vacuumed = 0.0
 
     def step(self, stop: threading.Event) -> None:
-        """Reap until nothing is left, then wait ``interval``."""
+        """Reap until nothing is left, vacuum the jobs table when it needs it (at most every
+        ``VACUUM_EVERY`` seconds), then wait ``interval``."""
         while not stop.is_set() and self.reap_once() == BATCH:
             pass
+        now = time.monotonic()
+        if self.vacuum and now - self._vacuumed >= VACUUM_EVERY:
+            self._vacuumed = now
+            if vacuum_jobs_if_needed(self._store):
+                _logger.info("vacuumed runledger.jobs")
         stop.wait(self.interval)
 
     def reap_once(self) -> int:

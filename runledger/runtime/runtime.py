@@ -60,6 +60,8 @@ class Runtime:
             handler call, in the handler's thread (e.g. Flask's ``app.app_context``).
         prepare_threshold: psycopg's; None disables prepared statements (PgBouncer in
             transaction mode before 1.21). Ignored when ``target`` is a pool or a store.
+        vacuum: let the reaper VACUUM ``runledger.jobs`` when dead rows pile up between
+            autovacuum's visits (one runtime at a time; see runledger.postgres.maintenance).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Runtime:
         worker_id: str | None = None,
         handler_context: Callable[[], AbstractContextManager[Any]] | None = None,
         prepare_threshold: int | None = 5,
+        vacuum: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -127,7 +130,11 @@ class Runtime:
         loops = [*self.pool.loops(), Loop("runledger-heartbeat-0", self._heartbeat.step)]
         if reaper:
             self._reaper: Reaper | None = Reaper(
-                self._store, registry, interval=reap_interval, on_reaped=self.pool.mark_lost
+                self._store,
+                registry,
+                interval=reap_interval,
+                on_reaped=self.pool.mark_lost,
+                vacuum=vacuum,
             )
             loops.append(Loop("runledger-reaper-0", self._reaper.step))
         else:
