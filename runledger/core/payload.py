@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 from runledger.core.errors import PayloadNotSerializable, describe
@@ -107,8 +106,3 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=
 def dumps(value: Any) -> str:
     """The canonical JSON text of a checked value: sorted keys, no spaces."""
     return _ENCODER.encode(value)
-
-
-def freeze_mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A shallow copy of a mapping, or an empty dict for None."""
-    return dict(value) if value is not None else {}

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runledger.core.errors import JobOptionError, PayloadNotSerializable, WorkflowBuildError
-from runledger.core.payload import MAX_DEPTH, check_json, dumps, freeze_mapping
+from runledger.core.payload import MAX_DEPTH, check_json, dumps
 
 
 class Thing:
@@ -207,7 +207,7 @@ def test_a_self_containing_list_is_refused_as_too_deep() -> None:
     assert refusal(loop).type_name == "list"
 
 
-# --- dumps and freeze_mapping -----------------------------------------------------------------
+# --- dumps ------------------------------------------------------------------------------
 
 
 def test_dumps_is_canonical() -> None:
@@ -215,14 +215,6 @@ def test_dumps_is_canonical() -> None:
         '{"a":[1,2],"b":1,"c":{"y":"é","z":null}}'
     )
     assert dumps({"x": 1, "y": 2}) == dumps({"y": 2, "x": 1})
-
-
-def test_freeze_mapping_copies() -> None:
-    source = {"a": 1}
-    frozen = freeze_mapping(source)
-    assert frozen == source
-    assert frozen is not source
-    assert freeze_mapping(None) == {}
 
 
 # --- property: every JSON value passes and round-trips ----------------------------------------
