@@ -38,21 +38,10 @@ def check_usable(conn: Conn) -> None:
 
 
 @contextlib.contextmanager
-def writing(conn: Conn) -> Iterator[Conn]:
-    """Run a block of writes on the caller's connection (see the module docstring).
-
-    Raises ``ConnectionNotUsable``/``TransactionAborted`` before writing anything, and wraps
-    psycopg errors from the block in ``DatabaseError``.
-    """
-    check_usable(conn)
+def _translated(conn: Conn) -> Iterator[None]:
+    """psycopg errors of the block as runledger's: a broken connection, or a refusal."""
     try:
-        # Only an autocommit connection outside any transaction needs one of its own; inside
-        # the caller's ``with conn.transaction()`` the writes simply join it.
-        if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
-            with conn.transaction():
-                yield conn
-        else:
-            yield conn
+        yield
     except psycopg.OperationalError as err:
         if conn.closed or conn.broken:
             raise ConnectionNotUsable(reason=f"the server connection broke: {err}") from err
@@ -62,17 +51,29 @@ def writing(conn: Conn) -> Iterator[Conn]:
 
 
 @contextlib.contextmanager
+def writing(conn: Conn) -> Iterator[Conn]:
+    """Run a block of writes on the caller's connection (see the module docstring).
+
+    Raises ``ConnectionNotUsable``/``TransactionAborted`` before writing anything, and wraps
+    psycopg errors from the block in ``DatabaseError``.
+    """
+    check_usable(conn)
+    with _translated(conn):
+        # Only an autocommit connection outside any transaction needs one of its own; inside
+        # the caller's ``with conn.transaction()`` the writes simply join it.
+        if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            with conn.transaction():
+                yield conn
+        else:
+            yield conn
+
+
+@contextlib.contextmanager
 def reading(conn: Conn) -> Iterator[Conn]:
     """Run reads on the caller's connection, wrapping psycopg errors as ``writing`` does."""
     check_usable(conn)
-    try:
+    with _translated(conn):
         yield conn
-    except psycopg.OperationalError as err:
-        if conn.closed or conn.broken:
-            raise ConnectionNotUsable(reason=f"the server connection broke: {err}") from err
-        raise DatabaseError(str(err)) from err
-    except psycopg.Error as err:
-        raise DatabaseError(str(err)) from err
 
 
 @contextlib.contextmanager
