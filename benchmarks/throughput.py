@@ -853,11 +853,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(PARTS),
         help=f"comma-separated subset of {','.join(PARTS)} (default: all)",
     )
+    parser.add_argument(
+        "--setups",
+        help="comma-separated worker configurations instead of the seven: C:P is one process "
+        "of concurrency C and prefetch P, NxC is N CLI processes of concurrency C (e.g. 4:4,2x8)",
+    )
     args = parser.parse_args(argv)
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not args.parts <= set(PARTS):
         parser.error(f"--parts takes {','.join(PARTS)}")
+    try:
+        args.setups = parse_setups(args.setups) if args.setups else SETUPS
+    except ValueError as exc:
+        parser.error(f"--setups: {exc}")
     return args
+
+
+def parse_setups(text: str) -> tuple[Setup, ...]:
+    """``4:16,2x8`` as setups; ValueError naming the item that is neither form."""
+    setups = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        if re.fullmatch(r"[1-9]\d*:[1-9]\d*", item):
+            concurrency, prefetch = (int(n) for n in item.split(":"))
+            setups.append(Setup(concurrency=concurrency, prefetch=prefetch))
+        elif re.fullmatch(r"[1-9]\d*x[1-9]\d*", item):
+            processes, concurrency = (int(n) for n in item.split("x"))
+            setups.append(Setup(concurrency=concurrency, processes=processes))
+        else:
+            raise ValueError(f"{item!r} is neither C:P nor NxC (positive numbers)")
+    return tuple(setups)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -870,12 +894,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def run_throughput(dsn: str, admin: Conn, plan: Plan) -> list[Throughput]:
+def run_throughput(
+    dsn: str, admin: Conn, plan: Plan, setups: Sequence[Setup] = SETUPS
+) -> list[Throughput]:
     """Every worker configuration, printed as it finishes."""
     print(f"\nthroughput: {plan.windows} windows of {plan.window:g} s per configuration")
     results: list[Throughput] = []
     guess = float(TARGET_JOBS_PER_SECOND)
-    for setup in SETUPS:
+    for setup in setups:
         result = measure_throughput(dsn, admin, setup, plan, guess)
         results.append(result)
         print_windows(result)
@@ -920,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
             announce_pgbench(found, major)
         sys.stdout.flush()
         if "throughput" in args.parts:
-            runs = run_throughput(dsn, admin, plan)
+            runs = run_throughput(dsn, admin, plan, args.setups)
         limits = run_pgbench_limits(found, dsn, admin, plan)
         if "latency" in args.parts:
             latencies = [measure_latency(dsn, admin, plan, listen=mode) for mode in (True, False)]

@@ -23,19 +23,28 @@ os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
 
 def new_id() -> uuid.UUID:
     """A fresh UUIDv7: 48 bits of Unix milliseconds, a 12-bit sequence, 62 random bits."""
+    return new_ids(1)[0]
+
+
+def new_ids(count: int) -> list[uuid.UUID]:
+    """``count`` fresh UUIDv7s in increasing order, taking the lock once (bulk enqueue)."""
     global _last  # noqa: PLW0603 - the process-wide monotonic clock of ids
     with _lock:
-        rand = _random.getrandbits(62)
+        rands = [_random.getrandbits(62) for _ in range(count)]
         stamp = (time.time_ns() // 1_000_000) << 12
-        _last = stamp if stamp > _last else _last + 1
-        head = _last
+        first = stamp if stamp > _last else _last + 1
+        _last = first + count - 1
+    # A sequence past 12 bits carries into the milliseconds: ids stay unique and increasing.
+    return [_uuid(_layout(first + offset, rand)) for offset, rand in enumerate(rands)]
+
+
+def _layout(head: int, rand: int) -> int:
     millis, sequence = head >> 12, head & 0xFFF
     value = (millis & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76  # version
     value |= sequence << 64
     value |= 0b10 << 62  # RFC 4122 variant
-    value |= rand & ((1 << 62) - 1)
-    return _uuid(value)
+    return value | (rand & ((1 << 62) - 1))
 
 
 def _uuid(value: int) -> uuid.UUID:
