@@ -207,6 +207,25 @@ class Throughput:
             return None
         return self.windows[-1] / self.windows[0]
 
+    @property
+    def noise(self) -> float | None:
+        """The windows' standard deviation over their mean: how much one window says."""
+        if len(self.windows) < 2 or not statistics.fmean(self.windows):
+            return None
+        return statistics.stdev(self.windows) / statistics.fmean(self.windows)
+
+    @property
+    def trend(self) -> float | None:
+        """The least-squares slope through all windows, as a share of the mean per minute:
+        a decay shows here as a steady negative figure, where last/first also moves with
+        the noise of two single windows."""
+        if len(self.windows) < 3 or not statistics.fmean(self.windows):
+            return None
+        window = self.seconds / len(self.windows)
+        middles = [window * (i + 0.5) for i in range(len(self.windows))]
+        slope = statistics.linear_regression(middles, self.windows).slope
+        return slope * 60 / statistics.fmean(self.windows)
+
 
 @attrs.frozen(kw_only=True)
 class Latency:
@@ -758,14 +777,22 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
     limit = max(limits, key=lambda r: r.per_second) if limits else None
     print()
     print("THROUGHPUT (no-op jobs, full ledger)")
-    print(f"  {'configuration':<34}{'jobs/s':>9}{'vs limit':>10}{'last/first':>12}  note")
+    print(
+        f"  {'configuration':<34}{'jobs/s':>9}{'vs limit':>10}{'last/first':>12}"
+        f"{'trend/min':>11}{'noise':>7}  note"
+    )
     for result in [*runs, *limits]:
         ratio = f"{result.per_second / limit.per_second:.2f}" if limit else "-"
         drift = f"{result.drift:.2f}" if result.drift is not None else "-"
+        trend = f"{result.trend:+.0%}" if result.trend is not None else "-"
+        noise = f"{result.noise:.0%}" if result.noise is not None else "-"
         note = result.note
         if result.refilled:
             note = f"refilled {result.refilled:,}" + (f"; {note}" if note else "")
-        print(f"  {result.name:<34}{result.per_second:>9,.0f}{ratio:>10}{drift:>12}  {note}")
+        print(
+            f"  {result.name:<34}{result.per_second:>9,.0f}{ratio:>10}{drift:>12}"
+            f"{trend:>11}{noise:>7}  {note}"
+        )
     if limit is not None:
         print(f"  limit = {limit.name} ({limit.per_second:,.0f} jobs/s)")
     else:

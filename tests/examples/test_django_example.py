@@ -190,7 +190,9 @@ def test_the_readme_commands_place_an_order_and_the_worker_confirms_and_receipts
     out, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err
     assert "stopped" in out
-    server.send_signal(signal.SIGINT)
+    # Django's development server is not under test: its Ctrl-C shutdown once hung past 30 s
+    # in CI, so it is simply terminated.
+    server.terminate()
     server.communicate(timeout=30)
 
 
