@@ -61,7 +61,7 @@ claimed as (
             %(default_max_attempts)s),
         timeout_seconds = coalesce(
             j.timeout_seconds, (%(defaults)s::jsonb -> j.job_type ->> 'timeout_seconds')::integer),
-        lease_token = gen_random_uuid(),
+        lease_token = runledger.time_ordered_uuid(),
         lease_owner = %(worker)s,
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         started_at = now(),
