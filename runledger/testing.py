@@ -144,6 +144,16 @@ class TemplateDatabases:
         finally:
             self.drop(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])  # type: ignore[arg-type]
 
+    @contextlib.contextmanager
+    def empty(self) -> Iterator[str]:
+        """A database without any schema for the duration of the block, dropped after it."""
+        name = f"{self.prefix}_empty_{uuid.uuid4().hex[:12]}"
+        self._create(name, template=None)
+        try:
+            yield self.server.dsn_for(name)
+        finally:
+            self.drop(name)
+
     def _create(self, name: str, *, template: str | None) -> None:
         with psycopg.connect(self.server.dsn, autocommit=True) as admin:
             query = sql.SQL("create database {}").format(sql.Identifier(name))

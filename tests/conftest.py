@@ -50,6 +50,13 @@ def dsn(databases: TemplateDatabases) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_database(databases: TemplateDatabases) -> Iterator[str]:
+    """The DSN of a database of this test's own without any schema (dropped after)."""
+    with databases.empty() as dsn:
+        yield dsn
+
+
+@pytest.fixture
 def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection (not autocommit) to the test's database; rolled back and closed after."""
     with psycopg.connect(dsn) as connection:

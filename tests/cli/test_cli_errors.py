@@ -46,9 +46,9 @@ def test_an_unreachable_server_exits_1_saying_it_cannot_connect() -> None:
 
 
 def test_every_command_on_an_unmigrated_database_says_to_run_migrate(
-    unmigrated_dsn: str,
+    empty_database: str,
 ) -> None:
-    unmigrated = Cli(unmigrated_dsn)
+    unmigrated = Cli(empty_database)
 
     first = unmigrated(*COMMANDS[0])
     assert "run `runledger migrate" in refused(first)

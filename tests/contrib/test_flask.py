@@ -24,7 +24,6 @@ import pytest
 import sqlalchemy
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import orm, text
 
@@ -38,7 +37,6 @@ from runledger.errors import (
     UnknownJobType,
     WorkflowRunNotFound,
 )
-from runledger.testing import TemplateDatabases
 
 SIGNUPS = "create table signups (id bigserial primary key, email text not null unique)"
 
@@ -143,18 +141,6 @@ def make_app(
         item.ext.close(item.app, timeout=5)
         with item.app.app_context():
             item.db.engine.dispose()
-
-
-@pytest.fixture
-def unmigrated_dsn(databases: TemplateDatabases) -> Iterator[str]:
-    """A database on the test server without the runledger schema (dropped after)."""
-    name = f"runledger_flask_noschema_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(databases.server.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        yield databases.server.dsn_for(name)
-    finally:
-        databases.drop(name)
 
 
 # --- settings --------------------------------------------------------------------------------
@@ -528,12 +514,12 @@ def test_the_in_process_runtime_starts_on_the_first_request_and_runs_jobs(
 
 
 def test_the_in_process_runtime_refuses_to_start_on_an_unmigrated_database(
-    unmigrated_dsn: str, registry: runledger.Registry
+    empty_database: str, registry: runledger.Registry
 ) -> None:
     app = Flask("unmigrated")
     app.config.update(
         TESTING=True,
-        RUNLEDGER_DATABASE_URL=unmigrated_dsn,
+        RUNLEDGER_DATABASE_URL=empty_database,
         RUNLEDGER_RUN_IN_PROCESS=True,
         RUNLEDGER_LISTEN=False,
     )
@@ -546,7 +532,7 @@ def test_the_in_process_runtime_refuses_to_start_on_an_unmigrated_database(
     try:
         with pytest.raises(SchemaNotMigrated):
             app.test_client().get("/")
-        with psycopg.connect(unmigrated_dsn, autocommit=True) as conn:
+        with psycopg.connect(empty_database, autocommit=True) as conn:
             runledger.migrate(conn)
         started = ext.start_runtime(app)
 
@@ -570,16 +556,16 @@ def test_flask_runledger_migrate_says_nothing_to_apply_on_a_migrated_database(
     assert result.output.rstrip().endswith("nothing to apply")
 
 
-def test_flask_runledger_migrate_installs_the_schema(unmigrated_dsn: str) -> None:
+def test_flask_runledger_migrate_installs_the_schema(empty_database: str) -> None:
     app = Flask("to_migrate")
-    app.config["RUNLEDGER_DATABASE_URL"] = unmigrated_dsn
+    app.config["RUNLEDGER_DATABASE_URL"] = empty_database
     Runledger(app)
 
     result = app.test_cli_runner().invoke(args=["runledger", "migrate"])
 
     assert result.exit_code == 0, result.output
     assert result.output.startswith("applied migrations 1")
-    with psycopg.connect(unmigrated_dsn) as conn:
+    with psycopg.connect(empty_database) as conn:
         runledger.check_schema(conn)
 
 
@@ -595,10 +581,10 @@ def test_flask_runledger_worker_help_lists_its_options(
 
 
 def test_flask_runledger_worker_on_an_unmigrated_database_exits_1_saying_to_migrate(
-    unmigrated_dsn: str,
+    empty_database: str,
 ) -> None:
     app = Flask("worker_unmigrated")
-    app.config["RUNLEDGER_DATABASE_URL"] = unmigrated_dsn
+    app.config["RUNLEDGER_DATABASE_URL"] = empty_database
     ext = Runledger(app)
     try:
         result = app.test_cli_runner().invoke(args=["runledger", "worker"])

@@ -15,17 +15,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 import runledger
-from runledger.testing import TemplateDatabases
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "django_project"
 # Never through a proxy from the environment: the server is on 127.0.0.1.
@@ -50,21 +47,6 @@ def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
-
-
-@pytest.fixture
-def empty_database(databases: TemplateDatabases) -> Iterator[str]:
-    """A database of its own, without any schema (dropped after)."""
-    name = f"runledger_django_example_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(databases.server.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        yield databases.server.dsn_for(name)
-    finally:
-        with psycopg.connect(databases.server.dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture

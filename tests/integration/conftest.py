@@ -7,7 +7,6 @@ other sessions see, committed rows only.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,6 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-
-from runledger.testing import TestServer
 
 Counter = Callable[..., int]
 
@@ -41,24 +38,6 @@ def count(observer: psycopg.Connection[Any]) -> Counter:
         return int(row[0])
 
     return run
-
-
-@pytest.fixture
-def empty_database(pg_server: TestServer) -> Iterator[str]:
-    """The DSN of a brand-new database without the runledger schema, dropped afterwards."""
-    name = f"runledger_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        yield pg_server.dsn_for(name)
-    finally:
-        with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-            admin.execute(
-                "select pg_terminate_backend(pid) from pg_stat_activity "
-                "where datname = %s and pid <> pg_backend_pid()",
-                (name,),
-            )
-            admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

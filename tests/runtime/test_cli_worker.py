@@ -7,17 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
-from psycopg import sql
 
 import runledger
-from runledger.testing import TemplateDatabases
 
 UNREACHABLE = "postgresql://runledger@127.0.0.1:1/nowhere?connect_timeout=5"
 
@@ -42,21 +38,6 @@ def cli(
 
 def column_starts(header: str, names: list[str]) -> list[int]:
     return [header.index(name) for name in names]
-
-
-@pytest.fixture
-def unmigrated_dsn(databases: TemplateDatabases) -> Iterator[str]:
-    """A database on the test server without the runledger schema (dropped after)."""
-    name = f"runledger_noschema_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(databases.server.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        yield databases.server.dsn_for(name)
-    finally:
-        with psycopg.connect(databases.server.dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
 
 
 # --- worker refuses bad input ------------------------------------------------------------------
@@ -170,9 +151,9 @@ def test_status_json_is_valid_json_listing_the_queued_job(
 
 
 def test_status_on_a_database_without_the_schema_exits_1_saying_to_run_migrate(
-    unmigrated_dsn: str,
+    empty_database: str,
 ) -> None:
-    result = cli("status", "--dsn", unmigrated_dsn)
+    result = cli("status", "--dsn", empty_database)
 
     assert result.returncode == 1
     assert "runledger migrate" in result.stderr

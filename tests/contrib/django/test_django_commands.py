@@ -7,18 +7,15 @@ from __future__ import annotations
 import io
 import signal
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 import runledger
 from runledger.postgres.migrate import latest_version
-from runledger.testing import TemplateDatabases
 
 
 @pytest.fixture
@@ -36,21 +33,6 @@ def other(django_project: Any) -> Iterator[str]:
     yield django_project.other_dsn
     connections["other"].close()
     ContentType.objects.clear_cache()
-
-
-@pytest.fixture
-def empty_database(databases: TemplateDatabases) -> Iterator[str]:
-    """A database of its own without any schema (dropped after)."""
-    name = f"runledger_django_empty_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(databases.server.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        yield databases.server.dsn_for(name)
-    finally:
-        with psycopg.connect(databases.server.dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
 
 
 def schema_version(dsn: str) -> int | None:
