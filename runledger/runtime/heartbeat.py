@@ -54,11 +54,15 @@ class Heartbeat:
         for job_id, token, _ in leases:
             if job_id in held:
                 continue
-            flight = self._pool.mark_lost(token)
+            status = statuses.get(job_id)
+            # A renewal that crosses the commit of this attempt's own outcome finds the job
+            # already finished by it: not a lost lease. Whether an outcome still being
+            # written lost its lease, that write finds out; a cancel is reported here.
+            flight = self._pool.mark_lost(token, unless_writing=status != "cancelled")
             if flight is None:
-                continue  # finished meanwhile, or already known
-            flight.ctx.logger.warning("job %s lost its lease (%s)", job_id, statuses.get(job_id))
-            if statuses.get(job_id) == "cancelled":
+                continue  # finished meanwhile, being written, or already known
+            flight.ctx.logger.warning("job %s lost its lease (%s)", job_id, status)
+            if status == "cancelled":
                 events.append(cancelled_event(flight))
         self._registry.hooks.emit(events)
 

@@ -73,6 +73,8 @@ class InFlight:
     Keyed by lease token, not job id: a retry of a job may be claimed here while an earlier
     attempt's handler is still running (it ignored its timeout), and each keeps its own state.
     ``deadline`` is set when the handler starts, not at claim (the job may wait in prefetch).
+    ``writing`` is set once the outcome is handed over to be written (to the completer, or
+    to the handler's own transaction): that write finds out itself whether the lease held.
     """
 
     job: ClaimedJob
@@ -82,6 +84,7 @@ class InFlight:
     done: bool = False
     lost: bool = False
     timed_out: bool = False
+    writing: bool = False
 
 
 def report_events(
@@ -303,12 +306,13 @@ class WorkerPool:
         with self._lock:
             return [f for f in self._inflight.values() if f.job.id == job_id]
 
-    def mark_lost(self, lease_token: uuid.UUID) -> InFlight | None:
+    def mark_lost(self, lease_token: uuid.UUID, *, unless_writing: bool = False) -> InFlight | None:
         """Note that this attempt's lease is gone and tell its handler (``ctx.cancelled``).
-        Returns the attempt if it was held and not already known lost."""
+        Returns the attempt if it was held and not already known lost. With
+        ``unless_writing``, an attempt whose outcome is being written is left alone."""
         with self._lock:
             flight = self._inflight.get(lease_token)
-            if flight is None or flight.lost:
+            if flight is None or flight.lost or (unless_writing and flight.writing):
                 return None
             flight.lost = True
         flight.ctx.cancelled.set()
@@ -341,15 +345,19 @@ class WorkerPool:
                     defaults=self._defaults,
                 )
             for job in claimed:
-                flight = self._flight(job)
-                with self._lock:
-                    self._inflight[job.lease_token] = flight
-                    self._busy += 1
-                self._runnable.put(flight)
+                self._runnable.put(self._adopt(job))
         if free > 0 and len(claimed) == free:
             return  # there may be more: claim again once a slot frees up
         if not stop.is_set():
             self.wake.wait(self._poll_interval)
+
+    def _adopt(self, job: ClaimedJob) -> InFlight:
+        """Hold a claimed attempt: its lease is renewed from now on."""
+        flight = self._flight(job)
+        with self._lock:
+            self._inflight[job.lease_token] = flight
+            self._busy += 1
+        return flight
 
     def _flight(self, job: ClaimedJob) -> InFlight:
         ctx = JobContext(
@@ -456,6 +464,8 @@ class WorkerPool:
         """Write a success in the handler's own transaction, which commits only if the
         lease is still held; anything else rolls the handler's writes back."""
         pool = self._store.pool
+        with self._lock:
+            flight.writing = True
         try:
             if result.status is not JobStatus.SUCCEEDED:
                 conn.rollback()
@@ -521,6 +531,7 @@ class WorkerPool:
 
     def _queue_outcome(self, flight: InFlight, result: AttemptResult) -> None:
         with self._lock:
+            flight.writing = True
             self._unwritten += 1
         self._completions.put((flight, result))
 
