@@ -43,6 +43,7 @@ from _postgres import (
     pgbench_connection,
     scratch_database,
 )
+from _probe import Evidence, Probe, per_window
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import runledger
@@ -56,6 +57,8 @@ QUEUE = "bench"
 TARGET_JOBS_PER_SECOND = 3_000
 TARGET_P50_MS = 10.0
 TARGET_DRIFT = 0.20
+HEAD_JOBS = 16
+"""Due jobs the probe's read-only copy of the claim scan looks for (see _probe.py)."""
 BATCH = 10_000
 """Jobs per ``enqueue_many`` transaction when filling the queue."""
 FANOUT_WIDTH = 1_000
@@ -194,6 +197,7 @@ class Throughput:
     refilled: int = 0
     in_process: bool = False
     note: str = ""
+    evidence: Evidence | None = None
 
     @property
     def per_second(self) -> float:
@@ -225,6 +229,22 @@ class Throughput:
         middles = [window * (i + 0.5) for i in range(len(self.windows))]
         slope = statistics.linear_regression(middles, self.windows).slope
         return slope * 60 / statistics.fmean(self.windows)
+
+    @property
+    def head_growth(self) -> float | None:
+        """The head scan's buffers in the last window over the first: well above 1 when
+        finding the next jobs got dearer (dead index entries), about 1 when it did not."""
+        scans = self.evidence.head_buffers if self.evidence else ()
+        if len(scans) < 2 or not scans[0] or scans[-1] is None:
+            return None
+        return scans[-1] / scans[0]
+
+    def with_evidence(self, samples: Sequence[Any], t0: datetime.datetime) -> Throughput:
+        """This figure with the probe's ``samples`` per window after ``t0``."""
+        if not self.windows:
+            return self
+        window = self.seconds / len(self.windows)
+        return attrs.evolve(self, evidence=per_window(samples, t0, window, len(self.windows)))
 
 
 @attrs.frozen(kw_only=True)
@@ -446,7 +466,7 @@ def measure_throughput(dsn: str, admin: Conn, setup: Setup, plan: Plan, guess: f
     reset(admin)
     span = plan.windows * plan.window
     floor = max(BATCH // 2, int(guess * 3))
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(dsn) as conn, Probe(dsn, queue=QUEUE, limit=HEAD_JOBS) as probe:
         feeder = Feeder(conn)
         feeder.fill(int(guess * (plan.warmup + span) * 1.5) + BATCH)
         settle(admin)
@@ -470,7 +490,7 @@ def measure_throughput(dsn: str, admin: Conn, setup: Setup, plan: Plan, guess: f
         refilled=refilled,
         in_process=setup.in_process,
         note=check_ledger(admin),
-    )
+    ).with_evidence(probe.samples, t0)
 
 
 def print_windows(result: Throughput) -> None:
@@ -481,6 +501,14 @@ def print_windows(result: Throughput) -> None:
     extra += f"; {result.note}" if result.note else ""
     print(f"  {result.name:<30} {result.per_second:>8,.0f} jobs/s  last/first {drift:>5}")
     print(f"  {'':<30} windows: {rates}{extra}")
+    if result.evidence is not None:
+        scans = " ".join("-" if b is None else f"{b:.0f}" for b in result.evidence.head_buffers)
+        print(f"  {'':<30} buffers to find the next {HEAD_JOBS} jobs: {scans}")
+        if any(s is not None for s in result.evidence.steal):
+            idle = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.idle)
+            steal = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.steal)
+            print(f"  {'':<30} machine CPU idle: {idle}")
+            print(f"  {'':<30} machine CPU stolen by the hypervisor: {steal}")
     sys.stdout.flush()
 
 
@@ -714,9 +742,11 @@ def measure_pgbench(
         fill = int(rate * plan.pgbench_seconds * 1.3) + BATCH
         Feeder(conn).fill(fill)
         settle(admin)
-    timed = run_pgbench(
-        binary, dsn, script, clients=clients, seconds=plan.pgbench_seconds, window=plan.window
-    )
+    with Probe(dsn, queue=QUEUE, limit=HEAD_JOBS) as probe:
+        t0 = db_now(admin)
+        timed = run_pgbench(
+            binary, dsn, script, clients=clients, seconds=plan.pgbench_seconds, window=plan.window
+        )
     note = "ran out of queued jobs: a floor" if timed.jobs >= fill - clients * limit else ""
     return Throughput(
         name=f"pgbench -c {clients}, {limit} job{'s' if limit > 1 else ''}/claim",
@@ -724,7 +754,7 @@ def measure_pgbench(
         seconds=plan.pgbench_seconds,
         jobs=timed.jobs,
         note=note or f"{timed.tps:,.0f} tps",
-    )
+    ).with_evidence(probe.samples, t0)
 
 
 # --- report --------------------------------------------------------------------------------
@@ -779,24 +809,39 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
     print("THROUGHPUT (no-op jobs, full ledger)")
     print(
         f"  {'configuration':<34}{'jobs/s':>9}{'vs limit':>10}{'last/first':>12}"
-        f"{'trend/min':>11}{'noise':>7}  note"
+        f"{'trend/min':>11}{'noise':>7}{'head':>7}{'steal':>10}  note"
     )
     for result in [*runs, *limits]:
         ratio = f"{result.per_second / limit.per_second:.2f}" if limit else "-"
         drift = f"{result.drift:.2f}" if result.drift is not None else "-"
         trend = f"{result.trend:+.0%}" if result.trend is not None else "-"
         noise = f"{result.noise:.0%}" if result.noise is not None else "-"
+        growth = f"{result.head_growth:.2f}" if result.head_growth is not None else "-"
         note = result.note
         if result.refilled:
             note = f"refilled {result.refilled:,}" + (f"; {note}" if note else "")
         print(
             f"  {result.name:<34}{result.per_second:>9,.0f}{ratio:>10}{drift:>12}"
-            f"{trend:>11}{noise:>7}  {note}"
+            f"{trend:>11}{noise:>7}{growth:>7}{steal_span(result):>10}  {note}"
         )
     if limit is not None:
         print(f"  limit = {limit.name} ({limit.per_second:,.0f} jobs/s)")
     else:
         print("  limit = n/a (pgbench skipped)")
+    print(
+        f"  head = buffers a read-only copy of the claim's scan touches to find the next "
+        f"{HEAD_JOBS} jobs, last window over first (dead index entries at the head raise it);"
+        "\n  steal = the machine's CPU time the hypervisor gave other guests, first window "
+        "-> last"
+    )
+
+
+def steal_span(result: Throughput) -> str:
+    """The first and last windows' steal time, as ``3->12%``; ``-`` where unknown."""
+    steal = result.evidence.steal if result.evidence else ()
+    if len(steal) < 2 or steal[0] is None or steal[-1] is None:
+        return "-"
+    return f"{steal[0] * 100:.0f}->{steal[-1]:.0%}"
 
 
 def print_latency(latencies: list[Latency]) -> None:
@@ -850,12 +895,20 @@ def print_targets(runs: list[Throughput], latencies: list[Latency]) -> None:
     ok = listen[0].percentile(50) < TARGET_P50_MS if listen else None
     shown = f"{listen[0].percentile(50):.1f} ms" if listen else "not measured"
     print(f"  {verdict(ok):<5} p50 start latency < {TARGET_P50_MS:.0f} ms with LISTEN: {shown}")
-    off = [r.name for r in runs if not drift_ok(r)]
+    off = [r for r in runs if not drift_ok(r)]
     ok = (not off) if runs else None
-    detail = f"outside: {', '.join(off)}" if off else f"all {len(runs)} configurations"
+    detail = (
+        f"outside: {', '.join(r.name for r in off)}" if off else f"all {len(runs)} configurations"
+    )
     if not runs:
         detail = "not measured"
     print(f"  {verdict(ok):<5} last window within {TARGET_DRIFT:.0%} of the first: {detail}")
+    for result in off:
+        growth = f"{result.head_growth:.2f}" if result.head_growth is not None else "-"
+        print(
+            f"        {result.name}: last/first {result.drift:.2f}; head scan buffers "
+            f"last/first {growth}; steal {steal_span(result)}"
+        )
 
 
 # --- main ---------------------------------------------------------------------------------------

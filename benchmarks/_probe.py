@@ -1,0 +1,151 @@
+"""Per-window evidence beside a throughput figure: what finding the next jobs costs, and
+how much CPU the machine had.
+
+A window can be slower than the first for different reasons. The claim itself can get
+dearer: dead entries pile up at the head of ``jobs_runnable`` and every claim steps over
+them (the pages they fill, and a heap visit for each entry not yet known dead), which is what
+vacuuming the jobs table is for. That shows in the buffers a read-only copy of the claim's
+scan touches to find the next ``limit`` due jobs (``EXPLAIN (ANALYZE, BUFFERS)``). Or the
+machine can give less: on a virtual machine the hypervisor lends the cores to other guests
+(steal time, the eighth figure of the ``cpu`` line in ``/proc/stat``), and everything on it
+slows down at once; a machine with no idle CPU left slows down for anything else it runs.
+
+A ``Probe`` samples both on its own connection every half second while a figure runs; each
+interval between two samples counts towards the window that holds its middle, and each scan
+towards the window it ran in. (Counting index entries read instead, from
+``pg_stat_user_indexes``, would miss the decay: entries already marked dead are skipped
+without being counted, but their pages are still read.)
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psycopg
+
+NOW = "select clock_timestamp()"
+# The claim's candidate scan (runledger.postgres.attempts.CLAIM_JOBS) without its row locks.
+HEAD_SCAN = """
+explain (analyze, buffers, costs off, timing off, format json)
+select j.id
+from runledger.jobs as j
+where j.status = 'queued' and j.queue = %(queue)s and j.run_at <= now()
+order by j.priority desc, j.run_at, j.id
+limit %(limit)s
+"""
+PROC_STAT = Path("/proc/stat")
+IDLE, STEAL = 3, 7
+"""Indexes of idle and steal time among the ``cpu`` line's figures (user, nice, system,
+idle, iowait, irq, softirq, steal, ...)."""
+
+
+def cpu_times() -> tuple[int, ...] | None:
+    """The machine's ``cpu`` line of ``/proc/stat``, or None where there is none."""
+    try:
+        with PROC_STAT.open() as file:
+            fields = file.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) <= STEAL + 1:
+        return None
+    return tuple(int(x) for x in fields[1:])
+
+
+@attrs.frozen
+class Sample:
+    """Counters at one moment of the server's clock."""
+
+    at: datetime.datetime
+    head_buffers: int
+    cpu: tuple[int, ...] | None
+
+
+@attrs.frozen(kw_only=True)
+class Evidence:
+    """Per window: the mean buffers the head scan touched (None for a window without a
+    sample), and the shares of the machine's CPU time that were idle and that the hypervisor
+    stole (None where the machine does not say)."""
+
+    head_buffers: tuple[float | None, ...]
+    idle: tuple[float | None, ...]
+    steal: tuple[float | None, ...]
+
+
+def per_window(
+    samples: Sequence[Sample],
+    t0: datetime.datetime,
+    window: float,
+    count: int,
+    *,
+    longest: float = 1.5,
+) -> Evidence:
+    """The samples' figures for ``count`` windows of ``window`` seconds after ``t0``.
+
+    An interval much longer than the probe's own (the workers' shutdown, when backends
+    report what they still held) is left out rather than spread over one window.
+    """
+    scans: list[list[int]] = [[] for _ in range(count)]
+    for sample in samples:
+        index = int((sample.at - t0).total_seconds() // window)
+        if 0 <= index < count:
+            scans[index].append(sample.head_buffers)
+    cpu: list[list[int]] = [[] for _ in range(count)]
+    for before, after in itertools.pairwise(samples):
+        if (after.at - before.at).total_seconds() > longest:
+            continue
+        middle = before.at + (after.at - before.at) / 2
+        index = int((middle - t0).total_seconds() // window)
+        if not 0 <= index < count:
+            continue
+        if before.cpu is not None and after.cpu is not None:
+            delta = [a - b for a, b in zip(after.cpu, before.cpu, strict=False)]
+            if cpu[index]:
+                delta = [a + b for a, b in zip(cpu[index], delta, strict=False)]
+            cpu[index] = delta
+    return Evidence(
+        head_buffers=tuple(sum(b) / len(b) if b else None for b in scans),
+        idle=tuple(c[IDLE] / sum(c) if c and sum(c) else None for c in cpu),
+        steal=tuple(c[STEAL] / sum(c) if c and sum(c) else None for c in cpu),
+    )
+
+
+class Probe:
+    """Runs the head scan of ``queue`` for ``limit`` jobs and reads the CPU times every
+    ``interval`` seconds on its own connection, while in its ``with`` block."""
+
+    def __init__(self, dsn: str, *, queue: str, limit: int, interval: float = 0.5) -> None:
+        self._dsn = dsn
+        self._params = {"queue": queue, "limit": limit}
+        self._interval = interval
+        self._stop = threading.Event()
+        self.samples: list[Sample] = []
+        self._thread = threading.Thread(target=self._run, name="bench-probe", daemon=True)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            self._take(conn)
+            while not self._stop.wait(self._interval):
+                self._take(conn)
+            self._take(conn)  # the end of the last window
+
+    def _take(self, conn: psycopg.Connection[Any]) -> None:
+        plan = conn.execute(HEAD_SCAN, self._params).fetchone()
+        now = conn.execute(NOW).fetchone()
+        assert plan is not None and now is not None
+        top = plan[0][0]["Plan"]
+        buffers = int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))
+        self.samples.append(Sample(now[0], buffers, cpu_times()))
