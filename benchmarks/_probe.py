@@ -8,7 +8,10 @@ vacuuming the jobs table is for. That shows in the buffers a read-only copy of t
 scan touches to find the next ``limit`` due jobs (``EXPLAIN (ANALYZE, BUFFERS)``). Or the
 machine can give less: on a virtual machine the hypervisor lends the cores to other guests
 (steal time, the eighth figure of the ``cpu`` line in ``/proc/stat``), and everything on it
-slows down at once; a machine with no idle CPU left slows down for anything else it runs.
+slows down at once; a machine with no idle CPU left slows down for anything else it runs;
+and every transaction of the runtime waits for its commit to reach the disk, whose speed
+varies on a shared machine, so the probe also times a transaction of its own that takes a
+transaction id and commits (the same WAL flush, without touching the ledger).
 
 A ``Probe`` samples both on its own connection every half second while a figure runs; each
 interval between two samples counts towards the window that holds its middle, and each scan
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import statistics
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ import attrs
 import psycopg
 
 NOW = "select clock_timestamp()"
+WRITE = "select pg_current_xact_id()"
 # The claim's candidate scan (runledger.postgres.attempts.CLAIM_JOBS) without its row locks.
 HEAD_SCAN = """
 explain (analyze, buffers, costs off, timing off, format json)
@@ -63,16 +69,23 @@ class Sample:
 
     at: datetime.datetime
     head_buffers: int
+    commit_ms: float
     cpu: tuple[int, ...] | None
+    process_cpu: float
+    """CPU seconds this process has used so far (all its threads)."""
 
 
 @attrs.frozen(kw_only=True)
 class Evidence:
-    """Per window: the mean buffers the head scan touched (None for a window without a
-    sample), and the shares of the machine's CPU time that were idle and that the hypervisor
-    stole (None where the machine does not say)."""
+    """Per window: the mean buffers the head scan touched and the median time of the
+    probe's committed write (None for a window without a sample), and the shares of the
+    machine's CPU time that were idle and that the hypervisor stole (None where the machine
+    does not say)."""
 
     head_buffers: tuple[float | None, ...]
+    commit_ms: tuple[float | None, ...]
+    process_cpu: tuple[float, ...]
+    """This process's CPU seconds per window (the runtime's, when it runs in-process)."""
     idle: tuple[float | None, ...]
     steal: tuple[float | None, ...]
 
@@ -91,11 +104,14 @@ def per_window(
     report what they still held) is left out rather than spread over one window.
     """
     scans: list[list[int]] = [[] for _ in range(count)]
+    commits: list[list[float]] = [[] for _ in range(count)]
     for sample in samples:
         index = int((sample.at - t0).total_seconds() // window)
         if 0 <= index < count:
             scans[index].append(sample.head_buffers)
+            commits[index].append(sample.commit_ms)
     cpu: list[list[int]] = [[] for _ in range(count)]
+    process = [0.0] * count
     for before, after in itertools.pairwise(samples):
         if (after.at - before.at).total_seconds() > longest:
             continue
@@ -103,6 +119,7 @@ def per_window(
         index = int((middle - t0).total_seconds() // window)
         if not 0 <= index < count:
             continue
+        process[index] += after.process_cpu - before.process_cpu
         if before.cpu is not None and after.cpu is not None:
             delta = [a - b for a, b in zip(after.cpu, before.cpu, strict=False)]
             if cpu[index]:
@@ -110,6 +127,8 @@ def per_window(
             cpu[index] = delta
     return Evidence(
         head_buffers=tuple(sum(b) / len(b) if b else None for b in scans),
+        commit_ms=tuple(statistics.median(c) if c else None for c in commits),
+        process_cpu=tuple(process),
         idle=tuple(c[IDLE] / sum(c) if c and sum(c) else None for c in cpu),
         steal=tuple(c[STEAL] / sum(c) if c and sum(c) else None for c in cpu),
     )
@@ -148,4 +167,8 @@ class Probe:
         assert plan is not None and now is not None
         top = plan[0][0]["Plan"]
         buffers = int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))
-        self.samples.append(Sample(now[0], buffers, cpu_times()))
+        began = time.perf_counter()
+        with conn.transaction():
+            conn.execute(WRITE)
+        commit_ms = (time.perf_counter() - began) * 1000
+        self.samples.append(Sample(now[0], buffers, commit_ms, cpu_times(), time.process_time()))

@@ -504,6 +504,14 @@ def print_windows(result: Throughput) -> None:
     if result.evidence is not None:
         scans = " ".join("-" if b is None else f"{b:.0f}" for b in result.evidence.head_buffers)
         print(f"  {'':<30} buffers to find the next {HEAD_JOBS} jobs: {scans}")
+        commits = " ".join("-" if c is None else f"{c:.1f}" for c in result.evidence.commit_ms)
+        print(f"  {'':<30} a write's commit, ms (median): {commits}")
+        if result.in_process:
+            per_job = " ".join(
+                f"{cpu / (rate * result.seconds / len(result.windows)) * 1e6:.0f}" if rate else "-"
+                for cpu, rate in zip(result.evidence.process_cpu, result.windows, strict=True)
+            )
+            print(f"  {'':<30} this process's CPU per job, us: {per_job}")
         if any(s is not None for s in result.evidence.steal):
             idle = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.idle)
             steal = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.steal)
@@ -809,7 +817,7 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
     print("THROUGHPUT (no-op jobs, full ledger)")
     print(
         f"  {'configuration':<34}{'jobs/s':>9}{'vs limit':>10}{'last/first':>12}"
-        f"{'trend/min':>11}{'noise':>7}{'head':>7}{'steal':>10}  note"
+        f"{'trend/min':>11}{'noise':>7}{'head':>7}{'steal':>9}{'commit ms':>12}  note"
     )
     for result in [*runs, *limits]:
         ratio = f"{result.per_second / limit.per_second:.2f}" if limit else "-"
@@ -822,7 +830,8 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
             note = f"refilled {result.refilled:,}" + (f"; {note}" if note else "")
         print(
             f"  {result.name:<34}{result.per_second:>9,.0f}{ratio:>10}{drift:>12}"
-            f"{trend:>11}{noise:>7}{growth:>7}{steal_span(result):>10}  {note}"
+            f"{trend:>11}{noise:>7}{growth:>7}{steal_span(result):>9}"
+            f"{commit_span(result):>12}  {note}"
         )
     if limit is not None:
         print(f"  limit = {limit.name} ({limit.per_second:,.0f} jobs/s)")
@@ -832,8 +841,17 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
         f"  head = buffers a read-only copy of the claim's scan touches to find the next "
         f"{HEAD_JOBS} jobs, last window over first (dead index entries at the head raise it);"
         "\n  steal = the machine's CPU time the hypervisor gave other guests, first window "
-        "-> last"
+        "-> last;\n  commit ms = the probe's committed write (a WAL flush), median of the first "
+        "window -> last"
     )
+
+
+def commit_span(result: Throughput) -> str:
+    """The first and last windows' median commit time, as ``0.8->1.1``; ``-`` if unknown."""
+    commits = result.evidence.commit_ms if result.evidence else ()
+    if len(commits) < 2 or commits[0] is None or commits[-1] is None:
+        return "-"
+    return f"{commits[0]:.1f}->{commits[-1]:.1f}"
 
 
 def steal_span(result: Throughput) -> str:
@@ -907,7 +925,8 @@ def print_targets(runs: list[Throughput], latencies: list[Latency]) -> None:
         growth = f"{result.head_growth:.2f}" if result.head_growth is not None else "-"
         print(
             f"        {result.name}: last/first {result.drift:.2f}; head scan buffers "
-            f"last/first {growth}; steal {steal_span(result)}"
+            f"last/first {growth}; steal {steal_span(result)}; commit ms "
+            f"{commit_span(result)}"
         )
 
 
