@@ -117,3 +117,13 @@ def wait_for_job(observer: psycopg.Connection[Any]) -> WaitForJob:
             time.sleep(POLL)
 
     return wait
+
+
+@pytest.fixture
+def store(dsn: str) -> Iterator[runledger.Store]:
+    """A ``runledger.Store`` on the test's database (up to 4 connections), closed after."""
+    s = runledger.Store(dsn, min_size=1, max_size=4)
+    try:
+        yield s
+    finally:
+        s.close()

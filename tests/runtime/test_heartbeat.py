@@ -9,7 +9,6 @@ already on its way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -22,15 +21,6 @@ from runledger.runtime.heartbeat import Heartbeat
 from runledger.runtime.worker import InFlight, WorkerPool
 
 JOB_TYPE = "beat"
-
-
-@pytest.fixture
-def store(dsn: str) -> Iterator[runledger.Store]:
-    s = runledger.Store(dsn, min_size=1, max_size=2)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture
@@ -58,6 +48,11 @@ def pool(store: runledger.Store, registry: runledger.Registry) -> WorkerPool:
     )
 
 
+@pytest.fixture
+def heartbeat(store: runledger.Store, pool: WorkerPool, registry: runledger.Registry) -> Heartbeat:
+    return Heartbeat(store, pool, registry, lease_seconds=30)
+
+
 def held_attempt(conn: psycopg.Connection[Any], pool: WorkerPool) -> tuple[ClaimedJob, InFlight]:
     """Enqueue and claim one job, and give the attempt to ``pool``."""
     runledger.enqueue(conn, JOB_TYPE)
@@ -74,7 +69,7 @@ def held_attempt(conn: psycopg.Connection[Any], pool: WorkerPool) -> tuple[Claim
 
 
 def test_renewal_after_the_attempts_own_success_committed_reports_nothing(
-    store: runledger.Store,
+    heartbeat: Heartbeat,
     registry: runledger.Registry,
     pool: WorkerPool,
     autocommit_conn: psycopg.Connection[Any],
@@ -88,7 +83,7 @@ def test_renewal_after_the_attempts_own_success_committed_reports_nothing(
         finish(autocommit_conn, [result])
 
     with caplog.at_level(logging.INFO):
-        Heartbeat(store, pool, registry, lease_seconds=30).renew()
+        heartbeat.renew()
 
     assert not flight.lost
     assert not flight.ctx.cancelled.is_set()
@@ -97,7 +92,7 @@ def test_renewal_after_the_attempts_own_success_committed_reports_nothing(
 
 
 def test_renewal_of_a_cancelled_running_attempt_reports_it_lost_and_cancels_the_handler(
-    store: runledger.Store,
+    heartbeat: Heartbeat,
     registry: runledger.Registry,
     pool: WorkerPool,
     autocommit_conn: psycopg.Connection[Any],
@@ -109,7 +104,7 @@ def test_renewal_of_a_cancelled_running_attempt_reports_it_lost_and_cancels_the_
     runledger.cancel_job(autocommit_conn, job.id, "operator")
 
     with caplog.at_level(logging.WARNING):
-        Heartbeat(store, pool, registry, lease_seconds=30).renew()
+        heartbeat.renew()
 
     assert flight.lost
     assert flight.ctx.cancelled.is_set()
@@ -118,7 +113,7 @@ def test_renewal_of_a_cancelled_running_attempt_reports_it_lost_and_cancels_the_
 
 
 def test_renewal_reports_a_cancel_that_beat_an_outcome_still_being_written(
-    store: runledger.Store,
+    heartbeat: Heartbeat,
     registry: runledger.Registry,
     pool: WorkerPool,
     autocommit_conn: psycopg.Connection[Any],
@@ -129,15 +124,14 @@ def test_renewal_reports_a_cancel_that_beat_an_outcome_still_being_written(
     pool._queue_outcome(flight, outcome.success(job, None))
     runledger.cancel_job(autocommit_conn, job.id, "operator")
 
-    Heartbeat(store, pool, registry, lease_seconds=30).renew()
+    heartbeat.renew()
 
     assert flight.lost
     assert [e.job_id for e in cancelled] == [job.id]
 
 
 def test_renewal_keeps_a_held_lease_whose_outcome_waits_to_be_written(
-    store: runledger.Store,
-    registry: runledger.Registry,
+    heartbeat: Heartbeat,
     pool: WorkerPool,
     autocommit_conn: psycopg.Connection[Any],
 ) -> None:
@@ -145,7 +139,7 @@ def test_renewal_keeps_a_held_lease_whose_outcome_waits_to_be_written(
     pool._queue_outcome(flight, outcome.success(job, None))
     before = runledger.get_job(autocommit_conn, job.id).lease_expires_at
 
-    Heartbeat(store, pool, registry, lease_seconds=30).renew()
+    heartbeat.renew()
 
     after = runledger.get_job(autocommit_conn, job.id).lease_expires_at
     assert before is not None and after is not None and after > before

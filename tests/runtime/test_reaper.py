@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -47,15 +47,6 @@ def fake_claim(conn: psycopg.Connection[Any], job_type: str, *, lease_seconds: f
 
 def outcomes(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> list[tuple[int, Any, str]]:
     return [(a.attempt, a.outcome, a.worker) for a in runledger.list_attempts(conn, job_id)]
-
-
-@pytest.fixture
-def store(dsn: str) -> Iterator[runledger.Store]:
-    s = runledger.Store(dsn, min_size=1, max_size=4)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_expired_lease_is_reaped_by_a_runtime_and_the_retry_succeeds_there(
