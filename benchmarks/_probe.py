@@ -36,6 +36,13 @@ import psycopg
 
 NOW = "select clock_timestamp()"
 WRITE = "select pg_current_xact_id()"
+# Tables being vacuumed now, by autovacuum or by a runtime's reaper.
+VACUUMS = """
+select coalesce(array_agg(distinct c.relname order by c.relname), '{}')
+from pg_stat_progress_vacuum as v
+join pg_class as c on c.oid = v.relid
+where v.datname = current_database()
+"""
 # The claim's candidate scan (runledger.postgres.attempts.CLAIM_JOBS) without its row locks.
 HEAD_SCAN = """
 explain (analyze, buffers, costs off, timing off, format json)
@@ -73,6 +80,8 @@ class Sample:
     cpu: tuple[int, ...] | None
     process_cpu: float
     """CPU seconds this process has used so far (all its threads)."""
+    vacuuming: tuple[str, ...] = ()
+    """Tables of the database being vacuumed when the sample was taken."""
 
 
 @attrs.frozen(kw_only=True)
@@ -86,6 +95,8 @@ class Evidence:
     commit_ms: tuple[float | None, ...]
     process_cpu: tuple[float, ...]
     """This process's CPU seconds per window (the runtime's, when it runs in-process)."""
+    vacuuming: tuple[tuple[str, ...], ...] = ()
+    """Per window, the tables seen being vacuumed (by autovacuum or a runtime)."""
     idle: tuple[float | None, ...]
     steal: tuple[float | None, ...]
 
@@ -105,11 +116,13 @@ def per_window(
     """
     scans: list[list[int]] = [[] for _ in range(count)]
     commits: list[list[float]] = [[] for _ in range(count)]
+    vacuums: list[set[str]] = [set() for _ in range(count)]
     for sample in samples:
         index = int((sample.at - t0).total_seconds() // window)
         if 0 <= index < count:
             scans[index].append(sample.head_buffers)
             commits[index].append(sample.commit_ms)
+            vacuums[index].update(sample.vacuuming)
     cpu: list[list[int]] = [[] for _ in range(count)]
     process = [0.0] * count
     for before, after in itertools.pairwise(samples):
@@ -129,6 +142,7 @@ def per_window(
         head_buffers=tuple(sum(b) / len(b) if b else None for b in scans),
         commit_ms=tuple(statistics.median(c) if c else None for c in commits),
         process_cpu=tuple(process),
+        vacuuming=tuple(tuple(sorted(v)) for v in vacuums),
         idle=tuple(c[IDLE] / sum(c) if c and sum(c) else None for c in cpu),
         steal=tuple(c[STEAL] / sum(c) if c and sum(c) else None for c in cpu),
     )
@@ -171,4 +185,8 @@ class Probe:
         with conn.transaction():
             conn.execute(WRITE)
         commit_ms = (time.perf_counter() - began) * 1000
-        self.samples.append(Sample(now[0], buffers, commit_ms, cpu_times(), time.process_time()))
+        vacuums = conn.execute(VACUUMS).fetchone()
+        vacuuming = tuple(vacuums[0]) if vacuums else ()
+        self.samples.append(
+            Sample(now[0], buffers, commit_ms, cpu_times(), time.process_time(), vacuuming)
+        )

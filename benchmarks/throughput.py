@@ -512,6 +512,8 @@ def print_windows(result: Throughput) -> None:
                 for cpu, rate in zip(result.evidence.process_cpu, result.windows, strict=True)
             )
             print(f"  {'':<30} this process's CPU per job, us: {per_job}")
+        vacuums = " ".join("+".join(v) or "-" for v in result.evidence.vacuuming)
+        print(f"  {'':<30} tables seen being vacuumed: {vacuums}")
         if any(s is not None for s in result.evidence.steal):
             idle = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.idle)
             steal = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.steal)
