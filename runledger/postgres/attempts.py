@@ -223,9 +223,6 @@ select d.id, d.status, d.workflow_run_id, d.step_id, d.step_key, d.attempt, d.jo
 from done as d
 """
 
-# Running jobs whose lease expired or whose attempt outlived its timeout; SKIP LOCKED so the
-# reaper never waits for (or overwrites) a completion in flight: the FOR UPDATE re-checks the
-# conditions on the newest row version.
 # The same statement under another text, so that psycopg prepares it apart from the large
 # batches' unprepared one.
 FINISH_FEW_ATTEMPTS = "-- a batch of few attempts: prepared\n" + FINISH_ATTEMPTS
@@ -233,6 +230,9 @@ FINISH_FEW_ATTEMPTS = "-- a batch of few attempts: prepared\n" + FINISH_ATTEMPTS
 PREPARED_FINISH_BATCH = 16
 """The largest finish that runs as a prepared statement."""
 
+# Running jobs whose lease expired or whose attempt outlived its timeout; SKIP LOCKED so the
+# reaper never waits for (or overwrites) a completion in flight: the FOR UPDATE re-checks the
+# conditions on the newest row version.
 LOCK_EXPIRED = """
 select id, lease_token, job_type, attempt, max_attempts,
        case when deadline_at < now() then 'timed_out' else 'lease_expired' end as outcome
@@ -394,6 +394,23 @@ class FinishReport:
     workflow: Advance
 
 
+def finish_params(results: Sequence[AttemptResult]) -> dict[str, list[object]]:
+    """The parameters of ``FINISH_ATTEMPTS`` (either text) for ``results``."""
+    return {
+        "ids": [r.job_id for r in results],
+        "tokens": [r.lease_token for r in results],
+        "statuses": [str(r.status) for r in results],
+        "outcomes": [str(r.outcome) for r in results],
+        "outputs": [None if r.output is None else dumps(r.output) for r in results],
+        "error_types": [r.error_type for r in results],
+        "error_messages": [r.error_message for r in results],
+        "tracebacks": [r.traceback for r in results],
+        "delays": [r.retry_delay for r in results],
+        "not_befores": [r.retry_not_before for r in results],
+        "reasons": [None if r.retry_reason is None else str(r.retry_reason) for r in results],
+    }
+
+
 def finish(conn: Conn, results: Sequence[AttemptResult]) -> FinishReport:
     """Write attempt results in the caller's transaction, fenced on their leases.
 
@@ -405,19 +422,7 @@ def finish(conn: Conn, results: Sequence[AttemptResult]) -> FinishReport:
     few = len(results) <= PREPARED_FINISH_BATCH
     rows = conn.execute(
         FINISH_FEW_ATTEMPTS if few else FINISH_ATTEMPTS,
-        {
-            "ids": [r.job_id for r in results],
-            "tokens": [r.lease_token for r in results],
-            "statuses": [str(r.status) for r in results],
-            "outcomes": [str(r.outcome) for r in results],
-            "outputs": [None if r.output is None else dumps(r.output) for r in results],
-            "error_types": [r.error_type for r in results],
-            "error_messages": [r.error_message for r in results],
-            "tracebacks": [r.traceback for r in results],
-            "delays": [r.retry_delay for r in results],
-            "not_befores": [r.retry_not_before for r in results],
-            "reasons": [None if r.retry_reason is None else str(r.retry_reason) for r in results],
-        },
+        finish_params(results),
         # None: as the connection's prepare_threshold says
         prepare=None if few else False,
     ).fetchall()
