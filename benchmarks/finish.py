@@ -22,7 +22,13 @@ import psycopg
 from _postgres import bench_server, scratch_database
 
 import runledger
-from runledger.postgres.attempts import FINISH_ATTEMPTS, PREPARED_FINISH_BATCH, claim, finish
+from runledger.postgres.attempts import (
+    FINISH_ATTEMPTS,
+    FINISH_FEW_ATTEMPTS,
+    PREPARED_FINISH_BATCH,
+    claim,
+    finish_params,
+)
 from runledger.runtime import outcome
 
 SIZES = (1, 4, PREPARED_FINISH_BATCH)
@@ -41,38 +47,17 @@ def finish_once(conn: Conn, size: int, *, prepared: bool) -> float:
         jobs = claim(
             conn, worker="bench", queues=["default"], job_types=["t"], limit=size, lease_seconds=60
         )
-    results = [outcome.success(job, None) for job in jobs]
+    params = finish_params([outcome.success(job, None) for job in jobs])
     with conn.transaction():
         began = time.perf_counter()
-        if prepared:
-            done = len(finish(conn, results).finished)
-        else:
-            done = len(finish_unprepared(conn, results))
+        if prepared:  # as finish() sends a small batch
+            rows = conn.execute(FINISH_FEW_ATTEMPTS, params).fetchall()
+        else:  # as it sent every batch before
+            rows = conn.execute(FINISH_ATTEMPTS, params, prepare=False).fetchall()
         took = time.perf_counter() - began
-    if done != size:
-        raise RuntimeError(f"finished {done} of {size} jobs")
+    if len(rows) != size:
+        raise RuntimeError(f"finished {len(rows)} of {size} jobs")
     return took
-
-
-def finish_unprepared(conn: Conn, results: list[Any]) -> list[Any]:
-    """What ``finish`` did before: the large batches' text, planned every time."""
-    return conn.execute(
-        FINISH_ATTEMPTS,
-        {
-            "ids": [r.job_id for r in results],
-            "tokens": [r.lease_token for r in results],
-            "statuses": [str(r.status) for r in results],
-            "outcomes": [str(r.outcome) for r in results],
-            "outputs": [None] * len(results),
-            "error_types": [None] * len(results),
-            "error_messages": [None] * len(results),
-            "tracebacks": [None] * len(results),
-            "delays": [None] * len(results),
-            "not_befores": [None] * len(results),
-            "reasons": [None] * len(results),
-        },
-        prepare=False,
-    ).fetchall()
 
 
 def main(argv: list[str] | None = None) -> int:
