@@ -13,7 +13,7 @@ and every transaction of the runtime waits for its commit to reach the disk, who
 varies on a shared machine, so the probe also times a transaction of its own that takes a
 transaction id and commits (the same WAL flush, without touching the ledger).
 
-A ``Probe`` samples both on its own connection every half second while a figure runs; each
+A ``Probe`` samples all of these on its own connection every half second while a figure runs; each
 interval between two samples counts towards the window that holds its middle, and each scan
 towards the window it ran in. (Counting index entries read instead, from
 ``pg_stat_user_indexes``, would miss the decay: entries already marked dead are skipped
@@ -34,14 +34,14 @@ from typing import Any
 import attrs
 import psycopg
 
-NOW = "select clock_timestamp()"
 WRITE = "select pg_current_xact_id()"
-# Tables being vacuumed now, by autovacuum or by a runtime's reaper.
-VACUUMS = """
-select coalesce(array_agg(distinct c.relname order by c.relname), '{}')
-from pg_stat_progress_vacuum as v
-join pg_class as c on c.oid = v.relid
-where v.datname = current_database()
+# The server's clock, and the tables being vacuumed now (by autovacuum or a runtime's reaper).
+NOW_AND_VACUUMS = """
+select clock_timestamp(),
+       coalesce((select array_agg(distinct c.relname order by c.relname)
+                 from pg_stat_progress_vacuum as v
+                 join pg_class as c on c.oid = v.relid
+                 where v.datname = current_database()), '{}')
 """
 # The claim's candidate scan (runledger.postgres.attempts.CLAIM_JOBS) without its row locks.
 HEAD_SCAN = """
@@ -80,7 +80,7 @@ class Sample:
     cpu: tuple[int, ...] | None
     process_cpu: float
     """CPU seconds this process has used so far (all its threads)."""
-    vacuuming: tuple[str, ...] = ()
+    vacuuming: tuple[str, ...]
     """Tables of the database being vacuumed when the sample was taken."""
 
 
@@ -95,7 +95,7 @@ class Evidence:
     commit_ms: tuple[float | None, ...]
     process_cpu: tuple[float, ...]
     """This process's CPU seconds per window (the runtime's, when it runs in-process)."""
-    vacuuming: tuple[tuple[str, ...], ...] = ()
+    vacuuming: tuple[tuple[str, ...], ...]
     """Per window, the tables seen being vacuumed (by autovacuum or a runtime)."""
     idle: tuple[float | None, ...]
     steal: tuple[float | None, ...]
@@ -149,8 +149,9 @@ def per_window(
 
 
 class Probe:
-    """Runs the head scan of ``queue`` for ``limit`` jobs and reads the CPU times every
-    ``interval`` seconds on its own connection, while in its ``with`` block."""
+    """Takes a ``Sample`` every ``interval`` seconds on its own connection while in its
+    ``with`` block: the head scan of ``queue`` for ``limit`` jobs, a committed write, the
+    tables being vacuumed, and the machine's and this process's CPU times."""
 
     def __init__(self, dsn: str, *, queue: str, limit: int, interval: float = 0.5) -> None:
         self._dsn = dsn
@@ -177,7 +178,7 @@ class Probe:
 
     def _take(self, conn: psycopg.Connection[Any]) -> None:
         plan = conn.execute(HEAD_SCAN, self._params).fetchone()
-        now = conn.execute(NOW).fetchone()
+        now = conn.execute(NOW_AND_VACUUMS).fetchone()
         assert plan is not None and now is not None
         top = plan[0][0]["Plan"]
         buffers = int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))
@@ -185,8 +186,6 @@ class Probe:
         with conn.transaction():
             conn.execute(WRITE)
         commit_ms = (time.perf_counter() - began) * 1000
-        vacuums = conn.execute(VACUUMS).fetchone()
-        vacuuming = tuple(vacuums[0]) if vacuums else ()
         self.samples.append(
-            Sample(now[0], buffers, commit_ms, cpu_times(), time.process_time(), vacuuming)
+            Sample(now[0], buffers, commit_ms, cpu_times(), time.process_time(), tuple(now[1]))
         )
