@@ -15,10 +15,11 @@ import psycopg
 import pytest
 
 import runledger
-from runledger.postgres.attempts import ClaimedJob, claim, finish
+from runledger.postgres.attempts import ClaimedJob, finish
 from runledger.runtime import outcome
 from runledger.runtime.heartbeat import Heartbeat
 from runledger.runtime.worker import InFlight, WorkerPool
+from tests.runtime.test_reaper import fake_claim
 
 JOB_TYPE = "beat"
 
@@ -56,21 +57,12 @@ def heartbeat(store: runledger.Store, pool: WorkerPool, registry: runledger.Regi
 def held_attempt(conn: psycopg.Connection[Any], pool: WorkerPool) -> tuple[ClaimedJob, InFlight]:
     """Enqueue and claim one job, and give the attempt to ``pool``."""
     runledger.enqueue(conn, JOB_TYPE)
-    with conn.transaction():
-        (job,) = claim(
-            conn,
-            worker="test-worker",
-            queues=["default"],
-            job_types=[JOB_TYPE],
-            limit=1,
-            lease_seconds=30,
-        )
+    job = fake_claim(conn, JOB_TYPE, lease_seconds=30)
     return job, pool._adopt(job)
 
 
 def test_renewal_after_the_attempts_own_success_committed_reports_nothing(
     heartbeat: Heartbeat,
-    registry: runledger.Registry,
     pool: WorkerPool,
     autocommit_conn: psycopg.Connection[Any],
     caplog: pytest.LogCaptureFixture,
