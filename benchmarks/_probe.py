@@ -11,7 +11,14 @@ machine can give less: on a virtual machine the hypervisor lends the cores to ot
 slows down at once; a machine with no idle CPU left slows down for anything else it runs;
 and every transaction of the runtime waits for its commit to reach the disk, whose speed
 varies on a shared machine, so the probe also times a transaction of its own that takes a
-transaction id and commits (the same WAL flush, without touching the ledger).
+transaction id and commits (the same WAL flush, without touching the ledger). And the server
+can be checkpointing: a checkpoint begins when ``max_wal_size`` worth of WAL has been written
+since the last one (or ``checkpoint_timeout`` has passed), writes out every dirty buffer, and
+after it the first change to each page writes the whole page to the WAL again (a full-page
+image); a busy queue writes a couple of kB of WAL per job, so at thousands of jobs a second
+a checkpoint can begin within a minute's figure and slow the windows after it. The probe
+counts checkpoints begun and the WAL written (with its full-page images), where the server
+has the statistics views for it (PostgreSQL 14 and later).
 
 A ``Probe`` samples all of these on its own connection every half second while a figure runs; each
 interval between two samples counts towards the window that holds its middle, and each scan
@@ -52,6 +59,15 @@ where j.status = 'queued' and j.queue = %(queue)s and j.run_at <= now()
 order by j.priority desc, j.run_at, j.id
 limit %(limit)s
 """
+# Checkpoints begun (timed or requested), full-page images and bytes written to the WAL.
+WAL_17 = """
+select (select num_timed + num_requested from pg_stat_checkpointer), wal_fpi, wal_bytes
+from pg_stat_wal
+"""
+WAL_14 = """
+select (select checkpoints_timed + checkpoints_req from pg_stat_bgwriter), wal_fpi, wal_bytes
+from pg_stat_wal
+"""
 PROC_STAT = Path("/proc/stat")
 IDLE, STEAL = 3, 7
 """Indexes of idle and steal time among the ``cpu`` line's figures (user, nice, system,
@@ -82,6 +98,9 @@ class Sample:
     """CPU seconds this process has used so far (all its threads)."""
     vacuuming: tuple[str, ...]
     """Tables of the database being vacuumed when the sample was taken."""
+    wal: tuple[int, int, int] | None = None
+    """Checkpoints begun, full-page images and WAL bytes so far, server-wide (None before
+    PostgreSQL 14)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -99,6 +118,16 @@ class Evidence:
     """Per window, the tables seen being vacuumed (by autovacuum or a runtime)."""
     idle: tuple[float | None, ...]
     steal: tuple[float | None, ...]
+    checkpoints: tuple[int | None, ...] = ()
+    """Checkpoints begun in each window (None where the server does not say)."""
+    wal_mb: tuple[float | None, ...] = ()
+    """MB of WAL written in each window, the whole server's."""
+    full_pages: tuple[int | None, ...] = ()
+    """Full-page images among that WAL."""
+
+    def checkpoint_windows(self) -> tuple[int, ...]:
+        """The windows (counted from 1) in which a checkpoint began."""
+        return tuple(i + 1 for i, n in enumerate(self.checkpoints) if n)
 
 
 def per_window(
@@ -124,6 +153,7 @@ def per_window(
             commits[index].append(sample.commit_ms)
             vacuums[index].update(sample.vacuuming)
     cpu: list[list[int]] = [[] for _ in range(count)]
+    wal: list[list[int] | None] = [None] * count
     process = [0.0] * count
     for before, after in itertools.pairwise(samples):
         if (after.at - before.at).total_seconds() > longest:
@@ -133,6 +163,12 @@ def per_window(
         if not 0 <= index < count:
             continue
         process[index] += after.process_cpu - before.process_cpu
+        if before.wal is not None and after.wal is not None:
+            grown = [a - b for a, b in zip(after.wal, before.wal, strict=True)]
+            summed = wal[index]
+            wal[index] = (
+                grown if summed is None else [a + b for a, b in zip(summed, grown, strict=True)]
+            )
         if before.cpu is not None and after.cpu is not None:
             delta = [a - b for a, b in zip(after.cpu, before.cpu, strict=False)]
             if cpu[index]:
@@ -145,18 +181,23 @@ def per_window(
         vacuuming=tuple(tuple(sorted(v)) for v in vacuums),
         idle=tuple(c[IDLE] / sum(c) if c and sum(c) else None for c in cpu),
         steal=tuple(c[STEAL] / sum(c) if c and sum(c) else None for c in cpu),
+        checkpoints=tuple(None if w is None else w[0] for w in wal),
+        wal_mb=tuple(None if w is None else w[2] / 1e6 for w in wal),
+        full_pages=tuple(None if w is None else w[1] for w in wal),
     )
 
 
 class Probe:
     """Takes a ``Sample`` every ``interval`` seconds on its own connection while in its
     ``with`` block: the head scan of ``queue`` for ``limit`` jobs, a committed write, the
-    tables being vacuumed, and the machine's and this process's CPU times."""
+    tables being vacuumed, the server's checkpoints and WAL, and the machine's and this
+    process's CPU times."""
 
     def __init__(self, dsn: str, *, queue: str, limit: int, interval: float = 0.5) -> None:
         self._dsn = dsn
         self._params = {"queue": queue, "limit": limit}
         self._interval = interval
+        self._wal: str | None = None
         self._stop = threading.Event()
         self.samples: list[Sample] = []
         self._thread = threading.Thread(target=self._run, name="bench-probe", daemon=True)
@@ -171,6 +212,8 @@ class Probe:
 
     def _run(self) -> None:
         with psycopg.connect(self._dsn, autocommit=True) as conn:
+            version = conn.info.server_version
+            self._wal = WAL_17 if version >= 170000 else WAL_14 if version >= 140000 else None
             self._take(conn)
             while not self._stop.wait(self._interval):
                 self._take(conn)
@@ -180,6 +223,11 @@ class Probe:
         plan = conn.execute(HEAD_SCAN, self._params).fetchone()
         now = conn.execute(NOW_AND_VACUUMS).fetchone()
         assert plan is not None and now is not None
+        wal = None
+        if self._wal is not None:
+            row = conn.execute(self._wal).fetchone()
+            if row is not None and None not in row:
+                wal = (int(row[0]), int(row[1]), int(row[2]))
         top = plan[0][0]["Plan"]
         buffers = int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))
         began = time.perf_counter()
@@ -187,5 +235,5 @@ class Probe:
             conn.execute(WRITE)
         commit_ms = (time.perf_counter() - began) * 1000
         self.samples.append(
-            Sample(now[0], buffers, commit_ms, cpu_times(), time.process_time(), tuple(now[1]))
+            Sample(now[0], buffers, commit_ms, cpu_times(), time.process_time(), tuple(now[1]), wal)
         )

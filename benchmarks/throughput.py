@@ -514,6 +514,16 @@ def print_windows(result: Throughput) -> None:
             print(f"  {'':<30} this process's CPU per job, us: {per_job}")
         vacuums = " ".join("+".join(v) or "-" for v in result.evidence.vacuuming)
         print(f"  {'':<30} tables seen being vacuumed: {vacuums}")
+        if any(n is not None for n in result.evidence.checkpoints):
+            wal = " ".join(
+                "-" if mb is None or pages is None else f"{mb:.0f}({pages / 1000:.0f}k)"
+                for mb, pages in zip(
+                    result.evidence.wal_mb, result.evidence.full_pages, strict=True
+                )
+            )
+            began = " ".join("-" if n is None else str(n) for n in result.evidence.checkpoints)
+            print(f"  {'':<30} WAL MB (full-page images): {wal}")
+            print(f"  {'':<30} checkpoints begun: {began}")
         if any(s is not None for s in result.evidence.steal):
             idle = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.idle)
             steal = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.steal)
@@ -819,7 +829,7 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
     print("THROUGHPUT (no-op jobs, full ledger)")
     print(
         f"  {'configuration':<34}{'jobs/s':>9}{'vs limit':>10}{'last/first':>12}"
-        f"{'trend/min':>11}{'noise':>7}{'head':>7}{'steal':>9}{'commit ms':>12}  note"
+        f"{'trend/min':>11}{'noise':>7}{'head':>7}{'steal':>9}{'commit ms':>12}{'ckpt':>6}  note"
     )
     for result in [*runs, *limits]:
         ratio = f"{result.per_second / limit.per_second:.2f}" if limit else "-"
@@ -833,7 +843,7 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
         print(
             f"  {result.name:<34}{result.per_second:>9,.0f}{ratio:>10}{drift:>12}"
             f"{trend:>11}{noise:>7}{growth:>7}{steal_span(result):>9}"
-            f"{commit_span(result):>12}  {note}"
+            f"{commit_span(result):>12}{checkpoint_span(result):>6}  {note}"
         )
     if limit is not None:
         print(f"  limit = {limit.name} ({limit.per_second:,.0f} jobs/s)")
@@ -844,7 +854,7 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
         f"{HEAD_JOBS} jobs, last window over first (dead index entries at the head raise it);"
         "\n  steal = the machine's CPU time the hypervisor gave other guests, first window "
         "-> last;\n  commit ms = the probe's committed write (a WAL flush), median of the first "
-        "window -> last"
+        "window -> last;\n  ckpt = the windows in which the server began a checkpoint"
     )
 
 
@@ -854,6 +864,13 @@ def commit_span(result: Throughput) -> str:
     if len(commits) < 2 or commits[0] is None or commits[-1] is None:
         return "-"
     return f"{commits[0]:.1f}->{commits[-1]:.1f}"
+
+
+def checkpoint_span(result: Throughput) -> str:
+    """The windows in which a checkpoint began, as ``w5`` or ``w2,w6``; ``-`` if none or
+    unknown."""
+    windows = result.evidence.checkpoint_windows() if result.evidence else ()
+    return ",".join(f"w{w}" for w in windows) or "-"
 
 
 def steal_span(result: Throughput) -> str:
@@ -928,7 +945,7 @@ def print_targets(runs: list[Throughput], latencies: list[Latency]) -> None:
         print(
             f"        {result.name}: last/first {result.drift:.2f}; head scan buffers "
             f"last/first {growth}; steal {steal_span(result)}; commit ms "
-            f"{commit_span(result)}"
+            f"{commit_span(result)}; checkpoint began in {checkpoint_span(result)}"
         )
 
 
