@@ -1,0 +1,105 @@
+"""The claim runs one generic plan per connection, and that plan stays on indexes whatever
+limit it is executed with; the setting that asks for it ends with the claim's transaction."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+
+import runledger
+from runledger.postgres.attempts import CLAIM_JOBS, DEFAULT_MAX_ATTEMPTS, claim
+
+PLAN_COUNTS = """
+select generic_plans, custom_plans from pg_prepared_statements
+where statement like '%%with candidates as%%'
+"""
+# The claim's parameters by name, with their SQL types, for a PREPARE of its text.
+PARAM_TYPES = {
+    "queues": "text[]",
+    "job_types": "text[]",
+    "limit": "bigint",
+    "worker": "text",
+    "lease_seconds": "float8",
+    "defaults": "text",
+    "default_max_attempts": "integer",
+}
+
+
+def claim_one(conn: psycopg.Connection[Any]) -> list[Any]:
+    jobs = claim(conn, worker="w", queues=["default"], job_types=["t"], limit=1, lease_seconds=30)
+    conn.commit()
+    return jobs
+
+
+def test_the_claim_is_planned_once_per_connection(conn: psycopg.Connection[Any]) -> None:
+    assert conn.prepare_threshold is not None
+    claims = conn.prepare_threshold + 5
+    runledger.enqueue_many(conn, [runledger.Job("t")] * claims)
+    conn.commit()
+
+    for _ in range(claims):
+        assert len(claim_one(conn)) == 1
+
+    row = conn.execute(PLAN_COUNTS).fetchone()
+    assert row is not None
+    generic, custom = row
+    assert custom == 0
+    assert generic == claims - conn.prepare_threshold
+
+
+def test_the_generic_plan_setting_ends_with_the_claims_transaction(
+    conn: psycopg.Connection[Any],
+) -> None:
+    runledger.enqueue(conn, "t")
+    conn.commit()
+
+    claim(conn, worker="w", queues=["default"], job_types=["t"], limit=1, lease_seconds=30)
+    inside = conn.execute("show plan_cache_mode").fetchone()
+    conn.commit()
+    after = conn.execute("show plan_cache_mode").fetchone()
+
+    assert inside == ("force_generic_plan",)
+    assert after == ("auto",)
+
+
+def test_without_prepared_statements_the_claim_leaves_the_setting_alone(dsn: str) -> None:
+    with psycopg.connect(dsn, prepare_threshold=None) as conn:
+        runledger.enqueue(conn, "t")
+        conn.commit()
+        jobs = claim(
+            conn, worker="w", queues=["default"], job_types=["t"], limit=1, lease_seconds=30
+        )
+        assert len(jobs) == 1
+        assert conn.execute("show plan_cache_mode").fetchone() == ("auto",)
+
+
+def test_the_generic_plan_reads_jobs_and_steps_by_index(conn: psycopg.Connection[Any]) -> None:
+    # Enough rows that a plan joining the candidates by hash would scan the whole table.
+    runledger.enqueue_many(conn, [runledger.Job("t")] * 5_000)
+    conn.commit()
+    conn.autocommit = True
+    conn.execute("analyze runledger.jobs")
+    conn.autocommit = False
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", CLAIM_JOBS)))
+    text = CLAIM_JOBS
+    for number, name in enumerate(names, start=1):
+        text = text.replace(f"%({name})s", f"${number}")
+    types = ", ".join(PARAM_TYPES[name] for name in names)
+    conn.execute(f"prepare claim_plan ({types}) as {text}")
+    conn.execute("set local plan_cache_mode = force_generic_plan")
+
+    plan = "\n".join(
+        row[0]
+        for row in conn.execute(
+            "explain (costs off) execute claim_plan("
+            f"'{{default}}', '{{t}}', 16, 'w', 30, '{{}}', {DEFAULT_MAX_ATTEMPTS})"
+        ).fetchall()
+    )
+    conn.rollback()
+
+    assert "Seq Scan on jobs" not in plan, plan
+    assert "Seq Scan on workflow_step_runs" not in plan, plan
+    assert "Seq Scan on workflow_runs" not in plan, plan
+    assert "Index Scan using jobs_pkey" in plan, plan
