@@ -278,6 +278,27 @@ class ClaimedJob:
     upstream: Mapping[str, JsonValue] = attrs.field(factory=dict)
 
 
+def claim_params(
+    *,
+    worker: str,
+    queues: Sequence[str],
+    job_types: Sequence[str],
+    limit: int,
+    lease_seconds: float,
+    defaults: Mapping[str, Mapping[str, int | None]] | None = None,
+) -> dict[str, object]:
+    """The parameters of ``CLAIM_JOBS`` for ``claim``'s arguments."""
+    return {
+        "queues": list(queues),
+        "job_types": list(job_types),
+        "limit": limit,
+        "worker": worker,
+        "lease_seconds": float(lease_seconds),
+        "defaults": dumps(defaults or {}),
+        "default_max_attempts": DEFAULT_MAX_ATTEMPTS,
+    }
+
+
 def claim(
     conn: Conn,
     *,
@@ -300,18 +321,15 @@ def claim(
         return []
     if conn.prepare_threshold is not None:
         conn.execute(GENERIC_PLAN, prepare=False)
-    rows = conn.execute(
-        CLAIM_JOBS,
-        {
-            "queues": list(queues),
-            "job_types": list(job_types),
-            "limit": limit,
-            "worker": worker,
-            "lease_seconds": float(lease_seconds),
-            "defaults": dumps(defaults or {}),
-            "default_max_attempts": DEFAULT_MAX_ATTEMPTS,
-        },
-    ).fetchall()
+    params = claim_params(
+        worker=worker,
+        queues=queues,
+        job_types=job_types,
+        limit=limit,
+        lease_seconds=lease_seconds,
+        defaults=defaults,
+    )
+    rows = conn.execute(CLAIM_JOBS, params).fetchall()
     step_ids = [row[10] for row in rows if row[10] is not None]
     upstream: dict[int, dict[str, JsonValue]] = {sid: {} for sid in step_ids}
     if step_ids:

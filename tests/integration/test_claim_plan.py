@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 import runledger
+from runledger import WorkflowBuilder
 from runledger.postgres.attempts import CLAIM_JOBS, DEFAULT_MAX_ATTEMPTS, claim
 
 PLAN_COUNTS = """
@@ -76,11 +77,17 @@ def test_without_prepared_statements_the_claim_leaves_the_setting_alone(dsn: str
 
 
 def test_the_generic_plan_reads_jobs_and_steps_by_index(conn: psycopg.Connection[Any]) -> None:
-    # Enough rows that a plan joining the candidates by hash would scan the whole table.
+    # Enough rows that a plan joining the candidates by hash would scan whole tables.
     runledger.enqueue_many(conn, [runledger.Job("t")] * 5_000)
+    fan = WorkflowBuilder("fan").step("root", job="t")
+    for n in range(4):
+        fan = fan.step(f"leaf{n}", job="t", after="root")
+    workflow = fan.build()
+    for _ in range(1_000):
+        runledger.enqueue_workflow(conn, workflow)
     conn.commit()
     conn.autocommit = True
-    conn.execute("analyze runledger.jobs")
+    conn.execute("analyze runledger.jobs, runledger.workflow_runs, runledger.workflow_step_runs")
     conn.autocommit = False
     names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", CLAIM_JOBS)))
     text = CLAIM_JOBS
