@@ -46,11 +46,21 @@ def _where(step_key: str | None) -> str:
 
 
 class BlankJobType(JobOptionError, WorkflowBuildError):
-    """The job type is empty or only white space."""
+    """The job type is empty, only white space, or not a string.
 
-    def __init__(self, *, step_key: str | None = None) -> None:
+    Attributes:
+        given: the type name of what was passed instead of a string, or None for a string.
+    """
+
+    def __init__(self, *, step_key: str | None = None, given: str | None = None) -> None:
         self.step_key = step_key
-        super().__init__(f"job type must be a non-blank string{_where(step_key)}")
+        self.given = given
+        message = f"job type must be a non-blank string{_where(step_key)}"
+        if given == "Job":  # enqueue(conn, Job(...)): the one-job call takes a type, not a Job
+            message += ", got a Job: queue a Job with enqueue_many(conn, [job])"
+        elif given is not None:
+            message += f", got {given}"
+        super().__init__(message)
 
 
 class BlankQueue(JobOptionError, WorkflowBuildError):

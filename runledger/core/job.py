@@ -33,7 +33,9 @@ MAX_INT = 2_147_483_647
 
 def check_job_type(job_type: object, *, step_key: str | None = None) -> None:
     """Raise ``BlankJobType`` unless ``job_type`` is a non-blank str."""
-    if not isinstance(job_type, str) or not job_type.strip():
+    if not isinstance(job_type, str):
+        raise BlankJobType(step_key=step_key, given=type(job_type).__name__)
+    if not job_type.strip():
         raise BlankJobType(step_key=step_key)
     check_text("job_type", job_type, step_key=step_key)
 

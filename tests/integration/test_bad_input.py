@@ -15,6 +15,7 @@ from psycopg import pq
 
 import runledger
 from runledger.errors import (
+    BlankJobType,
     ConnectionNotUsable,
     NaiveRunAt,
     NulInText,
@@ -92,6 +93,17 @@ def test_naive_run_at_is_refused_and_nothing_is_written(
         runledger.enqueue_many(conn, [runledger.Job("t", run_at=run_at)])
 
     assert raised.value.run_at == run_at
+    assert conn.info.transaction_status == IDLE
+    assert count("jobs") == 0
+
+
+def test_a_job_passed_to_enqueue_is_refused_with_the_call_that_takes_it(
+    conn: psycopg.Connection[Any], count: Counter
+) -> None:
+    job = runledger.Job("t")
+    with pytest.raises(BlankJobType, match=r"enqueue_many\(conn, \[job\]\)"):
+        runledger.enqueue(conn, job)  # type: ignore[arg-type]
+
     assert conn.info.transaction_status == IDLE
     assert count("jobs") == 0
 

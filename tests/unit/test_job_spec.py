@@ -115,6 +115,21 @@ def test_blank_or_non_str_job_type(job_type: Any) -> None:
     assert type(job_error(job_type=job_type)) is BlankJobType
 
 
+@pytest.mark.parametrize(("job_type", "given"), [("  ", None), (5, "int"), (None, "NoneType")])
+def test_a_bad_job_type_names_what_was_given(job_type: Any, given: str | None) -> None:
+    error = job_error(job_type=job_type)
+    assert isinstance(error, BlankJobType)
+    assert error.given == given
+    assert str(error).endswith("non-blank string" if given is None else f", got {given}")
+
+
+def test_a_job_passed_as_a_job_type_says_how_to_queue_it() -> None:
+    error = job_error(job_type=Job("t"))
+    assert isinstance(error, BlankJobType)
+    assert error.given == "Job"
+    assert "enqueue_many(conn, [job])" in str(error)
+
+
 @pytest.mark.parametrize("queue", ["", "  ", 1])
 def test_blank_queue(queue: Any) -> None:
     assert type(job_error(queue=queue)) is BlankQueue
