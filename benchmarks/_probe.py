@@ -18,7 +18,11 @@ after it the first change to each page writes the whole page to the WAL again (a
 image); a busy queue writes a couple of kB of WAL per job, so at thousands of jobs a second
 a checkpoint can begin within a minute's figure and slow the windows after it. The probe
 counts checkpoints begun and the WAL written (with its full-page images), where the server
-has the statistics views for it (PostgreSQL 14 and later).
+has the statistics views for it (PostgreSQL 14 and later). Last, the machine's cores can
+get slower without any steal time to show for it (a host's other guests on the same physical
+cores, or this guest's two vCPUs being hyperthreads of one core): the probe times a fixed
+pure-Python loop in CPU time (its own thread's, so waiting for the GIL does not count), which
+takes longer on a slower core.
 
 A ``Probe`` samples all of these on its own connection every half second while a figure runs; each
 interval between two samples counts towards the window that holds its middle, and each scan
@@ -68,6 +72,8 @@ WAL_14 = """
 select (select checkpoints_timed + checkpoints_req from pg_stat_bgwriter), wal_fpi, wal_bytes
 from pg_stat_wal
 """
+FIXED_LOOP = 50_000
+"""Iterations of the probe's fixed loop: a few milliseconds of CPU every half second."""
 PROC_STAT = Path("/proc/stat")
 IDLE, STEAL = 3, 7
 """Indexes of idle and steal time among the ``cpu`` line's figures (user, nice, system,
@@ -86,6 +92,15 @@ def cpu_times() -> tuple[int, ...] | None:
     return tuple(int(x) for x in fields[1:])
 
 
+def fixed_work_ms() -> float:
+    """The CPU time, in ms, of this thread running a fixed loop: more on a slower core."""
+    began = time.thread_time()
+    total = 0
+    for i in range(FIXED_LOOP):
+        total += i * i
+    return (time.thread_time() - began) * 1000
+
+
 @attrs.frozen
 class Sample:
     """Counters at one moment of the server's clock."""
@@ -98,6 +113,8 @@ class Sample:
     """CPU seconds this process has used so far (all its threads)."""
     vacuuming: tuple[str, ...]
     """Tables of the database being vacuumed when the sample was taken."""
+    work_ms: float | None = None
+    """CPU ms of the probe's fixed loop (``fixed_work_ms``)."""
     wal: tuple[int, int, int] | None = None
     """Checkpoints begun, full-page images and WAL bytes so far, server-wide (None before
     PostgreSQL 14)."""
@@ -124,6 +141,8 @@ class Evidence:
     """MB of WAL written in each window, the whole server's."""
     full_pages: tuple[int | None, ...] = ()
     """Full-page images among that WAL."""
+    work_ms: tuple[float | None, ...] = ()
+    """The mean CPU ms of the probe's fixed loop in each window: the machine's speed."""
 
     def checkpoint_windows(self) -> tuple[int, ...]:
         """The windows (counted from 1) in which a checkpoint began."""
@@ -146,9 +165,12 @@ def per_window(
     scans: list[list[int]] = [[] for _ in range(count)]
     commits: list[list[float]] = [[] for _ in range(count)]
     vacuums: list[set[str]] = [set() for _ in range(count)]
+    work: list[list[float]] = [[] for _ in range(count)]
     for sample in samples:
         index = int((sample.at - t0).total_seconds() // window)
         if 0 <= index < count:
+            if sample.work_ms is not None:
+                work[index].append(sample.work_ms)
             scans[index].append(sample.head_buffers)
             commits[index].append(sample.commit_ms)
             vacuums[index].update(sample.vacuuming)
@@ -184,14 +206,15 @@ def per_window(
         checkpoints=tuple(None if w is None else w[0] for w in wal),
         wal_mb=tuple(None if w is None else w[2] / 1e6 for w in wal),
         full_pages=tuple(None if w is None else w[1] for w in wal),
+        work_ms=tuple(statistics.fmean(w) if w else None for w in work),
     )
 
 
 class Probe:
     """Takes a ``Sample`` every ``interval`` seconds on its own connection while in its
     ``with`` block: the head scan of ``queue`` for ``limit`` jobs, a committed write, the
-    tables being vacuumed, the server's checkpoints and WAL, and the machine's and this
-    process's CPU times."""
+    tables being vacuumed, the server's checkpoints and WAL, the machine's and this
+    process's CPU times, and the CPU time of a fixed loop."""
 
     def __init__(self, dsn: str, *, queue: str, limit: int, interval: float = 0.5) -> None:
         self._dsn = dsn
@@ -235,5 +258,14 @@ class Probe:
             conn.execute(WRITE)
         commit_ms = (time.perf_counter() - began) * 1000
         self.samples.append(
-            Sample(now[0], buffers, commit_ms, cpu_times(), time.process_time(), tuple(now[1]), wal)
+            Sample(
+                now[0],
+                buffers,
+                commit_ms,
+                cpu_times(),
+                time.process_time(),
+                tuple(now[1]),
+                work_ms=fixed_work_ms(),
+                wal=wal,
+            )
         )

@@ -524,6 +524,9 @@ def print_windows(result: Throughput) -> None:
             began = " ".join("-" if n is None else str(n) for n in result.evidence.checkpoints)
             print(f"  {'':<30} WAL MB (full-page images): {wal}")
             print(f"  {'':<30} checkpoints begun: {began}")
+        if any(w is not None for w in result.evidence.work_ms):
+            work = " ".join("-" if w is None else f"{w:.1f}" for w in result.evidence.work_ms)
+            print(f"  {'':<30} a fixed loop's CPU ms (mean): {work}")
         if any(s is not None for s in result.evidence.steal):
             idle = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.idle)
             steal = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.steal)
@@ -829,7 +832,8 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
     print("THROUGHPUT (no-op jobs, full ledger)")
     print(
         f"  {'configuration':<34}{'jobs/s':>9}{'vs limit':>10}{'last/first':>12}"
-        f"{'trend/min':>11}{'noise':>7}{'head':>7}{'steal':>9}{'commit ms':>12}{'ckpt':>6}  note"
+        f"{'trend/min':>11}{'noise':>7}{'head':>7}{'steal':>9}{'commit ms':>12}{'loop ms':>11}"
+        f"{'ckpt':>6}  note"
     )
     for result in [*runs, *limits]:
         ratio = f"{result.per_second / limit.per_second:.2f}" if limit else "-"
@@ -843,7 +847,7 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
         print(
             f"  {result.name:<34}{result.per_second:>9,.0f}{ratio:>10}{drift:>12}"
             f"{trend:>11}{noise:>7}{growth:>7}{steal_span(result):>9}"
-            f"{commit_span(result):>12}{checkpoint_span(result):>6}  {note}"
+            f"{commit_span(result):>12}{loop_span(result):>11}{checkpoint_span(result):>6}  {note}"
         )
     if limit is not None:
         print(f"  limit = {limit.name} ({limit.per_second:,.0f} jobs/s)")
@@ -854,7 +858,8 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
         f"{HEAD_JOBS} jobs, last window over first (dead index entries at the head raise it);"
         "\n  steal = the machine's CPU time the hypervisor gave other guests, first window "
         "-> last;\n  commit ms = the probe's committed write (a WAL flush), median of the first "
-        "window -> last;\n  ckpt = the windows in which the server began a checkpoint"
+        "window -> last;\n  loop ms = the CPU time of a fixed loop (more on a slower core), "
+        "first window -> last;\n  ckpt = the windows in which the server began a checkpoint"
     )
 
 
@@ -864,6 +869,14 @@ def commit_span(result: Throughput) -> str:
     if len(commits) < 2 or commits[0] is None or commits[-1] is None:
         return "-"
     return f"{commits[0]:.1f}->{commits[-1]:.1f}"
+
+
+def loop_span(result: Throughput) -> str:
+    """The first and last windows' fixed-loop CPU ms, as ``2.1->3.0``; ``-`` if unknown."""
+    work = result.evidence.work_ms if result.evidence else ()
+    if len(work) < 2 or work[0] is None or work[-1] is None:
+        return "-"
+    return f"{work[0]:.1f}->{work[-1]:.1f}"
 
 
 def checkpoint_span(result: Throughput) -> str:
@@ -945,7 +958,8 @@ def print_targets(runs: list[Throughput], latencies: list[Latency]) -> None:
         print(
             f"        {result.name}: last/first {result.drift:.2f}; head scan buffers "
             f"last/first {growth}; steal {steal_span(result)}; commit ms "
-            f"{commit_span(result)}; checkpoint began in {checkpoint_span(result)}"
+            f"{commit_span(result)}; fixed loop ms {loop_span(result)}; checkpoint began in "
+            f"{checkpoint_span(result)}"
         )
 
 
