@@ -46,13 +46,17 @@ import attrs
 import psycopg
 
 WRITE = "select pg_current_xact_id()"
-# The server's clock, and the tables being vacuumed now (by autovacuum or a runtime's reaper).
-NOW_AND_VACUUMS = """
+# The server's clock, the tables being vacuumed now (by autovacuum or a runtime's reaper),
+# and the checkpoints begun (timed or requested), full-page images and bytes written to the
+# WAL so far: {wal} is one of the WAL_* rows below, by server version.
+SERVER_STATE = """
 select clock_timestamp(),
        coalesce((select array_agg(distinct c.relname order by c.relname)
                  from pg_stat_progress_vacuum as v
                  join pg_class as c on c.oid = v.relid
-                 where v.datname = current_database()), '{}')
+                 where v.datname = current_database()), '{{}}'),
+       w.checkpoints, w.full_pages, w.wal_bytes
+from ({wal}) as w(checkpoints, full_pages, wal_bytes)
 """
 # The claim's candidate scan (runledger.postgres.attempts.CLAIM_JOBS) without its row locks.
 HEAD_SCAN = """
@@ -63,7 +67,6 @@ where j.status = 'queued' and j.queue = %(queue)s and j.run_at <= now()
 order by j.priority desc, j.run_at, j.id
 limit %(limit)s
 """
-# Checkpoints begun (timed or requested), full-page images and bytes written to the WAL.
 WAL_17 = """
 select (select num_timed + num_requested from pg_stat_checkpointer), wal_fpi, wal_bytes
 from pg_stat_wal
@@ -72,6 +75,15 @@ WAL_14 = """
 select (select checkpoints_timed + checkpoints_req from pg_stat_bgwriter), wal_fpi, wal_bytes
 from pg_stat_wal
 """
+WAL_NONE = "select null::bigint, null::bigint, null::numeric"  # no pg_stat_wal before 14
+
+
+def server_state_query(version: int) -> str:
+    """``SERVER_STATE`` for a server of ``version`` (``server_version_num``)."""
+    wal = WAL_17 if version >= 170000 else WAL_14 if version >= 140000 else WAL_NONE
+    return SERVER_STATE.format(wal=wal)
+
+
 FIXED_LOOP = 50_000
 """Iterations of the probe's fixed loop: a few milliseconds of CPU every half second."""
 PROC_STAT = Path("/proc/stat")
@@ -220,7 +232,6 @@ class Probe:
         self._dsn = dsn
         self._params = {"queue": queue, "limit": limit}
         self._interval = interval
-        self._wal: str | None = None
         self._stop = threading.Event()
         self.samples: list[Sample] = []
         self._thread = threading.Thread(target=self._run, name="bench-probe", daemon=True)
@@ -235,22 +246,18 @@ class Probe:
 
     def _run(self) -> None:
         with psycopg.connect(self._dsn, autocommit=True) as conn:
-            version = conn.info.server_version
-            self._wal = WAL_17 if version >= 170000 else WAL_14 if version >= 140000 else None
-            self._take(conn)
+            state = server_state_query(conn.info.server_version)
+            self._take(conn, state)
             while not self._stop.wait(self._interval):
-                self._take(conn)
-            self._take(conn)  # the end of the last window
+                self._take(conn, state)
+            self._take(conn, state)  # the end of the last window
 
-    def _take(self, conn: psycopg.Connection[Any]) -> None:
+    def _take(self, conn: psycopg.Connection[Any], state: str) -> None:
         plan = conn.execute(HEAD_SCAN, self._params).fetchone()
-        now = conn.execute(NOW_AND_VACUUMS).fetchone()
+        now = conn.execute(state).fetchone()
         assert plan is not None and now is not None
-        wal = None
-        if self._wal is not None:
-            row = conn.execute(self._wal).fetchone()
-            if row is not None and None not in row:
-                wal = (int(row[0]), int(row[1]), int(row[2]))
+        counters = now[2:5]
+        wal = None if None in counters else (int(counters[0]), int(counters[1]), int(counters[2]))
         top = plan[0][0]["Plan"]
         buffers = int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))
         began = time.perf_counter()

@@ -502,10 +502,10 @@ def print_windows(result: Throughput) -> None:
     print(f"  {result.name:<30} {result.per_second:>8,.0f} jobs/s  last/first {drift:>5}")
     print(f"  {'':<30} windows: {rates}{extra}")
     if result.evidence is not None:
-        scans = " ".join("-" if b is None else f"{b:.0f}" for b in result.evidence.head_buffers)
+        evidence = result.evidence
+        scans = spaced(evidence.head_buffers, ".0f")
         print(f"  {'':<30} buffers to find the next {HEAD_JOBS} jobs: {scans}")
-        commits = " ".join("-" if c is None else f"{c:.1f}" for c in result.evidence.commit_ms)
-        print(f"  {'':<30} a write's commit, ms (median): {commits}")
+        print(f"  {'':<30} a write's commit, ms (median): {spaced(evidence.commit_ms, '.1f')}")
         if result.in_process:
             per_job = " ".join(
                 f"{cpu / (rate * result.seconds / len(result.windows)) * 1e6:.0f}" if rate else "-"
@@ -521,18 +521,20 @@ def print_windows(result: Throughput) -> None:
                     result.evidence.wal_mb, result.evidence.full_pages, strict=True
                 )
             )
-            began = " ".join("-" if n is None else str(n) for n in result.evidence.checkpoints)
             print(f"  {'':<30} WAL MB (full-page images): {wal}")
-            print(f"  {'':<30} checkpoints begun: {began}")
-        if any(w is not None for w in result.evidence.work_ms):
-            work = " ".join("-" if w is None else f"{w:.1f}" for w in result.evidence.work_ms)
-            print(f"  {'':<30} a fixed loop's CPU ms (mean): {work}")
-        if any(s is not None for s in result.evidence.steal):
-            idle = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.idle)
-            steal = " ".join("-" if s is None else f"{s:.0%}" for s in result.evidence.steal)
-            print(f"  {'':<30} machine CPU idle: {idle}")
+            print(f"  {'':<30} checkpoints begun: {spaced(evidence.checkpoints, 'd')}")
+        if any(w is not None for w in evidence.work_ms):
+            print(f"  {'':<30} a fixed loop's CPU ms (mean): {spaced(evidence.work_ms, '.1f')}")
+        if any(s is not None for s in evidence.steal):
+            print(f"  {'':<30} machine CPU idle: {spaced(evidence.idle, '.0%')}")
+            steal = spaced(evidence.steal, ".0%")
             print(f"  {'':<30} machine CPU stolen by the hypervisor: {steal}")
     sys.stdout.flush()
+
+
+def spaced(values: Sequence[float | None], spec: str) -> str:
+    """Per-window figures in ``spec`` format, separated by spaces; ``-`` for a missing one."""
+    return " ".join("-" if v is None else format(v, spec) for v in values)
 
 
 # --- latency ----------------------------------------------------------------------------------
@@ -841,13 +843,14 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
         trend = f"{result.trend:+.0%}" if result.trend is not None else "-"
         noise = f"{result.noise:.0%}" if result.noise is not None else "-"
         growth = f"{result.head_growth:.2f}" if result.head_growth is not None else "-"
+        spans = first_to_last(result)
         note = result.note
         if result.refilled:
             note = f"refilled {result.refilled:,}" + (f"; {note}" if note else "")
         print(
             f"  {result.name:<34}{result.per_second:>9,.0f}{ratio:>10}{drift:>12}"
-            f"{trend:>11}{noise:>7}{growth:>7}{steal_span(result):>9}"
-            f"{commit_span(result):>12}{loop_span(result):>11}{checkpoint_span(result):>6}  {note}"
+            f"{trend:>11}{noise:>7}{growth:>7}{spans['steal']:>9}"
+            f"{spans['commit']:>12}{spans['loop']:>11}{checkpoint_span(result):>6}  {note}"
         )
     if limit is not None:
         print(f"  limit = {limit.name} ({limit.per_second:,.0f} jobs/s)")
@@ -863,20 +866,24 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
     )
 
 
-def commit_span(result: Throughput) -> str:
-    """The first and last windows' median commit time, as ``0.8->1.1``; ``-`` if unknown."""
-    commits = result.evidence.commit_ms if result.evidence else ()
-    if len(commits) < 2 or commits[0] is None or commits[-1] is None:
+def span(
+    values: Sequence[float | None], *, scale: float = 1, digits: int = 1, unit: str = ""
+) -> str:
+    """The first and last of ``values`` as ``0.8->1.1`` (times ``scale``, then ``unit``);
+    ``-`` if either is unknown."""
+    if len(values) < 2 or values[0] is None or values[-1] is None:
         return "-"
-    return f"{commits[0]:.1f}->{commits[-1]:.1f}"
+    return f"{values[0] * scale:.{digits}f}->{values[-1] * scale:.{digits}f}{unit}"
 
 
-def loop_span(result: Throughput) -> str:
-    """The first and last windows' fixed-loop CPU ms, as ``2.1->3.0``; ``-`` if unknown."""
-    work = result.evidence.work_ms if result.evidence else ()
-    if len(work) < 2 or work[0] is None or work[-1] is None:
-        return "-"
-    return f"{work[0]:.1f}->{work[-1]:.1f}"
+def first_to_last(result: Throughput) -> dict[str, str]:
+    """The probe's steal, commit time and fixed-loop time, first window -> last."""
+    evidence = result.evidence
+    return {
+        "steal": span(evidence.steal if evidence else (), scale=100, digits=0, unit="%"),
+        "commit": span(evidence.commit_ms if evidence else ()),
+        "loop": span(evidence.work_ms if evidence else ()),
+    }
 
 
 def checkpoint_span(result: Throughput) -> str:
@@ -884,14 +891,6 @@ def checkpoint_span(result: Throughput) -> str:
     unknown."""
     windows = result.evidence.checkpoint_windows() if result.evidence else ()
     return ",".join(f"w{w}" for w in windows) or "-"
-
-
-def steal_span(result: Throughput) -> str:
-    """The first and last windows' steal time, as ``3->12%``; ``-`` where unknown."""
-    steal = result.evidence.steal if result.evidence else ()
-    if len(steal) < 2 or steal[0] is None or steal[-1] is None:
-        return "-"
-    return f"{steal[0] * 100:.0f}->{steal[-1]:.0%}"
 
 
 def print_latency(latencies: list[Latency]) -> None:
@@ -955,11 +954,11 @@ def print_targets(runs: list[Throughput], latencies: list[Latency]) -> None:
     print(f"  {verdict(ok):<5} last window within {TARGET_DRIFT:.0%} of the first: {detail}")
     for result in off:
         growth = f"{result.head_growth:.2f}" if result.head_growth is not None else "-"
+        spans = first_to_last(result)
         print(
             f"        {result.name}: last/first {result.drift:.2f}; head scan buffers "
-            f"last/first {growth}; steal {steal_span(result)}; commit ms "
-            f"{commit_span(result)}; fixed loop ms {loop_span(result)}; checkpoint began in "
-            f"{checkpoint_span(result)}"
+            f"last/first {growth}; steal {spans['steal']}; commit ms {spans['commit']}; "
+            f"fixed loop ms {spans['loop']}; checkpoint began in {checkpoint_span(result)}"
         )
 
 
