@@ -105,18 +105,33 @@ class Background:
 
 
 def wait_for_lock_wait(observer: Conn, b: Background) -> str:
-    """Poll pg_stat_activity until B waits on a lock; return the statement it waits in."""
+    """Poll pg_stat_activity until B waits on a lock; return the statement it waits in.
+
+    A row of pg_stat_activity is not one snapshot: the query text comes from a copy of the
+    backends' status taken when the view is first read, the wait event from the backend
+    itself a moment later. On a busy machine B can move on from its previous statement and
+    block in the next one in between, so the row pairs the wait with the old text. Once B
+    is seen waiting, a second read (whose copy is taken after B began to wait) names the
+    statement it waits in.
+    """
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         if b.done.is_set():
             pytest.fail(f"path B finished without waiting for A (value {b.value!r}, {b.error!r})")
-        row = observer.execute(
-            "select wait_event_type, query from pg_stat_activity where pid = %s", (b.pid,)
-        ).fetchone()
-        if row is not None and row[0] == "Lock":
-            return str(row[1])
+        if _waiting_in(observer, b) is not None:
+            query = _waiting_in(observer, b)  # the second read, see above
+            if query is not None:
+                return query
         time.sleep(0.005)
     pytest.fail("path B was never seen waiting on a lock")
+
+
+def _waiting_in(observer: Conn, b: Background) -> str | None:
+    """The statement B is in if pg_stat_activity shows it waiting on a lock, else None."""
+    row = observer.execute(
+        "select wait_event_type, query from pg_stat_activity where pid = %s", (b.pid,)
+    ).fetchone()
+    return str(row[1]) if row is not None and row[0] == "Lock" else None
 
 
 def returns_without_waiting(b: Background) -> Any:
@@ -744,10 +759,8 @@ def wait_until_statement(observer: Conn, b: Background, text: str) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         assert not b.done.is_set(), f"path B finished early: {b.value!r} {b.error!r}"
-        row = observer.execute(
-            "select wait_event_type, query from pg_stat_activity where pid = %s", (b.pid,)
-        ).fetchone()
-        if row is not None and row[0] == "Lock" and text in row[1]:
+        query = _waiting_in(observer, b)
+        if query is not None and text in query:
             return
         time.sleep(0.005)
     pytest.fail(f"path B never waited in a statement with {text!r}")
