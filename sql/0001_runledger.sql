@@ -209,9 +209,12 @@ alter table runledger.job_attempts set (
 );
 
 -- Cron schedules: the scheduler turns a due tick into a job in the transaction that moves
--- next_run_at forward.
+-- next_run_at forward. origin says who manages a row: 'registry' rows are declared in code
+-- (Registry.schedule) and deleted by a runtime's start once its registry no longer declares
+-- them; 'api' rows (upsert_schedule) stay until delete_schedule.
 create table runledger.schedules (
     name            text primary key check (btrim(name) <> ''),
+    origin          text not null default 'api' check (origin in ('registry', 'api')),
     cron            text not null check (btrim(cron) <> ''),
     timezone        text not null default 'UTC',
     job_type        text not null check (btrim(job_type) <> ''),

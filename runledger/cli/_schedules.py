@@ -18,13 +18,15 @@ from runledger.postgres.schedules import (
 )
 
 HEADERS = (
-    "NAME", "CRON", "TIMEZONE", "JOB TYPE", "QUEUE", "STATE", "NEXT RUN", "LAST RUN", "LAST JOB",
+    "NAME", "ORIGIN", "CRON", "TIMEZONE", "JOB TYPE", "QUEUE", "STATE", "NEXT RUN", "LAST RUN",
+    "LAST JOB",
 )  # fmt: skip
 
 
 def _row(schedule: ScheduleRecord, now: datetime.datetime) -> tuple[str, ...]:
     return (
         schedule.name,
+        schedule.origin,
         schedule.cron,
         schedule.timezone,
         schedule.job_type,

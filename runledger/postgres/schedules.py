@@ -4,12 +4,21 @@ Firing locks due schedule rows with SKIP LOCKED, so several schedulers never fir
 tick; the job of a tick is inserted in the transaction that moves ``next_run_at`` past it,
 and a unique index on (schedule_name, scheduled_at) backs that up. After downtime the missed
 ticks coalesce: only the latest due tick fires.
+
+A row's ``origin`` says who manages it. ``upsert_schedule`` writes ``'api'`` rows, which stay
+until ``delete_schedule``. ``sync_schedules`` (a runtime's start) writes the registry's
+declarations as ``'registry'`` rows and deletes the ``'registry'`` rows of its own job types
+that the registry no longer declares, so a schedule removed from the code stops firing once
+the new code starts. Syncs take a transaction-level advisory lock: runtimes of an old and a
+new release starting together would otherwise lock the same rows in different orders (the
+old one upserting a row the new one deletes).
 """
 
 from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Iterable, Sequence
 
 import attrs
 from psycopg.rows import class_row
@@ -24,12 +33,13 @@ from runledger.postgres.ids import new_id
 NOW = "select now()"
 UPSERT_SCHEDULE = """
 insert into runledger.schedules (
-    name, cron, timezone, job_type, payload, queue, priority, max_attempts, timeout_seconds,
-    next_run_at)
-values (%(name)s, %(cron)s, %(timezone)s, %(job_type)s, %(payload)s::jsonb, %(queue)s,
-        %(priority)s, %(max_attempts)s, %(timeout_seconds)s, %(next_run_at)s)
+    name, origin, cron, timezone, job_type, payload, queue, priority, max_attempts,
+    timeout_seconds, next_run_at)
+values (%(name)s, %(origin)s, %(cron)s, %(timezone)s, %(job_type)s, %(payload)s::jsonb,
+        %(queue)s, %(priority)s, %(max_attempts)s, %(timeout_seconds)s, %(next_run_at)s)
 on conflict (name) do update
-set cron = excluded.cron,
+set origin = excluded.origin,
+    cron = excluded.cron,
     timezone = excluded.timezone,
     job_type = excluded.job_type,
     payload = excluded.payload,
@@ -44,12 +54,21 @@ set cron = excluded.cron,
         then runledger.schedules.next_run_at
         else excluded.next_run_at end,
     updated_at = now()
-where (runledger.schedules.cron, runledger.schedules.timezone, runledger.schedules.job_type,
-       runledger.schedules.payload, runledger.schedules.queue, runledger.schedules.priority,
-       runledger.schedules.max_attempts, runledger.schedules.timeout_seconds)
+where (runledger.schedules.origin, runledger.schedules.cron, runledger.schedules.timezone,
+       runledger.schedules.job_type, runledger.schedules.payload, runledger.schedules.queue,
+       runledger.schedules.priority, runledger.schedules.max_attempts,
+       runledger.schedules.timeout_seconds)
       is distinct from
-      (excluded.cron, excluded.timezone, excluded.job_type, excluded.payload, excluded.queue,
-       excluded.priority, excluded.max_attempts, excluded.timeout_seconds)
+      (excluded.origin, excluded.cron, excluded.timezone, excluded.job_type, excluded.payload,
+       excluded.queue, excluded.priority, excluded.max_attempts, excluded.timeout_seconds)
+"""
+SYNC_LOCK_KEY = 0x726C7363686564 - 2**63
+"""The advisory lock that serialises ``sync_schedules`` ("rlsched")."""
+SYNC_LOCK = "select pg_advisory_xact_lock(%(key)s)"
+PRUNE_UNDECLARED = """
+delete from runledger.schedules
+where origin = 'registry' and job_type = any(%(job_types)s) and name <> all(%(declared)s)
+returning name
 """
 SET_ENABLED = """
 update runledger.schedules
@@ -61,7 +80,7 @@ returning name
 """
 DELETE_SCHEDULE = "delete from runledger.schedules where name = %(name)s returning name"
 LIST_SCHEDULES = """
-select name, cron, timezone, job_type, payload, queue, priority, max_attempts,
+select name, origin, cron, timezone, job_type, payload, queue, priority, max_attempts,
        timeout_seconds, enabled, next_run_at, last_run_at, last_job_id
 from runledger.schedules
 order by name
@@ -107,6 +126,8 @@ class ScheduleRecord:
     """A row of ``runledger.schedules``."""
 
     name: str
+    origin: str
+    """``'registry'`` (declared in code, synced by runtimes) or ``'api'`` (upsert_schedule)."""
     cron: str
     timezone: str
     job_type: str
@@ -141,25 +162,54 @@ def upsert_schedule(conn: Conn, spec: ScheduleSpec) -> None:
     """Create or update a schedule in the caller's transaction.
 
     A changed cron expression or timezone moves the next tick; other changes keep it. Writing
-    an identical schedule writes nothing.
+    an identical schedule writes nothing. The schedule stays until ``delete_schedule``, also
+    when it had been declared in a registry (runtimes' syncs no longer delete it).
     """
     with writing(conn):
-        first = next_tick(spec.cron, spec.timezone, _now(conn))
-        conn.execute(
-            UPSERT_SCHEDULE,
-            {
-                "name": spec.name,
-                "cron": spec.cron,
-                "timezone": spec.timezone,
-                "job_type": spec.job_type,
-                "payload": dumps({} if spec.payload is None else spec.payload),
-                "queue": spec.queue or DEFAULT_QUEUE,
-                "priority": spec.priority,
-                "max_attempts": spec.max_attempts,
-                "timeout_seconds": spec.timeout_seconds,
-                "next_run_at": first,
-            },
-        )
+        _upsert(conn, spec, "api", _now(conn))
+
+
+def sync_schedules(
+    conn: Conn, declared: Sequence[ScheduleSpec], *, job_types: Iterable[str]
+) -> list[str]:
+    """Write a registry's schedules in the caller's transaction; return the names deleted.
+
+    Each declared schedule is upserted as a ``'registry'`` row (as ``upsert_schedule`` does,
+    so a paused one stays paused). Then the ``'registry'`` rows for ``job_types`` (the
+    registry's handlers and the job types of its schedules) that ``declared`` does not name
+    are deleted: other applications sharing the schema keep theirs, and so do ``'api'`` rows.
+    Jobs already fired stay.
+    """
+    with writing(conn):
+        conn.execute(SYNC_LOCK, {"key": SYNC_LOCK_KEY})
+        now = _now(conn)
+        for spec in sorted(declared, key=lambda spec: spec.name):
+            _upsert(conn, spec, "registry", now)
+        scope = sorted({*job_types, *(spec.job_type for spec in declared)})
+        rows = conn.execute(
+            PRUNE_UNDECLARED,
+            {"job_types": scope, "declared": [spec.name for spec in declared]},
+        ).fetchall()
+        return sorted(row[0] for row in rows)
+
+
+def _upsert(conn: Conn, spec: ScheduleSpec, origin: str, now: datetime.datetime) -> None:
+    conn.execute(
+        UPSERT_SCHEDULE,
+        {
+            "name": spec.name,
+            "origin": origin,
+            "cron": spec.cron,
+            "timezone": spec.timezone,
+            "job_type": spec.job_type,
+            "payload": dumps({} if spec.payload is None else spec.payload),
+            "queue": spec.queue or DEFAULT_QUEUE,
+            "priority": spec.priority,
+            "max_attempts": spec.max_attempts,
+            "timeout_seconds": spec.timeout_seconds,
+            "next_run_at": next_tick(spec.cron, spec.timezone, now),
+        },
+    )
 
 
 def _set_enabled(conn: Conn, name: str, enabled: bool) -> None:

@@ -8,7 +8,7 @@ import threading
 import attrs
 
 from runledger.core.schedule import ScheduleSpec
-from runledger.postgres.schedules import fire_due, upsert_schedule
+from runledger.postgres.schedules import fire_due, sync_schedules
 from runledger.postgres.store import Store
 from runledger.runtime.registry import Registry
 
@@ -24,13 +24,16 @@ class Scheduler:
         self.interval = interval
 
     def sync(self) -> None:
-        """Write the registry's schedules to the database (one transaction)."""
+        """Write the registry's schedules to the database (one transaction), and delete the
+        ones of its job types it declared before but no longer does (see ``sync_schedules``).
+        """
         specs = [self._with_handler_queue(spec) for spec in self._registry.schedules()]
-        if not specs:
-            return
         with self._store.transaction() as conn:
-            for spec in specs:
-                upsert_schedule(conn, spec)
+            removed = sync_schedules(conn, specs, job_types=self._registry.job_types())
+        for name in removed:
+            _logger.info(
+                "deleted schedule %s: the registry no longer declares it (its jobs stay)", name
+            )
 
     def _with_handler_queue(self, spec: ScheduleSpec) -> ScheduleSpec:
         """A schedule without a queue uses its handler's, as ``enqueue(registry=)`` does."""

@@ -42,8 +42,9 @@ def test_schedules_list_is_an_aligned_table_of_every_schedule(
 
     nightly, sync = parse_table(ok(cli("schedules", "list")))
 
-    assert (nightly["NAME"], nightly["CRON"], nightly["TIMEZONE"]) == (
+    assert (nightly["NAME"], nightly["ORIGIN"], nightly["CRON"], nightly["TIMEZONE"]) == (
         "nightly-report",
+        "api",
         "0 3 * * *",
         "UTC",
     )
@@ -68,8 +69,9 @@ def test_schedules_list_json_has_every_schedule_with_times_as_strings(
 
     nightly, sync = json.loads(ok(cli("schedules", "list", "--json")))
 
-    assert (nightly["name"], nightly["enabled"], nightly["cron"]) == (
+    assert (nightly["name"], nightly["origin"], nightly["enabled"], nightly["cron"]) == (
         "nightly-report",
+        "api",
         True,
         "0 3 * * *",
     )

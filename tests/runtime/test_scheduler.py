@@ -23,6 +23,7 @@ from runledger.postgres.schedules import (
     list_schedules,
     pause_schedule,
     resume_schedule,
+    sync_schedules,
     upsert_schedule,
 )
 
@@ -518,6 +519,112 @@ def test_paused_schedule_stays_paused_when_a_runtime_syncs_it_again(
         row = schedule_row(autocommit_conn, "p")
 
     assert row.enabled is False
+
+
+# --- schedules removed from the code -----------------------------------------------------------
+
+
+def registry_declaring(*names: str, job_type: str = "tick") -> runledger.Registry:
+    registry = runledger.Registry()
+    registry.handler(job_type)(lambda ctx, payload: None)
+    for name in names:
+        registry.schedule(name, cron=YEARLY, job_type=job_type)
+    return registry
+
+
+def start_and_stop(dsn: str, registry: runledger.Registry) -> None:
+    """A runtime's start syncs the registry's schedules."""
+    with runledger.Runtime(dsn, registry, concurrency=1, listen=False, scheduler=False):
+        pass
+
+
+def names_and_origins(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    return [(s.name, s.origin) for s in list_schedules(conn)]
+
+
+def test_a_schedule_removed_from_the_registry_is_deleted_when_a_runtime_starts(
+    dsn: str, autocommit_conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    start_and_stop(dsn, registry_declaring("kept", "dropped"))
+    make_due(autocommit_conn, "dropped")
+    [fired] = fire_due(autocommit_conn)
+    assert names_and_origins(autocommit_conn) == [("dropped", "registry"), ("kept", "registry")]
+
+    with caplog.at_level("INFO", logger="runledger.scheduler"):
+        start_and_stop(dsn, registry_declaring("kept"))
+
+    assert names_and_origins(autocommit_conn) == [("kept", "registry")]
+    assert runledger.get_job(autocommit_conn, fired.job_id).status == "queued"
+    assert any("deleted schedule dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_registry_without_schedules_deletes_the_ones_it_declared_before(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    start_and_stop(dsn, registry_declaring("nightly"))
+
+    start_and_stop(dsn, registry_declaring())
+
+    assert list_schedules(autocommit_conn) == []
+
+
+def test_a_sync_keeps_api_schedules_and_the_schedules_of_other_job_types(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    upsert_schedule(autocommit_conn, ScheduleSpec(name="manual", cron=YEARLY, job_type="tick"))
+    # Another application sharing the schema declares a schedule for its own job type.
+    start_and_stop(dsn, registry_declaring("billing", job_type="billing.run"))
+
+    start_and_stop(dsn, registry_declaring())  # handles "tick", declares nothing
+
+    assert names_and_origins(autocommit_conn) == [("billing", "registry"), ("manual", "api")]
+
+
+def test_a_declared_schedule_taken_over_by_upsert_schedule_outlives_the_declaration(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    start_and_stop(dsn, registry_declaring("report"))
+    upsert_schedule(autocommit_conn, ScheduleSpec(name="report", cron=YEARLY, job_type="tick"))
+    assert names_and_origins(autocommit_conn) == [("report", "api")]
+
+    start_and_stop(dsn, registry_declaring())
+
+    assert names_and_origins(autocommit_conn) == [("report", "api")]
+
+
+def test_a_sync_waits_for_another_sync_to_commit_and_then_applies_its_own_declarations(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    """An old release (declaring a and b) and a new one (declaring b only) start together:
+    the syncs take turns, so they never lock the rows in opposite orders."""
+    old = [ScheduleSpec(name=name, cron=YEARLY, job_type="tick") for name in ("a", "b")]
+    new = old[1:]
+    with psycopg.connect(dsn) as first, psycopg.connect(dsn) as second:
+        assert sync_schedules(first, old, job_types=["tick"]) == []  # not committed yet
+        done = threading.Event()
+        removed: list[str] = []
+
+        def sync_new() -> None:
+            removed.extend(sync_schedules(second, new, job_types=["tick"]))
+            second.commit()
+            done.set()
+
+        thread = threading.Thread(target=sync_new)
+        thread.start()
+        wait_until(
+            lambda: autocommit_conn.execute(
+                "select 1 from pg_stat_activity where pid = %s and wait_event = 'advisory'",
+                (second.info.backend_pid,),
+            ).fetchone(),
+            what="the second sync waiting on the sync lock",
+        )
+        assert not done.is_set()
+        first.commit()
+        thread.join(10)
+
+    assert done.is_set()
+    assert removed == ["a"]
+    assert names_and_origins(autocommit_conn) == [("b", "registry")]
 
 
 # --- typed errors at definition --------------------------------------------------------------

@@ -174,6 +174,7 @@ class Schedule(LedgerModel):
     """A row of ``runledger.schedules``."""
 
     name = models.TextField(primary_key=True)
+    origin = models.TextField()
     cron = models.TextField()
     timezone = models.TextField()
     job_type = models.TextField()

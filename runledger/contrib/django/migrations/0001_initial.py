@@ -104,6 +104,7 @@ class Migration(migrations.Migration):
             name="Schedule",
             fields=[
                 ("name", models.TextField(primary_key=True, serialize=False)),
+                ("origin", models.TextField()),
                 ("cron", models.TextField()),
                 ("timezone", models.TextField()),
                 ("job_type", models.TextField()),
