@@ -7,10 +7,11 @@ import importlib.util
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -125,3 +126,20 @@ def pgbench_connection(dsn: str) -> tuple[list[str], dict[str, str]]:
             args += [flag, str(params[key])]
     env = {var: str(params[key]) for key, var in LIBPQ_ENV.items() if params.get(key)}
     return [*args, str(params.get("dbname") or "postgres")], env
+
+
+def medians_in_turns(
+    run: Callable[[bool], float], *, rounds: int, warmup: int
+) -> tuple[float, float]:
+    """Median milliseconds of ``run(True)`` and of ``run(False)`` (each returns seconds).
+
+    The two run in turns, so that drift on the machine hits both alike; the first ``warmup``
+    turns are not counted.
+    """
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for n in range(warmup + rounds):
+        for way in (True, False):
+            took = run(way)
+            if n >= warmup:
+                times[way].append(took)
+    return statistics.median(times[True]) * 1000, statistics.median(times[False]) * 1000

@@ -13,13 +13,13 @@ trip included; the commit outside the timing).
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import sys
 import time
 from typing import Any
 
 import psycopg
-from _postgres import bench_server, scratch_database
+from _postgres import bench_server, medians_in_turns, scratch_database
 
 import runledger
 from runledger.postgres.attempts import CLAIM_JOBS, claim, claim_params
@@ -33,7 +33,7 @@ between its custom and generic plans after five more."""
 Conn = psycopg.Connection[Any]
 
 
-def claim_once(conn: Conn, size: int, *, generic: bool) -> float:
+def claim_once(conn: Conn, size: int, generic: bool) -> float:
     """Claim ``size`` jobs one way and commit; seconds taken by the claim."""
     with conn.transaction():
         began = time.perf_counter()
@@ -82,13 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'jobs':>5}{'generic ms':>13}{'planned ms':>13}{'ratio':>8}")
             for size in SIZES:
                 admin.execute("vacuum (analyze) runledger.jobs")  # each size from a clean head
-                times: dict[bool, list[float]] = {True: [], False: []}
-                for n in range(WARMUP + ROUNDS):
-                    for generic in (True, False):  # in turns, so that drift hits both alike
-                        took = claim_once(conn, size, generic=generic)
-                        if n >= WARMUP:
-                            times[generic].append(took)
-                fast, slow = (statistics.median(times[g]) * 1000 for g in (True, False))
+                fast, slow = medians_in_turns(
+                    functools.partial(claim_once, conn, size),
+                    rounds=ROUNDS,
+                    warmup=WARMUP,
+                )
                 print(f"{size:>5}{fast:>13.2f}{slow:>13.2f}{fast / slow:>8.2f}")
             print(f"claim plans on the connection (generic/custom): {plans(conn)}")
     return 0

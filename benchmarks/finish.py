@@ -15,13 +15,13 @@ the timing).
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import sys
 import time
 from typing import Any
 
 import psycopg
-from _postgres import bench_server, scratch_database
+from _postgres import bench_server, medians_in_turns, scratch_database
 
 import runledger
 from runledger.postgres.attempts import (
@@ -42,7 +42,7 @@ between its custom and generic plans after five more."""
 Conn = psycopg.Connection[Any]
 
 
-def finish_once(conn: Conn, size: int, *, prepared: bool) -> float:
+def finish_once(conn: Conn, size: int, prepared: bool) -> float:
     """Claim ``size`` jobs and commit; finish them with one text and commit; seconds taken by
     the finish statement."""
     with conn.transaction():
@@ -86,13 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server: PostgreSQL {version[0] if version else '?'}; {ROUNDS} finishes per cell")
         print(f"{'jobs':>5}{'prepared ms':>14}{'planned ms':>13}{'ratio':>8}")
         for size in sizes:
-            times: dict[bool, list[float]] = {True: [], False: []}
-            for n in range(WARMUP + ROUNDS):
-                for prepared in (True, False):  # in turns, so that drift hits both alike
-                    took = finish_once(conn, size, prepared=prepared)
-                    if n >= WARMUP:
-                        times[prepared].append(took)
-            fast, slow = (statistics.median(times[p]) * 1000 for p in (True, False))
+            fast, slow = medians_in_turns(
+                functools.partial(finish_once, conn, size),
+                rounds=ROUNDS,
+                warmup=WARMUP,
+            )
             print(f"{size:>5}{fast:>14.2f}{slow:>13.2f}{fast / slow:>8.2f}")
     return 0
 
