@@ -18,6 +18,8 @@ ms for one job, 0.6 of 2.7 ms for sixteen, on PostgreSQL 18). Its text is writte
 the generic plan stays on indexes whatever the limit (primary-key lookups by ``= any(array(
 ...))`` rather than joins the planner may hash), and ``claim`` asks for that plan with
 ``SET LOCAL plan_cache_mode`` in the caller's transaction: planned once per connection.
+The runtime's claimer sets it once for the session of the connection it holds instead
+(``runledger.postgres.held``), and its claim is then one statement in autocommit mode.
 
 Every write about an attempt after its claim is a compare-and-set on (job id, lease token,
 status running); a write that matches nothing means the lease was lost (reaped, cancelled)
@@ -118,6 +120,8 @@ order by c.priority desc, c.id
 
 # Only for the rest of the caller's transaction, which commits right after the claim.
 GENERIC_PLAN = "set local plan_cache_mode = force_generic_plan"
+# The same for a whole session: the claimer's held connection (``session_generic_plan``).
+GENERIC_PLAN_SESSION = {"plan_cache_mode": "force_generic_plan"}
 
 UPSTREAM_OUTPUTS = """
 select d.step_id, d.prerequisite_key, p.output
@@ -312,6 +316,7 @@ def claim(
     limit: int,
     lease_seconds: float,
     defaults: Mapping[str, Mapping[str, int | None]] | None = None,
+    session_generic_plan: bool = False,
 ) -> list[ClaimedJob]:
     """Claim up to ``limit`` due jobs in the caller's transaction (commit it before running).
 
@@ -319,11 +324,14 @@ def claim(
     workflow steps running and loads each step's upstream outputs. Never waits for a job row
     (SKIP LOCKED); it can wait for a step row that a ``cancel_workflow`` holds. On a
     connection that prepares statements, sets ``plan_cache_mode`` to
-    ``force_generic_plan`` for the rest of the transaction (see the module's docstring).
+    ``force_generic_plan`` for the rest of the transaction (see the module's docstring),
+    unless ``session_generic_plan`` says the session has that setting already. On an
+    autocommit connection the claim commits by itself and only a session setting can apply
+    (``SET LOCAL`` outside a transaction does nothing but warn), so none is made.
     """
     if limit <= 0:
         return []
-    if conn.prepare_threshold is not None:
+    if conn.prepare_threshold is not None and not (session_generic_plan or conn.autocommit):
         conn.execute(GENERIC_PLAN, prepare=False)
     params = claim_params(
         worker=worker,

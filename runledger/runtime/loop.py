@@ -16,14 +16,22 @@ class Loop:
     wakes it). An exception from ``step`` is logged with its traceback and the loop goes on
     after ``pause`` seconds; a thread that dies anyway (a ``BaseException``) is noticed by
     ``alive()`` and restarted by ``ensure_running()``. ``start``/``stop`` are idempotent.
+    ``on_exit`` runs in the loop's thread whenever it ends (stopped or died): it releases what
+    the steps held, such as a connection, without racing a step still running.
     """
 
     def __init__(
-        self, name: str, step: Callable[[threading.Event], None], *, pause: float = 1.0
+        self,
+        name: str,
+        step: Callable[[threading.Event], None],
+        *,
+        pause: float = 1.0,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._step = step
         self._pause = pause
+        self._on_exit = on_exit
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.restarts = 0
@@ -36,12 +44,19 @@ class Loop:
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._step(self._stop)
-            except Exception:
-                _logger.exception("%s failed; going on in %.1f s", self.name, self._pause)
-                self._stop.wait(self._pause)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step(self._stop)
+                except Exception:
+                    _logger.exception("%s failed; going on in %.1f s", self.name, self._pause)
+                    self._stop.wait(self._pause)
+        finally:
+            if self._on_exit is not None:
+                try:
+                    self._on_exit()
+                except Exception:
+                    _logger.exception("%s: releasing its resources failed", self.name)
 
     def alive(self) -> bool:
         """True while the thread runs."""

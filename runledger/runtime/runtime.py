@@ -50,7 +50,9 @@ class Runtime:
         poll_interval: seconds between polls when no NOTIFY arrives (polling always runs).
         lease_seconds: how long a claim holds without a heartbeat; renewed every third.
         listen: LISTEN for enqueue notifications; False for poll-only mode (PgBouncer in
-            transaction pooling mode cannot LISTEN).
+            transaction pooling mode cannot LISTEN), which also makes no session-level
+            setting on the claimer's connection (a transaction pooler would leave it behind
+            for other clients; the claim then sets its plan mode per transaction).
         reap_interval: seconds between reaper rounds.
         shutdown_timeout: how long ``stop()`` waits for running handlers.
         scheduler: fire cron schedules in this runtime.
@@ -125,6 +127,7 @@ class Runtime:
             poll_interval=poll_interval,
             prefetch=prefetch,
             handler_context=handler_context,
+            session_settings=listen,
         )
         self._heartbeat = Heartbeat(self._store, self.pool, registry, lease_seconds=lease_seconds)
         loops = [*self.pool.loops(), Loop("runledger-heartbeat-0", self._heartbeat.step)]

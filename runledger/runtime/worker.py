@@ -3,7 +3,8 @@
 Threads (all daemon, named ``runledger-<role>-<n>``):
 
 - ``claimer``: claims up to the free capacity in one statement and commits before any handler
-  runs; sleeps until woken (a NOTIFY, half the capacity freed) or ``poll_interval`` passes.
+  runs (on a connection it holds in autocommit mode: the claim is one round trip); sleeps
+  until woken (a NOTIFY, half the capacity freed) or ``poll_interval`` passes.
   The capacity is ``concurrency + prefetch``: up to ``prefetch`` claimed jobs wait in memory
   for a worker thread, so short jobs are claimed in batches rather than one slot at a time.
   Their leases are renewed like the others'; at shutdown they are handed back without
@@ -11,7 +12,11 @@ Threads (all daemon, named ``runledger-<role>-<n>``):
 - ``worker-<n>``: run handlers. A handler that used ``ctx.conn`` has its outcome written in
   that connection's transaction by its own thread; the others hand outcomes to the completer.
 - ``completer``: writes queued outcomes in batches, one transaction per batch, retrying a
-  batch while the database is away (the lease fence makes a repeated write harmless).
+  batch while the database is away (the lease fence makes a repeated write harmless). It holds
+  a connection too: a batch without workflow steps is one statement committed by itself, a
+  batch with them one transaction with the workflows' advance.
+
+The two held connections come from the store's pool and go back when their loops end.
 
 No transaction or row lock is held while a handler runs, except the handler's own ``ctx.conn``.
 """
@@ -37,6 +42,7 @@ from runledger.core.retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from runledger.core.status import AttemptOutcome, EventKind, JobStatus
 from runledger.errors import DatabaseError, PayloadNotSerializable
 from runledger.postgres.attempts import (
+    GENERIC_PLAN_SESSION,
     AttemptResult,
     ClaimedJob,
     FinishReport,
@@ -44,6 +50,7 @@ from runledger.postgres.attempts import (
     finish,
     renew_leases,
 )
+from runledger.postgres.held import HeldConnection
 from runledger.postgres.store import Store
 from runledger.runtime import outcome
 from runledger.runtime.context import JobContext
@@ -158,8 +165,15 @@ class WorkerPool:
         poll_interval: float,
         prefetch: int | None = None,
         handler_context: Callable[[], AbstractContextManager[Any]] | None = None,
+        session_settings: bool = True,
     ) -> None:
         self._store = store
+        # Session settings would outlive the transaction on PgBouncer in transaction mode
+        # (see runledger.postgres.held); without them the claim sets its plan mode locally.
+        self._claim_conn = HeldConnection(
+            store.pool, settings=GENERIC_PLAN_SESSION if session_settings else None
+        )
+        self._finish_conn = HeldConnection(store.pool)
         self._handler_context = handler_context or contextlib.nullcontext
         self._registry = registry
         self._worker_id = worker_id
@@ -187,8 +201,10 @@ class WorkerPool:
             for job_type in registry.job_types()
             if (handler := registry.get(job_type)) is not None
         }
-        self.claimer = Loop("runledger-claimer-0", self._claim_step)
-        self.completer = Loop("runledger-completer-0", self._complete_step)
+        self.claimer = Loop("runledger-claimer-0", self._claim_step, on_exit=self._claim_conn.close)
+        self.completer = Loop(
+            "runledger-completer-0", self._complete_step, on_exit=self._finish_conn.close
+        )
         self._workers = [
             threading.Thread(target=self._work, name=f"runledger-worker-{n}", daemon=True)
             for n in range(concurrency)
@@ -334,16 +350,22 @@ class WorkerPool:
         claimed: list[ClaimedJob] = []
         if free > 0 and self._defaults:
             self.wake.clear()
-            with self._store.transaction() as conn:
-                claimed = claim(
-                    conn,
-                    worker=self._worker_id,
-                    queues=self._queues,
-                    job_types=list(self._defaults),
-                    limit=free,
-                    lease_seconds=self._lease_seconds,
-                    defaults=self._defaults,
-                )
+            session_plan = bool(self._claim_conn.settings)
+            with self._claim_conn.autocommit() as conn:
+                # One statement that commits by itself, unless the plan mode must be set
+                # for this transaction only.
+                alone = session_plan or conn.prepare_threshold is None
+                with contextlib.nullcontext() if alone else conn.transaction():
+                    claimed = claim(
+                        conn,
+                        worker=self._worker_id,
+                        queues=self._queues,
+                        job_types=list(self._defaults),
+                        limit=free,
+                        lease_seconds=self._lease_seconds,
+                        defaults=self._defaults,
+                        session_generic_plan=session_plan,
+                    )
             for job in claimed:
                 self._runnable.put(self._adopt(job))
         if free > 0 and len(claimed) == free:
@@ -512,8 +534,12 @@ class WorkerPool:
                     break
         batch = self._pending
         results = {result.lease_token: result for _, result in batch}
+        # A workflow step's outcome commits with its workflow's advance; other outcomes are
+        # one statement, which commits by itself.
+        steps = any(flight.job.step_id is not None for flight, _ in batch)
+        held = self._finish_conn
         try:
-            with self._store.transaction() as conn:
+            with held.transaction() if steps else held.autocommit() as conn:
                 report = finish(conn, list(results.values()))
         except DB_ERRORS as err:
             _logger.warning("could not write %d outcomes (%s); retrying", len(batch), err)

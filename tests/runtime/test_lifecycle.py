@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 
 import runledger
 from runledger.errors import SchemaNotMigrated
@@ -72,3 +73,44 @@ def test_handler_context_wraps_every_handler_call_in_its_thread(
     ):
         assert done.wait(10)
     assert seen == [("runledger-worker-0", True)]
+
+
+def test_a_runtime_on_the_caller_s_pool_hands_its_connections_back_as_it_found_them(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    """The claimer and the completer hold a connection each, in autocommit mode and (with
+    LISTEN) with a session-level plan setting: none of that may reach the pool's next user."""
+    registry = runledger.Registry()
+
+    @registry.handler("held.echo")
+    def echo(ctx: runledger.JobContext, payload: Any) -> Any:
+        return payload
+
+    workflow = (
+        runledger.WorkflowBuilder("held")
+        .input({"n": 2})
+        .result_step("b")
+        .step("a", job="held.echo")
+        .step("b", job="held.echo", after="a")
+        .build()
+    )
+    with ConnectionPool(dsn, min_size=1, max_size=8, kwargs={"autocommit": False}) as pool:
+        job_id = runledger.enqueue(autocommit_conn, "held.echo", {"n": 1})
+        run_id = runledger.enqueue_workflow(autocommit_conn, workflow, registry)
+        with runledger.Runtime(pool, registry, concurrency=1, poll_interval=0.2) as rt:
+            # a lone job (one statement) and workflow steps (a transaction) were written
+            run = runledger.wait_for_run(rt.store, run_id, timeout=20, poll_interval=0.2)
+            assert run.status is runledger.RunStatus.SUCCEEDED
+            assert runledger.get_job(autocommit_conn, job_id).status == "succeeded"
+        size = pool.get_stats()["pool_size"]
+        assert size >= 2
+        conns = [pool.getconn() for _ in range(size)]
+        try:
+            for conn in conns:
+                assert not conn.autocommit
+                row = conn.execute("select current_setting('plan_cache_mode')").fetchone()
+                assert row == ("auto",)
+        finally:
+            for conn in conns:
+                conn.rollback()
+                pool.putconn(conn)

@@ -47,6 +47,37 @@ def test_loop_whose_step_raises_logs_the_traceback_and_keeps_running(
     assert not loop.alive()
 
 
+def test_loop_on_exit_runs_in_its_thread_when_it_stops_and_when_it_dies(
+    monkeypatch: pytest.MonkeyPatch, wait_until: WaitUntil
+) -> None:
+    exits: list[str] = []
+    steps = threading.Event()
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)
+
+    def step(stop: threading.Event) -> None:
+        steps.set()
+        stop.wait(5)
+
+    loop = Loop(
+        "runledger-test-0", step, on_exit=lambda: exits.append(threading.current_thread().name)
+    )
+    loop.start()
+    assert steps.wait(5)
+    assert exits == []  # not between steps, only at the end
+    assert loop.stop(5)
+    assert exits == ["runledger-test-0"]
+
+    def dying(stop: threading.Event) -> None:
+        raise Died()
+
+    dead = Loop(
+        "runledger-test-1", dying, on_exit=lambda: exits.append(threading.current_thread().name)
+    )
+    dead.start()
+    wait_until(lambda: not dead.alive(), 5, "the loop's thread to die")
+    assert exits == ["runledger-test-0", "runledger-test-1"]
+
+
 class Died(BaseException):
     """Kills the thread it is raised in: Loop only survives ``Exception``."""
 

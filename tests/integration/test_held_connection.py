@@ -1,0 +1,131 @@
+"""A held connection: taken from the pool once, autocommit with its session settings while
+held, replaced after it breaks, and back in the pool as it was found."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+import runledger
+from runledger.postgres.attempts import GENERIC_PLAN_SESSION, claim
+from runledger.postgres.held import HeldConnection
+
+PLAN_COUNTS = """
+select generic_plans, custom_plans from pg_prepared_statements
+where statement like '%%with candidates as%%'
+"""
+
+
+@pytest.fixture
+def pool(dsn: str) -> Iterator[ConnectionPool[Any]]:
+    """One connection, so that whatever the holder hands back is the next one taken."""
+    with ConnectionPool(dsn, min_size=1, max_size=1, timeout=5, kwargs={"autocommit": False}) as p:
+        yield p
+
+
+def backend_pid(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("select pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def setting(conn: psycopg.Connection[Any], name: str) -> str:
+    row = conn.execute("select current_setting(%s)", (name,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_it_is_held_between_uses_in_autocommit_with_its_settings(
+    pool: ConnectionPool[Any],
+) -> None:
+    held = HeldConnection(pool, settings=GENERIC_PLAN_SESSION)
+    with held.autocommit() as conn:
+        first = backend_pid(conn)
+        assert conn.autocommit
+        assert setting(conn, "plan_cache_mode") == "force_generic_plan"
+    # the pool has one connection and the holder keeps it
+    assert pool.get_stats()["pool_available"] == 0
+    with held.autocommit() as conn:
+        assert backend_pid(conn) == first
+    held.close()
+
+
+def test_it_goes_back_to_the_pool_as_it_was_found(pool: ConnectionPool[Any]) -> None:
+    with pool.connection() as conn:
+        first = backend_pid(conn)
+    held = HeldConnection(pool, settings=GENERIC_PLAN_SESSION)
+    with held.autocommit() as conn:
+        assert backend_pid(conn) == first
+    held.close()
+    held.close()  # idempotent
+    with pool.connection() as conn:
+        assert backend_pid(conn) == first
+        assert not conn.autocommit
+        assert setting(conn, "plan_cache_mode") == "auto"
+
+
+def test_a_statement_commits_by_itself_and_a_transaction_rolls_back_on_error(
+    pool: ConnectionPool[Any], observer: psycopg.Connection[Any]
+) -> None:
+    observer.execute("create table marks (n int)")
+    held = HeldConnection(pool)
+    with held.autocommit() as conn:
+        conn.execute("insert into marks values (1)")
+        seen = observer.execute("select count(*) from marks").fetchone()
+        assert seen == (1,)  # committed before the block ends
+    with pytest.raises(RuntimeError), held.transaction() as conn:
+        conn.execute("insert into marks values (2)")
+        raise RuntimeError("give up")
+    with held.transaction() as conn:
+        conn.execute("insert into marks values (3)")
+    held.close()
+    assert observer.execute("select n from marks order by n").fetchall() == [(1,), (3,)]
+
+
+def test_a_broken_connection_is_given_back_and_the_next_use_takes_a_fresh_one(
+    pool: ConnectionPool[Any], observer: psycopg.Connection[Any]
+) -> None:
+    held = HeldConnection(pool, settings=GENERIC_PLAN_SESSION)
+    with held.autocommit() as conn:
+        dead = backend_pid(conn)
+    observer.execute("select pg_terminate_backend(%s)", (dead,))
+    with pytest.raises(psycopg.OperationalError), held.autocommit() as conn:
+        conn.execute("select 1")
+    # The pool's only connection was broken and handed back: the pool opens another.
+    with held.autocommit() as conn:
+        assert backend_pid(conn) != dead
+        assert setting(conn, "plan_cache_mode") == "force_generic_plan"
+    held.close()
+
+
+def test_an_autocommit_claim_runs_the_generic_plan_the_session_asks_for(
+    pool: ConnectionPool[Any], conn: psycopg.Connection[Any], count: Any
+) -> None:
+    runledger.enqueue_many(conn, [runledger.Job("t")] * 12)
+    conn.commit()
+    held = HeldConnection(pool, settings=GENERIC_PLAN_SESSION)
+    with held.autocommit() as claimer:
+        assert claimer.prepare_threshold is not None
+        for _ in range(12):
+            jobs = claim(
+                claimer,
+                worker="w",
+                queues=["default"],
+                job_types=["t"],
+                limit=1,
+                lease_seconds=30,
+                session_generic_plan=True,
+            )
+            assert len(jobs) == 1
+            # committed by the statement itself: another session sees it running
+            assert count("jobs", "id = %s and status = 'running'", (jobs[0].id,)) == 1
+        row = claimer.execute(PLAN_COUNTS).fetchone()
+        assert row is not None
+        generic, custom = row
+        assert custom == 0
+        assert generic >= 12 - claimer.prepare_threshold
+    held.close()
