@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -49,12 +49,15 @@ from runledger.core.status import ReleaseMode, RunStatus, StepKind, StepStatus
 from runledger.postgres.connection import Conn
 from runledger.postgres.ids import new_id
 
+# With each step, its run's result step: read, not locked (the locking clause covers the
+# FROM list only), and in this statement rather than one more round trip per batch.
 LOCK_STEPS = """
-select id, workflow_run_id, step_key, kind, status
-from runledger.workflow_step_runs
-where id = any(%(ids)s)
-order by id
-for no key update
+select s.id, s.workflow_run_id, s.step_key, s.kind, s.status,
+       (select r.result_step from runledger.workflow_runs as r where r.id = s.workflow_run_id)
+from runledger.workflow_step_runs as s
+where s.id = any(%(ids)s)
+order by s.id
+for no key update of s
 """
 
 # The blocked descendants of the given steps, reached through blocked steps only: every step
@@ -253,8 +256,7 @@ def advance(conn: Conn, outcomes: Sequence[StepOutcome]) -> Advance:
     changes: list[StepChange] = []
     updates: list[tuple[int, str, JsonValue, str | None, int | None, uuid.UUID | None]] = []
     run_of: dict[int, uuid.UUID] = {}
-    result_steps = _result_steps(conn, {row[1] for row in locked})
-    for step_id, run_id, step_key, kind, status in locked:
+    for step_id, run_id, step_key, kind, status, result_step in locked:
         outcome = by_id[step_id]
         if StepStatus(status) in _TERMINAL:
             continue
@@ -267,7 +269,7 @@ def advance(conn: Conn, outcomes: Sequence[StepOutcome]) -> Advance:
             delta.active -= 1
         if outcome.status is not StepStatus.SUCCEEDED:
             delta.unsuccessful += 1
-        elif result_steps.get(run_id) == step_key:
+        elif result_step == step_key:
             delta.result, delta.has_result = outcome.output, True
         changes.append(StepChange(run_id=run_id, step_key=step_key, status=outcome.status))
 
@@ -278,18 +280,6 @@ def advance(conn: Conn, outcomes: Sequence[StepOutcome]) -> Advance:
         _insert_step_jobs(conn, releases)
     runs = _update_runs(conn, deltas)
     return Advance(steps=tuple(changes), runs=tuple(runs))
-
-
-def _result_steps(conn: Conn, run_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
-    ids = list(run_ids)
-    if not ids:
-        return {}
-    rows = conn.execute(
-        "select id, result_step from runledger.workflow_runs "
-        "where id = any(%(ids)s) and result_step is not null",
-        {"ids": ids},
-    ).fetchall()
-    return {row[0]: row[1] for row in rows}
 
 
 @attrs.frozen(kw_only=True)
