@@ -113,7 +113,15 @@ select c.id, c.job_type, c.queue, c.payload, c.priority, c.attempt, c.max_attemp
        c.timeout_seconds, c.lease_token, c.workflow_run_id, c.step_id, c.step_key, c.started_at,
        (select r.input from runledger.workflow_runs as r where r.id = c.workflow_run_id)
            as workflow_input,
-       c.scheduled_at
+       c.scheduled_at,
+       -- the outputs of the step's prerequisites, by step key (finished and committed before
+       -- the step was released, so this statement's snapshot sees them)
+       case when c.step_id is not null then (
+           select jsonb_object_agg(d.prerequisite_key, p.output)
+           from runledger.workflow_step_deps as d
+           join runledger.workflow_step_runs as p on p.id = d.prerequisite_id
+           where d.step_id = c.step_id
+       ) end as upstream
 from claimed as c
 order by c.priority desc, c.id
 """
@@ -122,13 +130,6 @@ order by c.priority desc, c.id
 GENERIC_PLAN = "set local plan_cache_mode = force_generic_plan"
 # The same for a whole session: the claimer's held connection (``session_generic_plan``).
 GENERIC_PLAN_SESSION = {"plan_cache_mode": "force_generic_plan"}
-
-UPSTREAM_OUTPUTS = """
-select d.step_id, d.prerequisite_key, p.output
-from runledger.workflow_step_deps as d
-join runledger.workflow_step_runs as p on p.id = d.prerequisite_id
-where d.step_id = any(%(step_ids)s)
-"""
 
 # Renews leases and moves attempt deadlines: ``remaining`` is the seconds the handler has left
 # (its whole timeout while it waits for a thread), or null for no timeout.
@@ -342,13 +343,6 @@ def claim(
         defaults=defaults,
     )
     rows = conn.execute(CLAIM_JOBS, params).fetchall()
-    step_ids = [row[10] for row in rows if row[10] is not None]
-    upstream: dict[int, dict[str, JsonValue]] = {sid: {} for sid in step_ids}
-    if step_ids:
-        for step_id, key, output in conn.execute(
-            UPSTREAM_OUTPUTS, {"step_ids": step_ids}
-        ).fetchall():
-            upstream[step_id][key] = output
     return [
         ClaimedJob(
             id=row[0],
@@ -366,7 +360,7 @@ def claim(
             started_at=row[12],
             workflow_input=row[13],
             scheduled_at=row[14],
-            upstream=upstream.get(row[10], {}) if row[10] is not None else {},
+            upstream=row[15] or {},
         )
         for row in rows
     ]
