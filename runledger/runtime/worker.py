@@ -341,6 +341,10 @@ class WorkerPool:
     # --- claimer ----------------------------------------------------------------------------
 
     def _claim_step(self, stop: threading.Event) -> None:
+        # Cleared before the capacity is read: a slot freed (or a NOTIFY) after this sets it
+        # again, one before it shows in ``free``. Clearing only when claiming left a wake
+        # that came while the capacity was full set, and the loop spun on it.
+        self.wake.clear()
         with self._lock:
             free = self._capacity - self._busy if self._claiming else 0
             # Claim no further ahead than the completer can write: finished jobs whose
@@ -349,7 +353,6 @@ class WorkerPool:
                 free = 0
         claimed: list[ClaimedJob] = []
         if free > 0 and self._defaults:
-            self.wake.clear()
             session_plan = bool(self._claim_conn.settings)
             with self._claim_conn.autocommit() as conn:
                 # One statement that commits by itself, unless the plan mode must be set

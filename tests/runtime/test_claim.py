@@ -12,6 +12,7 @@ import pytest
 
 import runledger
 from runledger import JobStatus
+from runledger.runtime.worker import WorkerPool
 
 RuntimeFactory = Callable[..., runledger.Runtime]
 WaitUntil = Callable[..., None]
@@ -129,3 +130,44 @@ def test_poll_only_mode_still_runs_jobs_enqueued_after_start(
     job_id = runledger.enqueue(autocommit_conn, "polled")
 
     assert wait_for_job(job_id, "succeeded", timeout=5).output == "found by polling"
+
+
+def test_a_wake_up_while_every_slot_is_taken_does_not_spin_the_claimer(
+    autocommit_conn: psycopg.Connection[Any],
+    runtime: RuntimeFactory,
+    wait_for_job: WaitForJob,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A completion or NOTIFY that wakes the claimer when it has no free slot must not leave
+    it looping: it waits for a slot or the poll interval, a handful of rounds a second."""
+    steps = 0
+    original = WorkerPool._claim_step
+
+    def counted(self: WorkerPool, stop: threading.Event) -> None:
+        nonlocal steps
+        steps += 1
+        original(self, stop)
+
+    monkeypatch.setattr(WorkerPool, "_claim_step", counted)
+    release = threading.Event()
+    registry = runledger.Registry()
+
+    @registry.handler("held")
+    def held(ctx: runledger.JobContext, payload: Any) -> Any:
+        release.wait(10)
+        return None
+
+    rt = runtime(registry, concurrency=1, prefetch=0, poll_interval=0.2)
+    job_id = runledger.enqueue(autocommit_conn, "held", None)
+    wait_for_job(job_id, "running")
+    try:
+        before = steps
+        for _ in range(10):  # wake-ups with no free slot, as a completion or NOTIFY would
+            rt.pool.wake.set()
+            time.sleep(0.1)
+        rounds = steps - before
+    finally:
+        release.set()
+    wait_for_job(job_id, "succeeded")
+    # 1 s at a 0.2 s poll: about 5 rounds plus one per wake-up; a spinning loop makes thousands.
+    assert rounds <= 30, f"the claimer ran {rounds} rounds in 1 s with no free slot"
