@@ -101,7 +101,7 @@ def test_the_generic_plan_reads_jobs_and_steps_by_index(conn: psycopg.Connection
         row[0]
         for row in conn.execute(
             "explain (costs off) execute claim_plan("
-            f"'{{default}}', '{{t}}', 16, 'w', 30, '{{}}', {DEFAULT_MAX_ATTEMPTS})"
+            f"'{{default}}', '{{t}}', 16, '{{}}', {DEFAULT_MAX_ATTEMPTS}, 'w', 30)"
         ).fetchall()
     )
     conn.rollback()
@@ -110,3 +110,5 @@ def test_the_generic_plan_reads_jobs_and_steps_by_index(conn: psycopg.Connection
     assert "Seq Scan on workflow_step_runs" not in plan, plan
     assert "Seq Scan on workflow_runs" not in plan, plan
     assert "Index Scan using jobs_pkey" in plan, plan
+    # the candidates are read off the runnable index, not found by scanning every queued row
+    assert "Index Scan using jobs_runnable" in plan, plan
