@@ -7,6 +7,7 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import uuid
@@ -48,10 +49,18 @@ def bench_server(dsn: str | None) -> Iterator[TestServer]:
     from runledger.testing import embedded_server
 
     server = embedded_server()
+    # A SIGTERM (a run stopped with `kill` or `timeout`) would end the process without the
+    # finally below and leave the server running: make it unwind like Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         yield server
     finally:
         server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @contextlib.contextmanager
