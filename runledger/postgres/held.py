@@ -15,13 +15,27 @@ holder one failed statement. Session settings are only for direct connections or
 session mode: in transaction mode the server connection changes between transactions, and a
 ``SET`` would stay behind on a connection other clients then use.
 
+Plans go stale as the ledger grows, so the holder makes them again now and then. A prepared
+statement's plan is made for the tables' sizes when it is planned, and the ledger's tables grow
+from nothing by thousands of rows a second: a plan made while ``job_attempts`` or ``jobs`` is a
+few pages long reads the whole table (a sequential scan, or a full index scan under a join
+filter) for every statement, and stays in the session's plan cache until an ``ANALYZE`` of that
+table invalidates it. Autovacuum analyzes on its next visit (``autovacuum_naptime``, a minute by
+default) and never with autovacuum off; in between, each claim or finish gets slower with every
+row added. So the holder sends ``DISCARD PLANS`` (prepared statements stay, their plans are made
+again on next use) after 1, 2, 4, ... seconds of holding a connection, at most a minute apart
+(``ReplanSchedule``): while the tables grow at a steady rate from empty, every plan in use was
+made on tables at least half their present size, and a long-held connection replans each
+statement once a minute. A connection that does not prepare statements has nothing to replan.
+
 Not thread-safe: one holder per thread (the claimer's loop, the completer's loop).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import psycopg
@@ -31,17 +45,60 @@ from psycopg_pool import ConnectionPool
 from runledger.errors import ConnectionNotUsable
 from runledger.postgres.connection import Conn
 
+REPLAN_FIRST_SECONDS = 1.0
+"""How long after taking a connection its plans are first made again."""
+REPLAN_MAX_SECONDS = 60.0
+"""The longest gap between two replans of a held connection."""
+DISCARD_PLANS = "discard plans"
+
+
+class ReplanSchedule:
+    """When to make a held connection's plans again: ``first`` seconds after ``start``, then
+    after gaps that double up to ``longest``."""
+
+    def __init__(
+        self, first: float = REPLAN_FIRST_SECONDS, longest: float = REPLAN_MAX_SECONDS
+    ) -> None:
+        self._first = first
+        self._longest = longest
+        self._gap = first
+        self._due = float("inf")
+
+    def start(self, now: float) -> None:
+        """A connection was taken at ``now``: begin again with the first gap."""
+        self._gap = self._first
+        self._due = now + self._first
+
+    def due(self, now: float) -> bool:
+        """True once a replan is due at ``now``; the next one is then a doubled gap away."""
+        if now < self._due:
+            return False
+        self._gap = min(self._gap * 2, self._longest)
+        self._due = now + self._gap
+        return True
+
 
 class HeldConnection:
     """One connection of ``pool`` kept between uses, in autocommit mode, with ``settings``.
 
     ``settings`` (name -> value) are set for the session each time a connection is taken and
     reset when it goes back. ``close()`` hands the connection back; a later use takes one again.
+    With ``replan`` its prepared statements are planned again on a ``ReplanSchedule``;
+    ``clock`` is what it reads the time from.
     """
 
-    def __init__(self, pool: ConnectionPool[Any], *, settings: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        pool: ConnectionPool[Any],
+        *,
+        settings: Mapping[str, str] | None = None,
+        replan: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._pool = pool
         self._settings = dict(settings or {})
+        self._replan = ReplanSchedule() if replan else None
+        self._clock = clock
         self._conn: Conn | None = None
         self._autocommit_was = False
 
@@ -58,6 +115,8 @@ class HeldConnection:
         """
         conn = self._take()
         try:
+            if self._replan_due(conn):
+                conn.execute(DISCARD_PLANS, prepare=False)
             yield conn
         except BaseException:
             if conn.closed or conn.broken:
@@ -96,7 +155,14 @@ class HeldConnection:
             self._pool.putconn(conn)
             raise
         self._conn = conn
+        if self._replan is not None:
+            self._replan.start(self._clock())
         return conn
+
+    def _replan_due(self, conn: Conn) -> bool:
+        if self._replan is None or conn.prepare_threshold is None:
+            return False
+        return self._replan.due(self._clock())
 
     def _give_back(self) -> None:
         conn, self._conn = self._conn, None

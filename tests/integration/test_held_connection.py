@@ -129,3 +129,76 @@ def test_an_autocommit_claim_runs_the_generic_plan_the_session_asks_for(
         assert custom == 0
         assert generic >= 12 - claimer.prepare_threshold
     held.close()
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+LOOKUP = "select v from grows where id = %s"
+
+
+def lookup_plan(conn: psycopg.Connection[Any]) -> str:
+    """The plan ``conn``'s prepared ``LOOKUP`` runs with now (its generic plan)."""
+    row = conn.execute(
+        "select name from pg_prepared_statements where statement like 'select v from grows%%'"
+    ).fetchone()
+    assert row is not None, "LOOKUP was not prepared"
+    plan = conn.execute(f"explain (costs off) execute {row[0]}(1)").fetchall()
+    return "\n".join(line for (line,) in plan)
+
+
+def grow_after_planning(
+    held: HeldConnection, observer: psycopg.Connection[Any]
+) -> psycopg.Connection[Any]:
+    """Plan ``LOOKUP`` on a table of one page, then make the table a thousand times bigger."""
+    # No autovacuum: an ANALYZE of its own would make the plan again behind the test's back.
+    observer.execute(
+        "create table grows (id int primary key, v text) with (autovacuum_enabled = off)"
+    )
+    observer.execute("insert into grows select n, 'v' from generate_series(1, 20) as n")
+    observer.execute("analyze grows")
+    with held.autocommit() as conn:
+        assert conn.prepare_threshold is not None
+        for _ in range(conn.prepare_threshold + 1):
+            conn.execute(LOOKUP, (1,))
+        assert "Seq Scan on grows" in lookup_plan(conn)
+    observer.execute("insert into grows select n, 'v' from generate_series(21, 20000) as n")
+    return conn
+
+
+def test_plans_made_on_a_small_table_are_made_again_as_it_grows(
+    pool: ConnectionPool[Any], observer: psycopg.Connection[Any]
+) -> None:
+    clock = Clock()
+    held = HeldConnection(pool, settings=GENERIC_PLAN_SESSION, clock=clock)
+    grow_after_planning(held, observer)
+
+    clock.now = 0.5  # before the first replan: the plan of the small table stays
+    with held.autocommit() as conn:
+        assert "Seq Scan on grows" in lookup_plan(conn)
+    clock.now = 1.0
+    with held.autocommit() as conn:
+        conn.execute(LOOKUP, (1,))
+        assert "Index Scan using grows_pkey" in lookup_plan(conn)
+    held.close()
+
+
+def test_without_replanning_the_plan_of_the_small_table_stays(
+    pool: ConnectionPool[Any], observer: psycopg.Connection[Any]
+) -> None:
+    clock = Clock()
+    held = HeldConnection(pool, settings=GENERIC_PLAN_SESSION, replan=False, clock=clock)
+    grow_after_planning(held, observer)
+
+    clock.now = 120.0
+    with held.autocommit() as conn:
+        conn.execute(LOOKUP, (1,))
+        assert "Seq Scan on grows" in lookup_plan(conn)
+    held.close()
