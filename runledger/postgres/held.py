@@ -19,14 +19,17 @@ Plans go stale as the ledger grows, so the holder makes them again now and then.
 statement's plan is made for the tables' sizes when it is planned, and the ledger's tables grow
 from nothing by thousands of rows a second: a plan made while ``job_attempts`` or ``jobs`` is a
 few pages long reads the whole table (a sequential scan, or a full index scan under a join
-filter) for every statement, and stays in the session's plan cache until an ``ANALYZE`` of that
-table invalidates it. Autovacuum analyzes on its next visit (``autovacuum_naptime``, a minute by
-default) and never with autovacuum off; in between, each claim or finish gets slower with every
-row added. So the holder sends ``DISCARD PLANS`` (prepared statements stay, their plans are made
-again on next use) after 1, 2, 4, ... seconds of holding a connection, at most a minute apart
+filter) for every statement, and stays in the session's plan cache until an ``ANALYZE`` or
+``VACUUM`` of a table it reads invalidates it. Autovacuum comes on its next visit
+(``autovacuum_naptime``, a minute by default), never with autovacuum off, and the reaper
+vacuums only ``jobs``; in between, each claim or finish gets slower with every row added.
+So the holder sends ``DISCARD PLANS`` (prepared statements stay, their plans are made again
+on next use) after 1, 2, 4, ... seconds of holding a connection, at most a minute apart
 (``ReplanSchedule``): while the tables grow at a steady rate from empty, every plan in use was
 made on tables at least half their present size, and a long-held connection replans each
-statement once a minute. A connection that does not prepare statements has nothing to replan.
+statement once a minute. A connection that does not prepare statements has nothing to replan;
+through PgBouncer in transaction mode ``DISCARD PLANS`` reaches whichever server connection
+runs it, which costs that connection no more than a replan.
 
 Not thread-safe: one holder per thread (the claimer's loop, the completer's loop).
 """
