@@ -154,9 +154,7 @@ def lookup_plan(conn: psycopg.Connection[Any]) -> str:
     return "\n".join(line for (line,) in plan)
 
 
-def grow_after_planning(
-    held: HeldConnection, observer: psycopg.Connection[Any]
-) -> psycopg.Connection[Any]:
+def grow_after_planning(held: HeldConnection, observer: psycopg.Connection[Any]) -> None:
     """Plan ``LOOKUP`` on a table of one page, then make the table a thousand times bigger."""
     # No autovacuum: an ANALYZE of its own would make the plan again behind the test's back.
     observer.execute(
@@ -170,7 +168,6 @@ def grow_after_planning(
             conn.execute(LOOKUP, (1,))
         assert "Seq Scan on grows" in lookup_plan(conn)
     observer.execute("insert into grows select n, 'v' from generate_series(21, 20000) as n")
-    return conn
 
 
 def test_plans_made_on_a_small_table_are_made_again_as_it_grows(
