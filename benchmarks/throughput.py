@@ -863,12 +863,14 @@ def disturbance(result: Throughput) -> str | None:
 def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
     """Every throughput figure, runledger's as a share of the best pgbench figure."""
     limit = max(limits, key=lambda r: r.per_second) if limits else None
+    # As wide as the longest list of windows, so a long one never runs into the loop column.
+    ckpt_width = max([4, *(len(checkpoint_span(r)) for r in [*runs, *limits])])
     print()
     print("THROUGHPUT (no-op jobs, full ledger)")
     print(
         f"  {'configuration':<34}{'jobs/s':>9}{'vs limit':>10}{'last/first':>12}"
         f"{'trend/min':>11}{'noise':>7}{'head':>7}{'steal':>9}{'commit ms':>12}{'loop ms':>11}"
-        f"{'ckpt':>6}  note"
+        f"  {'ckpt':<{ckpt_width}}  note"
     )
     for result in [*runs, *limits]:
         ratio = f"{result.per_second / limit.per_second:.2f}" if limit else "-"
@@ -887,7 +889,8 @@ def print_summary(runs: list[Throughput], limits: list[Throughput]) -> None:
         print(
             f"  {result.name:<34}{result.per_second:>9,.0f}{ratio:>10}{drift:>12}"
             f"{trend:>11}{noise:>7}{growth:>7}{spans['steal']:>9}"
-            f"{spans['commit']:>12}{spans['loop']:>11}{checkpoint_span(result):>6}  {note}"
+            f"{spans['commit']:>12}{spans['loop']:>11}"
+            f"  {checkpoint_span(result):<{ckpt_width}}  {note}"
         )
     if limit is not None:
         print(f"  limit = {limit.name} ({limit.per_second:,.0f} jobs/s)")
