@@ -54,6 +54,8 @@ Conn = psycopg.Connection[Any]
 
 JOB_TYPE = "bench.noop"
 QUEUE = "bench"
+HISTORY_QUEUE = "bench.history"
+"""Where ``--history`` puts the finished jobs it keeps in the table; nothing claims from it."""
 TARGET_JOBS_PER_SECOND = 3_000
 TARGET_P50_MS = 10.0
 TARGET_DRIFT = 0.20
@@ -82,7 +84,22 @@ RESET = (
 DB_NOW = "select clock_timestamp()"
 IS_QUEUED = "select status = 'queued' from runledger.jobs where id = %s"
 SETTLE = "vacuum (analyze) runledger.jobs, runledger.job_attempts, runledger.events"
-COUNT_SUCCEEDED = "select count(*) from runledger.jobs where status = 'succeeded'"
+COUNT_SUCCEEDED = (
+    "select count(*) from runledger.jobs where status = 'succeeded' and queue <> %(history)s"
+)
+# A retained history of finished jobs, as a deployment that keeps 30 days of them has: spread
+# over the past 30 days, oldest first.
+KEEP_HISTORY = """
+insert into runledger.jobs
+    (id, queue, job_type, status, attempt, max_attempts, run_at, started_at, output,
+     created_at, updated_at, finished_at)
+select runledger.time_ordered_uuid(), %(queue)s, %(job_type)s, 'succeeded', 1, 3, t, t, '{}', t,
+       t, t
+from (
+    select now() - interval '30 days' * (1 - i::float8 / %(count)s) as t
+    from generate_series(1, %(count)s) as i
+) as ticks
+"""
 # Completions per window, from the ledger's own clock: no polling while the workers run.
 WINDOWS = """
 select floor(extract(epoch from occurred_at - %(t0)s) / %(window)s)::int as w, count(*)
@@ -95,7 +112,7 @@ order by w
 """
 # Every success must be on the job row, its attempt row and in the events: the full ledger.
 LEDGER_COUNTS = """
-select (select count(*) from runledger.jobs where status = 'succeeded'),
+select (select count(*) from runledger.jobs where status = 'succeeded' and queue <> %(history)s),
        (select count(*) from runledger.job_attempts where outcome = 'succeeded'),
        (select count(*) from runledger.events where kind = 'job.succeeded'),
        (select count(*) from runledger.jobs where status = 'running'),
@@ -149,6 +166,8 @@ class Plan:
     latency_jobs: int
     latency_rate: float
     pgbench_seconds: int
+    history: int = 0
+    """Finished jobs kept in ``runledger.jobs`` during every throughput and pgbench figure."""
 
     @property
     def windows(self) -> int:
@@ -300,9 +319,13 @@ class FanOut:
 # --- server and scratch database ------------------------------------------------------------
 
 
-def reset(admin: Conn) -> None:
-    """Empty the ledger and checkpoint, so that every figure starts alike."""
+def reset(admin: Conn, history: int = 0) -> None:
+    """Empty the ledger, keep ``history`` finished jobs in it, and checkpoint, so that every
+    figure starts alike."""
     admin.execute(RESET)
+    if history:
+        params = {"queue": HISTORY_QUEUE, "job_type": JOB_TYPE, "count": history}
+        admin.execute(KEEP_HISTORY, params)
     checkpoint(admin)
 
 
@@ -367,7 +390,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 def count_succeeded(admin: Conn) -> int:
     """Jobs that succeeded so far."""
-    row = admin.execute(COUNT_SUCCEEDED).fetchone()
+    row = admin.execute(COUNT_SUCCEEDED, {"history": HISTORY_QUEUE}).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -450,7 +473,7 @@ def window_rates(admin: Conn, t0: datetime.datetime, plan: Plan) -> tuple[float,
 
 def check_ledger(admin: Conn) -> str:
     """Raise unless every success has its job, attempt and event rows; a note on leftovers."""
-    row = admin.execute(LEDGER_COUNTS).fetchone()
+    row = admin.execute(LEDGER_COUNTS, {"history": HISTORY_QUEUE}).fetchone()
     assert row is not None
     jobs, attempts, events, running, failed = row
     if not jobs == attempts == events:
@@ -472,7 +495,7 @@ def measure_throughput(dsn: str, admin: Conn, setup: Setup, plan: Plan, guess: f
     ``guess`` (jobs/s) sizes the initial fill so the workers never starve; if they go faster,
     the queue is topped up in ``BATCH``-sized transactions while they run (reported).
     """
-    reset(admin)
+    reset(admin, plan.history)
     span = plan.windows * plan.window
     floor = max(BATCH // 2, int(guess * 3))
     with psycopg.connect(dsn) as conn, Probe(dsn, queue=QUEUE, limit=HEAD_JOBS) as probe:
@@ -772,7 +795,7 @@ def measure_pgbench(
         settle(admin)
         warm = run_pgbench(binary, dsn, script, clients=clients, seconds=2, window=1)
         rate = max(warm.jobs / 2, 1_000)
-        reset(admin)
+        reset(admin, plan.history)
         fill = int(rate * plan.pgbench_seconds * 1.3) + BATCH
         Feeder(conn).fill(fill)
         settle(admin)
@@ -1037,7 +1060,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated worker configurations instead of the seven: C:P is one process "
         "of concurrency C and prefetch P, NxC is N CLI processes of concurrency C (e.g. 4:4,2x8)",
     )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N finished jobs in runledger.jobs during every throughput and pgbench figure, "
+        "as a deployment that retains its history does (default 0)",
+    )
     args = parser.parse_args(argv)
+    if args.history < 0:
+        parser.error("--history takes a count of jobs, 0 or more")
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not args.parts <= set(PARTS):
         parser.error(f"--parts takes {','.join(PARTS)}")
@@ -1065,7 +1098,7 @@ def parse_setups(text: str) -> tuple[Setup, ...]:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """The plan from --quick, --duration and --window."""
-    plan = QUICK if args.quick else FULL
+    plan = attrs.evolve(QUICK if args.quick else FULL, history=args.history)
     if args.window:
         plan = attrs.evolve(plan, window=args.window)
     if args.duration:
@@ -1078,6 +1111,8 @@ def run_throughput(
 ) -> list[Throughput]:
     """Every worker configuration, printed as it finishes."""
     print(f"\nthroughput: {plan.windows} windows of {plan.window:g} s per configuration")
+    if plan.history:
+        print(f"  with {plan.history:,} finished jobs kept in runledger.jobs ({HISTORY_QUEUE!r})")
     results: list[Throughput] = []
     guess = float(TARGET_JOBS_PER_SECOND)
     for setup in setups:
@@ -1101,6 +1136,8 @@ def run_pgbench_limits(
     if found is None:
         return []
     print(f"\npgbench: runledger's CLAIM_JOBS then FINISH_ATTEMPTS, -T {plan.pgbench_seconds}")
+    if plan.history:
+        print(f"  with {plan.history:,} finished jobs kept in runledger.jobs ({HISTORY_QUEUE!r})")
     results = []
     for clients, limit in PGBENCH_RUNS:
         result = measure_pgbench(found[0], dsn, admin, plan, clients=clients, limit=limit)
