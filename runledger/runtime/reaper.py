@@ -27,6 +27,15 @@ _logger = logging.getLogger("runledger.reaper")
 BATCH = 100
 # Seconds between checks of the jobs table's dead rows (see runledger.postgres.maintenance).
 VACUUM_EVERY = 10.0
+# The most of its time a reaper gives to VACUUM. A VACUUM scans every index of the whole jobs
+# table, finished jobs kept for retention included (about a second beside 8 million of them),
+# so after a long one the next waits until ten times its duration has passed.
+VACUUM_SHARE = 0.1
+
+
+def vacuum_gap(took: float) -> float:
+    """Seconds from the start of a VACUUM that took ``took`` seconds to the next check."""
+    return max(VACUUM_EVERY, took / VACUUM_SHARE)
 
 
 class LeaseExpired(Exception):
@@ -53,17 +62,21 @@ class Reaper:
         self._on_reaped = on_reaped
         self.vacuum = vacuum
         self._vacuumed = 0.0
+        self._vacuum_gap = VACUUM_EVERY
 
     def step(self, stop: threading.Event) -> None:
         """Reap until nothing is left, vacuum the jobs table when it needs it (at most every
-        ``VACUUM_EVERY`` seconds), then wait ``interval``."""
+        ``VACUUM_EVERY`` seconds, less often after a long VACUUM: ``vacuum_gap``), then wait
+        ``interval``."""
         while not stop.is_set() and self.reap_once() == BATCH:
             pass
         now = time.monotonic()
-        if self.vacuum and now - self._vacuumed >= VACUUM_EVERY:
+        if self.vacuum and now - self._vacuumed >= self._vacuum_gap:
             self._vacuumed = now
             if vacuum_jobs_if_needed(self._store):
-                _logger.info("vacuumed runledger.jobs")
+                took = time.monotonic() - now
+                self._vacuum_gap = vacuum_gap(took)
+                _logger.info("vacuumed runledger.jobs in %.2f s", took)
         stop.wait(self.interval)
 
     def reap_once(self) -> int:

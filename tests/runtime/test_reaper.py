@@ -16,7 +16,7 @@ import runledger
 from runledger import AttemptOutcome, JobStatus, RetryPolicy
 from runledger.postgres.attempts import ClaimedJob, claim, finish, renew_leases
 from runledger.runtime import outcome
-from runledger.runtime.reaper import Reaper
+from runledger.runtime.reaper import VACUUM_EVERY, Reaper, vacuum_gap
 
 FAST_RETRY = RetryPolicy(base=0.05, jitter=0)
 
@@ -172,3 +172,13 @@ def test_reaper_skips_a_completion_that_holds_the_row_and_never_overwrites_it(
     assert (job.status, job.output, job.attempt) == (JobStatus.SUCCEEDED, {"done": True}, 1)
     assert outcomes(autocommit_conn, job_id) == [(1, AttemptOutcome.SUCCEEDED, "fake-worker")]
     assert reaper.reap_once() == 0
+
+
+@pytest.mark.parametrize(
+    ("took", "gap"),
+    [(0.05, VACUUM_EVERY), (1.0, VACUUM_EVERY), (2.5, 25.0), (30.0, 300.0)],
+)
+def test_a_long_vacuum_puts_the_next_check_off_by_ten_times_its_duration(
+    took: float, gap: float
+) -> None:
+    assert vacuum_gap(took) == pytest.approx(gap)
