@@ -6,17 +6,27 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 import runledger
 from runledger.postgres.maintenance import VACUUM_LOCK_KEY, vacuum_jobs_if_needed
 
 
-def _dead_rows(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute(
-        "select coalesce(n_dead_tup, 0) from pg_stat_user_tables "
+def _jobs_stat(conn: psycopg.Connection[Any], column: str) -> int:
+    query = sql.SQL(
+        "select coalesce({}, 0) from pg_stat_user_tables "
         "where schemaname = 'runledger' and relname = 'jobs'"
-    ).fetchone()
+    ).format(sql.Identifier(column))
+    row = conn.execute(query).fetchone()
     return 0 if row is None else int(row[0])
+
+
+def _wait_for_jobs_stat(conn: psycopg.Connection[Any], column: str, at_least: int) -> None:
+    """Statistics reach pg_stat_user_tables with a short delay: poll until they show."""
+    deadline = time.monotonic() + 15
+    while _jobs_stat(conn, column) < at_least:
+        assert time.monotonic() < deadline, f"{column} never reached {at_least}"
+        time.sleep(0.1)
 
 
 def _make_dead_rows(conn: psycopg.Connection[Any], count: int) -> None:
@@ -25,10 +35,7 @@ def _make_dead_rows(conn: psycopg.Connection[Any], count: int) -> None:
     conn.execute("alter table runledger.jobs set (autovacuum_enabled = false)")
     runledger.enqueue_many(conn, [runledger.Job("maint.t") for _ in range(count)])
     conn.execute("update runledger.jobs set priority = 1")  # every row version now dead once
-    deadline = time.monotonic() + 15
-    while _dead_rows(conn) < count:  # statistics reach pg_stat with a short delay
-        assert time.monotonic() < deadline, "the dead rows never showed in pg_stat_user_tables"
-        time.sleep(0.1)
+    _wait_for_jobs_stat(conn, "n_dead_tup", count)
 
 
 def test_jobs_is_vacuumed_once_dead_rows_pass_the_threshold(
@@ -38,18 +45,7 @@ def test_jobs_is_vacuumed_once_dead_rows_pass_the_threshold(
         assert vacuum_jobs_if_needed(store, min_dead=1_000) is False  # nothing dead yet
         _make_dead_rows(autocommit_conn, 1_500)
         assert vacuum_jobs_if_needed(store, min_dead=1_000) is True
-    row = autocommit_conn.execute(
-        "select vacuum_count from pg_stat_user_tables "
-        "where schemaname = 'runledger' and relname = 'jobs'"
-    ).fetchone()
-    deadline = time.monotonic() + 15
-    while row is None or row[0] < 1:
-        assert time.monotonic() < deadline, "pg_stat_user_tables never counted the VACUUM"
-        time.sleep(0.1)
-        row = autocommit_conn.execute(
-            "select vacuum_count from pg_stat_user_tables "
-            "where schemaname = 'runledger' and relname = 'jobs'"
-        ).fetchone()
+    _wait_for_jobs_stat(autocommit_conn, "vacuum_count", 1)
 
 
 def test_a_runtime_already_vacuuming_makes_the_others_skip(
@@ -77,15 +73,6 @@ def test_dead_rows_beside_a_long_kept_history_are_vacuumed_all_the_same(
             " select gen_random_uuid(), 'maint.kept', 'succeeded', 1, now()"
             " from generate_series(1, 60000)"
         )
-    deadline = time.monotonic() + 15
-    while True:  # statistics reach pg_stat with a short delay
-        row = autocommit_conn.execute(
-            "select n_live_tup from pg_stat_user_tables "
-            "where schemaname = 'runledger' and relname = 'jobs'"
-        ).fetchone()
-        if row is not None and row[0] >= 60_000:
-            break
-        assert time.monotonic() < deadline, "the kept jobs never showed in pg_stat_user_tables"
-        time.sleep(0.1)
+    _wait_for_jobs_stat(autocommit_conn, "n_live_tup", 60_000)
     with runledger.Store(dsn) as store:
         assert vacuum_jobs_if_needed(store, min_dead=1_000) is True
