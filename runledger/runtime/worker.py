@@ -435,6 +435,8 @@ class WorkerPool:
             except BaseException:
                 _logger.exception("runledger worker error around job %s", flight.job.id)
             finally:
+                if start:
+                    self._resolve(flight)
                 with self._changed:
                     flight.done = start
                     self._busy -= 1
@@ -487,19 +489,26 @@ class WorkerPool:
         policy: RetryPolicy,
     ) -> None:
         """Write a success in the handler's own transaction, which commits only if the
-        lease is still held; anything else rolls the handler's writes back."""
+        lease is still held; anything else rolls the handler's writes back.
+
+        Whatever happens to the connection, the attempt ends resolved: its outcome written
+        here, or queued for the completer (fenced on the lease, so a failure queued after a
+        commit whose acknowledgement was lost is dropped), or forgotten with its lease lost.
+        """
         pool = self._store.pool
         with self._lock:
             flight.writing = True
         try:
             if result.status is not JobStatus.SUCCEEDED:
-                conn.rollback()
+                _roll_back(conn)
                 self._queue_outcome(flight, result)
                 return
             try:
                 report = finish(conn, [result])
-            except psycopg.Error as err:
-                conn.rollback()
+                if not report.lost:
+                    conn.commit()
+            except Exception as err:
+                _roll_back(conn)
                 failed = outcome.failure(
                     flight.job,
                     RuntimeError(f"the handler's transaction on ctx.conn failed: {err}"),
@@ -508,7 +517,7 @@ class WorkerPool:
                 self._queue_outcome(flight, failed)
                 return
             if report.lost:
-                conn.rollback()
+                _roll_back(conn)
                 _logger.warning(
                     "job %s: lease lost before its success was written; the handler's "
                     "writes on ctx.conn were rolled back",
@@ -516,7 +525,6 @@ class WorkerPool:
                 )
                 self._forget(flight)
                 return
-            conn.commit()
             self._forget(flight)
             self._registry.hooks.emit(report_events(report, {result.lease_token: result}))
         finally:
@@ -564,11 +572,38 @@ class WorkerPool:
             self._unwritten += 1
         self._completions.put((flight, result))
 
+    def _resolve(self, flight: InFlight) -> None:
+        """After the handler returned: an attempt whose outcome was neither written nor
+        queued (an error escaped the finish) is forgotten with its lease left to expire, so
+        that no heartbeat renews it and a reaper takes the job."""
+        with self._lock:
+            unresolved = not flight.writing and self._inflight.get(flight.job.lease_token) is flight
+        if unresolved:
+            _logger.error(
+                "job %s: its outcome could not be written; leaving its lease to expire",
+                flight.job.id,
+            )
+            self.mark_lost(flight.job.lease_token)
+            self._forget(flight)
+
     def _forget(self, flight: InFlight) -> None:
         with self._changed:
             if self._inflight.get(flight.job.lease_token) is flight:
                 del self._inflight[flight.job.lease_token]
             self._changed.notify_all()
+
+
+def _roll_back(conn: psycopg.Connection[Any]) -> None:
+    """Roll back a handler's transaction; a connection that broke has nothing to roll back
+    (the server ended the transaction with the session) and goes back to the pool, which
+    discards it."""
+    if conn.closed or conn.broken:
+        return
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        _logger.warning("could not roll back a handler's ctx.conn; discarding it", exc_info=True)
+        conn.close()
 
 
 def _started(job: ClaimedJob) -> LifecycleEvent:
