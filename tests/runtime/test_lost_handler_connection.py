@@ -14,15 +14,15 @@ import pytest
 
 import runledger
 from runledger import RetryPolicy
-from tests.runtime.conftest import RuntimeFactory, WaitForJob, WaitUntil
+from tests.runtime.conftest import RuntimeFactory, WaitForJob, wait_until
 
 TERMINATE = "select pg_terminate_backend(%s)"
 GONE = "select not exists (select from pg_stat_activity where pid = %s)"
 
 
-def kill_backend(dsn: str, pid: int) -> None:
+def kill_backend(conn: psycopg.Connection[Any], pid: int) -> None:
     """Terminate backend ``pid`` and wait until the server no longer lists it."""
-    with psycopg.connect(dsn, autocommit=True) as killer:
+    with psycopg.connect(conn.info.dsn, autocommit=True) as killer:
         killer.execute(TERMINATE, (pid,))
         deadline = time.monotonic() + 10
         while not killer.execute(GONE, (pid,)).fetchone()[0]:  # type: ignore[index]
@@ -45,11 +45,9 @@ def effects(autocommit_conn: psycopg.Connection[Any]) -> Callable[[], list[int]]
 
 @pytest.mark.parametrize("ending", ["returns", "raises", "times_out"])
 def test_an_attempt_whose_ctx_conn_died_is_resolved_and_the_job_runs_again(
-    dsn: str,
     autocommit_conn: psycopg.Connection[Any],
     runtime: RuntimeFactory,
     wait_for_job: WaitForJob,
-    wait_until: WaitUntil,
     effects: Callable[[], list[int]],
     ending: str,
 ) -> None:
@@ -61,7 +59,7 @@ def test_an_attempt_whose_ctx_conn_died_is_resolved_and_the_job_runs_again(
     def killed(ctx: runledger.JobContext, payload: Any) -> Any:
         ctx.conn.execute("insert into public.effects (attempt) values (%s)", (ctx.attempt,))
         if ctx.attempt == 1:
-            kill_backend(dsn, ctx.conn.info.backend_pid)
+            kill_backend(ctx.conn, ctx.conn.info.backend_pid)
             if ending == "raises":
                 raise RuntimeError("the handler failed after its connection died")
             if ending == "times_out":
