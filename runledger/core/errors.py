@@ -322,13 +322,20 @@ class BuilderMisuse(WorkflowBuildError):
 
 
 class InvalidCron(ValidationError):
-    """A schedule's cron expression does not parse (or its name is blank)."""
+    """A schedule's cron expression does not parse, can never fire, or its name is blank.
 
-    def __init__(self, *, name: str, cron: str, reason: str) -> None:
+    Attributes:
+        name: the schedule's name, or None when the expression was checked on its own.
+        cron: the expression.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, *, cron: str, reason: str, name: str | None = None) -> None:
         self.name = name
         self.cron = cron
         self.reason = reason
-        super().__init__(f"schedule {name!r}: invalid cron expression {cron!r}: {reason}")
+        where = "" if name is None else f"schedule {name!r}: "
+        super().__init__(f"{where}invalid cron expression {cron!r}: {reason}")
 
 
 class UnknownTimezone(ValidationError):

@@ -6,6 +6,8 @@ import datetime
 import zoneinfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runledger.core.schedule import ScheduleSpec, latest_tick, next_tick
 from runledger.errors import (
@@ -195,6 +197,161 @@ def test_schedule_spec_with_an_invalid_cron_raises_invalid_cron_naming_it(cron: 
     assert caught.value.name == "bad"
     assert caught.value.cron == cron
     assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "0 0 30 2 *",  # February 30th
+        "0 0 31 2 *",
+        "0 0 31 4 *",  # April has 30 days
+        "15 10 31 4,6,9,11 *",
+        "0 0 30-31 2 *",
+        "0 0 30 2 ?",
+        "0 0 31 2 1#5",  # '#' makes day-of-month and day-of-week an intersection
+    ],
+)
+@pytest.mark.parametrize("timezone", ["UTC", PARIS])
+def test_schedule_spec_with_a_cron_that_can_never_fire_raises_invalid_cron(
+    cron: str, timezone: str
+) -> None:
+    with pytest.raises(InvalidCron) as caught:
+        ScheduleSpec(name="feb30", cron=cron, job_type="tick", timezone=timezone)
+
+    assert (caught.value.name, caught.value.cron) == ("feb30", cron)
+    assert "never" in caught.value.reason
+    assert "'feb30'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "*/0 * * * *",
+        "60 * * * *",
+        "0-59/0 * * * *",
+        "0 0 * * 8",
+        "0 0 * 13 *",
+        "0 0 * * MON#6",
+        "0 0 * * 0L",
+        "H * * * *",
+        "a b c d e",
+        "* * * * * * *",
+        "@hourly",
+        "   ",
+        "\x00 * * * *",
+    ],
+)
+def test_schedule_spec_with_input_croniter_refuses_raises_only_invalid_cron(cron: str) -> None:
+    with pytest.raises(InvalidCron) as caught:
+        ScheduleSpec(name="odd", cron=cron, job_type="tick")
+
+    assert (caught.value.name, caught.value.cron) == ("odd", cron)
+    assert caught.value.reason
+
+
+@pytest.mark.parametrize("cron", [None, 5, ["*"] * 5])
+def test_schedule_spec_with_a_cron_that_is_not_a_string_raises_invalid_cron(cron: object) -> None:
+    with pytest.raises(InvalidCron):
+        ScheduleSpec(name="odd", cron=cron, job_type="tick")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("cron", "after", "expected"),
+    [
+        ("0 0 29 2 *", utc(2097, 3, 1), utc(2104, 2, 29)),  # 2100 is not a leap year
+        ("0 0 * 2 5#5", utc(2092, 3, 1), utc(2104, 2, 29)),  # a fifth Friday in February
+        ("0 0 30 2 1", utc(2026, 1, 1), utc(2026, 2, 2)),  # day-of-week or day-of-month
+        ("0 0 L 2 *", utc(2026, 1, 1), utc(2026, 2, 28)),
+    ],
+)
+def test_schedule_spec_accepts_a_cron_that_fires_rarely_or_by_weekday(
+    cron: str, after: datetime.datetime, expected: datetime.datetime
+) -> None:
+    spec = ScheduleSpec(name="rare", cron=cron, job_type="tick")
+
+    assert next_tick(spec.cron, spec.timezone, after) == expected
+
+
+def test_invalid_cron_without_a_schedule_name_says_so_plainly() -> None:
+    error = InvalidCron(cron="0 0 30 2 *", reason="it can never fire")
+
+    assert error.name is None
+    assert str(error).startswith("invalid cron expression '0 0 30 2 *': it can never fire")
+
+
+def test_next_tick_and_latest_tick_raise_invalid_cron_naming_the_schedule_they_are_given() -> None:
+    moment = utc(2026, 5, 4)
+    with pytest.raises(InvalidCron) as nexts:
+        next_tick("0 0 30 2 *", "UTC", moment, name="feb30")
+    with pytest.raises(InvalidCron) as latests:
+        latest_tick("0 0 31 4 *", PARIS, moment, name="apr31")
+    with pytest.raises(InvalidCron) as unparsable:
+        next_tick("*/0 * * * *", "UTC", moment, name="zero")
+    with pytest.raises(UnknownTimezone) as zone:
+        next_tick("* * * * *", "Mars/Olympus", moment, name="mars")
+
+    assert (nexts.value.name, nexts.value.cron) == ("feb30", "0 0 30 2 *")
+    assert (latests.value.name, latests.value.cron) == ("apr31", "0 0 31 4 *")
+    assert unparsable.value.name == "zero"
+    assert zone.value.name == "mars"
+
+
+def _field(low: int, high: int, *extra: str) -> st.SearchStrategy[str]:
+    """Plausible values of one cron field: numbers, ranges, steps, lists and its specials."""
+    number = st.integers(low, high).map(str)
+    return st.one_of(
+        st.sampled_from(["*", *extra]),
+        number,
+        st.tuples(number, number).map("-".join),
+        st.tuples(st.sampled_from(["*", f"{low}-{high}", str(low)]), st.integers(1, 40)).map(
+            lambda step: f"{step[0]}/{step[1]}"
+        ),
+        st.lists(number, min_size=2, max_size=3).map(",".join),
+    )
+
+
+_CRONS = st.one_of(
+    st.tuples(
+        _field(0, 59),
+        _field(0, 23),
+        _field(1, 31, "?", "L", "1W", "15W", "LW"),
+        _field(1, 12, "FEB", "APR-JUN"),
+        _field(0, 7, "?", "MON-FRI", "SUN", "5#5", "MON#2", "1#1"),
+    ).map(" ".join),
+    # anything: out-of-range numbers, zero steps, stray characters, wrong field counts
+    st.lists(
+        st.one_of(
+            st.integers(-1, 99).map(str),
+            st.text(alphabet="0123456789*/,-#LW?HMON ", max_size=6),
+        ),
+        min_size=4,
+        max_size=7,
+    ).map(" ".join),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cron=_CRONS,
+    timezone=st.sampled_from(["UTC", PARIS, "America/New_York", "Australia/Lord_Howe"]),
+    moment=st.datetimes(
+        min_value=datetime.datetime(1990, 1, 1),
+        max_value=datetime.datetime(2150, 1, 1),
+        timezones=st.just(UTC),
+    ),
+)
+def test_a_cron_the_spec_accepts_has_ticks_around_any_moment_and_others_raise_invalid_cron(
+    cron: str, timezone: str, moment: datetime.datetime
+) -> None:
+    try:
+        spec = ScheduleSpec(name="fuzz", cron=cron, job_type="tick", timezone=timezone)
+    except InvalidCron as err:
+        assert (err.name, err.cron) == ("fuzz", cron)
+        return
+
+    upcoming = next_tick(spec.cron, spec.timezone, moment)
+    latest = latest_tick(spec.cron, spec.timezone, moment)
+    assert latest <= moment < upcoming
 
 
 def test_schedule_spec_with_a_blank_name_raises_invalid_cron() -> None:
