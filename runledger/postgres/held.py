@@ -46,6 +46,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from runledger.errors import ConnectionNotUsable
+from runledger.postgres import liveness
 from runledger.postgres.connection import Conn
 
 REPLAN_FIRST_SECONDS = 1.0
@@ -139,9 +140,11 @@ class HeldConnection:
 
     def _take(self) -> Conn:
         if self._conn is not None:
-            return self._conn
+            if liveness.is_alive(self._conn):
+                return self._conn
+            self._give_back()  # the server closed it since the last use: take a fresh one
         try:
-            conn: Conn = self._pool.getconn()
+            conn: Conn = liveness.take(self._pool)
         except psycopg.OperationalError as err:
             raise ConnectionNotUsable(reason=f"cannot reach the database: {err}") from err
         try:

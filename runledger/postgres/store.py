@@ -10,6 +10,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from runledger.errors import ConnectionNotUsable
+from runledger.postgres import liveness
 from runledger.postgres.connection import Conn
 from runledger.postgres.migrate import check_schema, migrate
 
@@ -66,9 +67,13 @@ class Store:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Conn]:
-        """A pooled connection for the block; blocks up to the pool timeout for one."""
+        """A pooled connection for the block; blocks up to the pool timeout for one.
+
+        Connections the server closed while they sat in the pool are skipped
+        (``runledger.postgres.liveness``).
+        """
         try:
-            with self._pool.connection() as conn:
+            with liveness.connection(self._pool) as conn:
                 yield conn
         except psycopg.OperationalError as err:
             raise ConnectionNotUsable(reason=f"cannot reach the database: {err}") from err

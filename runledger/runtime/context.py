@@ -13,6 +13,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from runledger.core.payload import JsonValue
+from runledger.postgres import liveness
 
 _logger = logging.getLogger("runledger.job")
 
@@ -82,7 +83,7 @@ class JobContext:
         it is rolled back. Do not commit or roll it back yourself.
         """
         if self._conn is None:
-            self._conn = self._pool.getconn()
+            self._conn = liveness.take(self._pool)
         return self._conn
 
     @property

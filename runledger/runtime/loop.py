@@ -6,16 +6,25 @@ import logging
 import threading
 from collections.abc import Callable
 
+from runledger.postgres.liveness import connection_broke
+
 _logger = logging.getLogger("runledger.runtime")
+
+
+IMMEDIATE_RETRIES = 5
+"""Failures in a row, each from a connection that broke in use, retried without a pause."""
 
 
 class Loop:
     """Runs ``step(stop)`` over and over in a thread named ``name`` until ``stop()``.
 
     ``step`` does one round of work and waits on the event it is given (so that ``stop()``
-    wakes it). An exception from ``step`` is logged with its traceback and the loop goes on
-    after ``pause`` seconds; a thread that dies anyway (a ``BaseException``) is noticed by
-    ``alive()`` and restarted by ``ensure_running()``. ``start``/``stop`` are idempotent.
+    wakes it). A step that failed because its database connection broke in use is retried
+    at once (the next step takes a fresh connection), up to ``IMMEDIATE_RETRIES`` times in a
+    row; any other exception (including failing to get a connection: the database is away)
+    is logged with its traceback and the loop goes on after ``pause`` seconds; a thread that
+    dies anyway (a ``BaseException``) is noticed by ``alive()`` and restarted by
+    ``ensure_running()``. ``start``/``stop`` are idempotent.
     ``on_exit`` runs in the loop's thread whenever it ends (stopped or died): it releases what
     the steps held, such as a connection, without racing a step still running.
     """
@@ -44,11 +53,21 @@ class Loop:
             self._thread.start()
 
     def _run(self) -> None:
+        failures = 0
         try:
             while not self._stop.is_set():
                 try:
                     self._step(self._stop)
-                except Exception:
+                    failures = 0
+                except Exception as err:
+                    failures += 1
+                    if failures <= IMMEDIATE_RETRIES and connection_broke(err):
+                        _logger.warning(
+                            "%s: its database connection broke (%s); going on at once",
+                            self.name,
+                            str(err).strip() or type(err).__qualname__,
+                        )
+                        continue
                     _logger.exception("%s failed; going on in %.1f s", self.name, self._pause)
                     self._stop.wait(self._pause)
         finally:

@@ -51,11 +51,12 @@ from runledger.postgres.attempts import (
     renew_leases,
 )
 from runledger.postgres.held import HeldConnection
+from runledger.postgres.liveness import connection_broke
 from runledger.postgres.store import Store
 from runledger.runtime import outcome
 from runledger.runtime.context import JobContext
 from runledger.runtime.hooks import LifecycleEvent
-from runledger.runtime.loop import Loop
+from runledger.runtime.loop import IMMEDIATE_RETRIES, Loop
 from runledger.runtime.registry import Registry
 
 _logger = logging.getLogger("runledger.worker")
@@ -193,6 +194,7 @@ class WorkerPool:
         self._completions: queue.SimpleQueue[tuple[InFlight, AttemptResult]] = queue.SimpleQueue()
         self._pending: list[tuple[InFlight, AttemptResult]] = []
         self._unwritten = 0  # outcomes handed to the completer and not yet written
+        self._write_failures = 0  # the completer's failed writes in a row
         self._defaults = {
             job_type: {
                 "max_attempts": handler.defaults.max_attempts,
@@ -553,9 +555,20 @@ class WorkerPool:
             with held.transaction() if steps else held.autocommit() as conn:
                 report = finish(conn, list(results.values()))
         except DB_ERRORS as err:
-            _logger.warning("could not write %d outcomes (%s); retrying", len(batch), err)
-            stop.wait(0.5)
+            self._write_failures += 1
+            # A connection that broke in use is replaced at once; a database that is away
+            # is waited for.
+            at_once = self._write_failures <= IMMEDIATE_RETRIES and connection_broke(err)
+            _logger.warning(
+                "could not write %d outcomes (%s); retrying %s",
+                len(batch),
+                str(err).strip(),
+                "at once" if at_once else "in 0.5 s",
+            )
+            if not at_once:
+                stop.wait(0.5)
             return
+        self._write_failures = 0
         self._pending = []
         with self._lock:
             self._unwritten -= len(batch)
