@@ -3,7 +3,8 @@
 Firing locks due schedule rows with SKIP LOCKED, so several schedulers never fire the same
 tick; the job of a tick is inserted in the transaction that moves ``next_run_at`` past it,
 and a unique index on (schedule_name, scheduled_at) backs that up. After downtime the missed
-ticks coalesce: only the latest due tick fires.
+ticks coalesce: only the latest due tick fires. A row whose ticks cannot be computed (written
+by hand or by an older version, such as February 30th) is reported and skipped, never fatal.
 
 A row's ``origin`` says who manages it. ``upsert_schedule`` writes ``'api'`` rows, which stay
 until ``delete_schedule``. ``sync_schedules`` (a runtime's start) writes the registry's
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import attrs
 from psycopg.rows import class_row
@@ -26,7 +27,7 @@ from psycopg.rows import class_row
 from runledger.core.job import DEFAULT_QUEUE
 from runledger.core.payload import JsonValue, dumps
 from runledger.core.schedule import ScheduleSpec, latest_tick, next_tick
-from runledger.errors import ScheduleNotFound
+from runledger.errors import InvalidCron, ScheduleNotFound, UnknownTimezone
 from runledger.postgres.connection import Conn, reading, savepoint, writing
 from runledger.postgres.ids import new_id
 
@@ -91,6 +92,11 @@ select name, cron, timezone, job_type, payload, queue, priority, max_attempts,
        timeout_seconds, next_run_at, now()
 from runledger.schedules
 where enabled and next_run_at <= now()
+  and not exists (
+      select from unnest(%(skip_names)s::text[], %(skip_crons)s::text[],
+                         %(skip_timezones)s::text[]) as skip (name, cron, timezone)
+      where (skip.name, skip.cron, skip.timezone)
+            = (runledger.schedules.name, runledger.schedules.cron, runledger.schedules.timezone))
 order by name
 limit %(limit)s
 for no key update skip locked
@@ -140,6 +146,20 @@ class ScheduleRecord:
     next_run_at: datetime.datetime
     last_run_at: datetime.datetime | None
     last_job_id: uuid.UUID | None
+
+
+@attrs.frozen(kw_only=True)
+class Unfireable:
+    """A due schedule whose ticks cannot be computed, so firing skips it.
+
+    Only rows no ``ScheduleSpec`` accepts are like that: written by hand or by an older
+    version. Equal records (same name, cron and timezone) describe the same broken row.
+    """
+
+    name: str
+    cron: str
+    timezone: str
+    error: InvalidCron | UnknownTimezone = attrs.field(eq=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -217,7 +237,8 @@ def _set_enabled(conn: Conn, name: str, enabled: bool) -> None:
         found = conn.execute(GET_SCHEDULE, {"name": name}).fetchone()
         if found is None:
             raise ScheduleNotFound(name=name)
-        upcoming = next_tick(found[0], found[1], _now(conn))
+        # Only resuming needs the next tick: a row that has none can still be paused.
+        upcoming = next_tick(found[0], found[1], _now(conn), name=name) if enabled else None
         conn.execute(SET_ENABLED, {"name": name, "enabled": enabled, "next_run_at": upcoming})
 
 
@@ -228,7 +249,13 @@ def pause_schedule(conn: Conn, name: str) -> None:
 
 def resume_schedule(conn: Conn, name: str) -> None:
     """Fire a paused schedule again from its next tick (ticks missed while paused are
-    skipped). Raises ``ScheduleNotFound``."""
+    skipped).
+
+    Raises:
+        ScheduleNotFound: no schedule has this name.
+        InvalidCron / UnknownTimezone: the stored row has no next tick (it was written by
+            hand or by an older version); nothing is written.
+    """
     _set_enabled(conn, name, True)
 
 
@@ -245,15 +272,37 @@ def list_schedules(conn: Conn) -> list[ScheduleRecord]:
         return cur.execute(LIST_SCHEDULES).fetchall()
 
 
-def fire_due(conn: Conn, *, limit: int = 100) -> list[Fired]:
-    """Turn due ticks into jobs in the caller's transaction (commit it to publish them)."""
+def fire_due(
+    conn: Conn,
+    *,
+    limit: int = 100,
+    skip: Collection[Unfireable] = (),
+    on_unfireable: Callable[[Unfireable], None] | None = None,
+) -> list[Fired]:
+    """Turn due ticks into jobs in the caller's transaction (commit it to publish them).
+
+    A due schedule whose ticks cannot be computed is left as it is and passed to
+    ``on_unfireable``; the others fire. Rows equal to one in ``skip`` (same name, cron and
+    timezone) are not read at all, so known broken rows take no place within ``limit``.
+    """
     fired: list[Fired] = []
+    skipped = {
+        "skip_names": [row.name for row in skip],
+        "skip_crons": [row.cron for row in skip],
+        "skip_timezones": [row.timezone for row in skip],
+    }
     with writing(conn), savepoint(conn, "runledger_fire"):
         for (
             name, cron, timezone, job_type, payload, queue, priority, max_attempts, timeout,
             _due, now,
-        ) in conn.execute(LOCK_DUE, {"limit": limit}).fetchall():  # fmt: skip
-            tick = latest_tick(cron, timezone, now)
+        ) in conn.execute(LOCK_DUE, {"limit": limit, **skipped}).fetchall():  # fmt: skip
+            try:
+                tick = latest_tick(cron, timezone, now, name=name)
+                upcoming = next_tick(cron, timezone, now, name=name)
+            except (InvalidCron, UnknownTimezone) as err:
+                if on_unfireable is not None:
+                    on_unfireable(Unfireable(name=name, cron=cron, timezone=timezone, error=err))
+                continue
             job_id = new_id()
             row = conn.execute(
                 FIRE,
@@ -267,7 +316,7 @@ def fire_due(conn: Conn, *, limit: int = 100) -> list[Fired]:
                     "timeout_seconds": timeout,
                     "name": name,
                     "tick": tick,
-                    "next_run_at": next_tick(cron, timezone, now),
+                    "next_run_at": upcoming,
                 },
             ).fetchone()
             if row is not None and row[0] is not None:

@@ -8,7 +8,7 @@ import threading
 import attrs
 
 from runledger.core.schedule import ScheduleSpec
-from runledger.postgres.schedules import fire_due, sync_schedules
+from runledger.postgres.schedules import Unfireable, fire_due, sync_schedules
 from runledger.postgres.store import Store
 from runledger.runtime.registry import Registry
 
@@ -22,6 +22,9 @@ class Scheduler:
         self._store = store
         self._registry = registry
         self.interval = interval
+        # Stored rows that cannot fire, logged once and then left out of the due query; only
+        # this loop's thread touches the set. A row changed in the database is a new row.
+        self._unfireable: set[Unfireable] = set()
 
     def sync(self) -> None:
         """Write the registry's schedules to the database (one transaction), and delete the
@@ -43,9 +46,22 @@ class Scheduler:
         return spec
 
     def step(self, stop: threading.Event) -> None:
-        """Fire what is due, then wait ``interval``."""
+        """Fire what is due, then wait ``interval``.
+
+        A stored schedule that cannot compute its ticks (a row written by hand or by an older
+        version, such as one for February 30th) is logged at ERROR once and skipped; the
+        others keep firing.
+        """
         with self._store.transaction() as conn:
-            fired = fire_due(conn)
+            fired = fire_due(conn, skip=self._unfireable, on_unfireable=self._skip)
         for tick in fired:
             _logger.info("schedule %s fired for %s: job %s", tick.name, tick.tick, tick.job_id)
         stop.wait(self.interval)
+
+    def _skip(self, row: Unfireable) -> None:
+        self._unfireable.add(row)
+        _logger.error(
+            "schedule %r (cron %r, timezone %r) cannot fire and is skipped: %s; "
+            "fix it with upsert_schedule, or pause or delete it",
+            row.name, row.cron, row.timezone, row.error,
+        )  # fmt: skip

@@ -4,10 +4,16 @@ runtime management (upsert, pause, resume, delete, list) and typed errors at def
 from __future__ import annotations
 
 import datetime
+import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,6 +24,7 @@ from runledger.core.schedule import ScheduleSpec, next_tick
 from runledger.errors import InvalidCron, ScheduleNotFound, UnknownTimezone
 from runledger.postgres.schedules import (
     Fired,
+    Unfireable,
     delete_schedule,
     fire_due,
     list_schedules,
@@ -631,7 +638,9 @@ def test_a_sync_waits_for_another_sync_to_commit_and_then_applies_its_own_declar
 # --- typed errors at definition --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cron", ["* * *", "61 * * * *"])
+@pytest.mark.parametrize(
+    "cron", ["* * *", "61 * * * *", "0 0 30 2 *", "0 0 31 4 *", "*/0 * * * *", ""]
+)
 def test_registry_schedule_with_an_invalid_cron_raises_invalid_cron(cron: str) -> None:
     registry = runledger.Registry()
 
@@ -667,3 +676,134 @@ def test_a_schedule_without_a_queue_uses_its_handlers_queue(
     with runledger.Store(dsn) as store:
         Scheduler(store, registry).sync()
     assert [s.queue for s in runledger.list_schedules(autocommit_conn)] == ["mail"]
+
+
+# --- stored schedules that cannot fire -------------------------------------------------------
+
+INSERT_RAW_SCHEDULE = """
+insert into runledger.schedules (name, cron, timezone, job_type, next_run_at)
+values (%s, %s, %s, 'tick', now() - interval '1 minute')
+"""
+UNFIREABLE = [("feb30", "0 0 30 2 *", "UTC"), ("mars", "* * * * *", "Mars/Olympus")]
+"""Rows no Registry accepts any more, as a hand-written INSERT or an older version left them."""
+
+
+def insert_unfireable(conn: psycopg.Connection[Any]) -> None:
+    for row in UNFIREABLE:
+        conn.execute(INSERT_RAW_SCHEDULE, row)
+
+
+def test_stored_schedules_that_cannot_fire_are_logged_once_and_skipped_while_others_fire(
+    dsn: str, autocommit_conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="runledger")
+    insert_unfireable(autocommit_conn)
+    ran: list[uuid.UUID] = []
+    registry = runledger.Registry()
+    registry.handler("tick")(lambda ctx, payload: ran.append(ctx.job_id))
+    registry.schedule("good-1", cron=YEARLY, job_type="tick")
+    registry.schedule("good-2", cron=YEARLY, job_type="tick")
+
+    with runledger.Runtime(
+        dsn, registry, concurrency=1, listen=False, poll_interval=0.1, schedule_interval=0.1
+    ) as rt:
+        # One after the other: the scheduler goes round more than once beside the bad rows.
+        for name in ("good-1", "good-2"):
+            make_due(autocommit_conn, name)
+            wait_until(lambda: schedule_jobs(autocommit_conn, name), what=f"{name} to fire")  # noqa: B023
+        wait_until(lambda: len(ran) == 2, what="both scheduled jobs to run")
+        assert all(loop.alive() for loop in rt.loops())
+
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert sorted(r.getMessage() for r in errors) == sorted(
+        r.getMessage() for r in errors if r.name == "runledger.scheduler"
+    ), "only the scheduler logs errors: no loop failed"
+    feb30 = [r.getMessage() for r in errors if "'feb30'" in r.getMessage()]
+    mars = [r.getMessage() for r in errors if "'mars'" in r.getMessage()]
+    assert len(feb30) == 1, feb30  # once, not at every round
+    assert "0 0 30 2 *" in feb30[0]
+    assert len(mars) == 1, mars
+    assert "Mars/Olympus" in mars[0]
+    assert schedule_jobs(autocommit_conn, "feb30") == []
+    assert schedule_row(autocommit_conn, "feb30").enabled is True  # left for a person to fix
+
+
+def test_fire_due_skips_a_stored_schedule_that_cannot_fire_and_reports_it(
+    autocommit_conn: psycopg.Connection[Any],
+) -> None:
+    insert_unfireable(autocommit_conn)
+    upsert_schedule(autocommit_conn, ScheduleSpec(name="good", cron=YEARLY, job_type="tick"))
+    make_due(autocommit_conn, "good")
+    reported: list[Unfireable] = []
+
+    fired = fire_due(autocommit_conn, on_unfireable=reported.append)
+
+    assert [f.name for f in fired] == ["good"]
+    assert [(u.name, u.cron, u.timezone) for u in reported] == UNFIREABLE
+    assert isinstance(reported[0].error, InvalidCron)
+    assert reported[0].error.name == "feb30"
+    assert isinstance(reported[1].error, UnknownTimezone)
+    # Skipped ones are not even read again (they would take the places of due schedules).
+    assert fire_due(autocommit_conn, skip=reported, on_unfireable=reported.append) == []
+    assert len(reported) == 2
+
+
+def test_a_stored_schedule_that_cannot_fire_can_be_paused_and_resuming_it_names_it(
+    autocommit_conn: psycopg.Connection[Any],
+) -> None:
+    insert_unfireable(autocommit_conn)
+
+    pause_schedule(autocommit_conn, "feb30")
+    with pytest.raises(InvalidCron) as caught:
+        resume_schedule(autocommit_conn, "feb30")
+
+    assert (caught.value.name, caught.value.cron) == ("feb30", "0 0 30 2 *")
+    assert schedule_row(autocommit_conn, "feb30").enabled is False
+    assert autocommit_conn.execute("select 1").fetchone() == (1,)
+
+
+def test_worker_cli_keeps_running_beside_a_stored_schedule_that_cannot_fire(
+    dsn: str, autocommit_conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    insert_unfireable(autocommit_conn)
+    (tmp_path / "cli_app.py").write_text(
+        "import runledger\n"
+        "registry = runledger.Registry()\n"
+        "registry.handler('tick')(lambda ctx, payload: None)\n"
+        f"registry.schedule('good', cron={YEARLY!r}, job_type='tick')\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEDGER_")}
+    environ.update(RUNLEDGER_POLL_INTERVAL="0.1")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "runledger.cli", "worker", "--dsn", dsn,
+         "--app", "cli_app:registry", "--no-listen"],
+        cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: (
+                worker.poll() is not None
+                or any(s.name == "good" for s in list_schedules(autocommit_conn))
+            ),
+            what="the worker to sync its schedule",
+        )
+        make_due(autocommit_conn, "good")
+        wait_until(
+            lambda: (
+                worker.poll() is not None
+                or [job[4] for job in schedule_jobs(autocommit_conn, "good")] == ["succeeded"]
+            ),
+            timeout=20,
+            what="the good schedule's job to run",
+        )
+        assert worker.poll() is None, "the worker exited"
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+
+    assert worker.returncode == 0, stderr
+    assert "feb30" in stderr
+    assert "Traceback" not in stderr
