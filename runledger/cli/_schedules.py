@@ -1,4 +1,8 @@
-"""``runledger schedules list|pause|resume``: the cron schedules and their next ticks."""
+"""``runledger schedules list|pause|resume``: the cron schedules and their next ticks.
+
+``list`` shows a stored schedule that cannot fire (a row written by hand or by an older
+version) as ``invalid``; the scheduler skips it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import datetime
 from runledger.cli._arguments import Subcommands
 from runledger.cli._database import reading, writing
 from runledger.cli._render import age, print_json, record, table, when
-from runledger.errors import ScheduleNotFound
+from runledger.core.schedule import check_ticks
+from runledger.errors import ScheduleNotFound, ValidationError
 from runledger.postgres.overview import server_now
 from runledger.postgres.schedules import (
     ScheduleRecord,
@@ -23,7 +28,24 @@ HEADERS = (
 )  # fmt: skip
 
 
+def _fires(schedule: ScheduleRecord) -> bool:
+    """False for a stored row no ``ScheduleSpec`` accepts (written by hand or by an older
+    version): the scheduler skips it, so its ``next_run_at`` means nothing."""
+    try:
+        check_ticks(schedule.name, schedule.cron, schedule.timezone)
+    except ValidationError:
+        return False
+    return True
+
+
 def _row(schedule: ScheduleRecord, now: datetime.datetime) -> tuple[str, ...]:
+    fires = _fires(schedule)
+    if not fires:
+        state, upcoming = "invalid", "never"
+    elif schedule.enabled:
+        state, upcoming = "enabled", age(schedule.next_run_at, now)
+    else:
+        state, upcoming = "paused", ""
     return (
         schedule.name,
         schedule.origin,
@@ -31,8 +53,8 @@ def _row(schedule: ScheduleRecord, now: datetime.datetime) -> tuple[str, ...]:
         schedule.timezone,
         schedule.job_type,
         schedule.queue,
-        "enabled" if schedule.enabled else "paused",
-        age(schedule.next_run_at, now) if schedule.enabled else "",
+        state,
+        upcoming,
         age(schedule.last_run_at, now),
         "" if schedule.last_job_id is None else str(schedule.last_job_id),
     )
