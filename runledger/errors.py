@@ -24,6 +24,7 @@ from runledger.core.errors import (
     ExternalStepWithJobSettings,
     InvalidCron,
     InvalidDelay,
+    InvalidId,
     InvalidMaxAttempts,
     InvalidTimeout,
     JobOptionError,
@@ -31,9 +32,13 @@ from runledger.core.errors import (
     NaiveRunAt,
     NulInText,
     PayloadNotSerializable,
+    PayloadTooLarge,
     PriorityOutOfRange,
+    RunAtOutOfRange,
     RunledgerError,
     SelfDependency,
+    SurrogateInText,
+    TextTooLong,
     UnknownDependency,
     UnknownResultStep,
     UnknownTimezone,
@@ -63,6 +68,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidCron",
     "InvalidDelay",
+    "InvalidId",
     "InvalidMaxAttempts",
     "InvalidRetryPolicy",
     "InvalidTimeout",
@@ -75,7 +81,9 @@ __all__ = [
     "NotAnExternalStep",
     "NulInText",
     "PayloadNotSerializable",
+    "PayloadTooLarge",
     "PriorityOutOfRange",
+    "RunAtOutOfRange",
     "RunNotFinished",
     "RunledgerError",
     "ScheduleNotFound",
@@ -83,6 +91,8 @@ __all__ = [
     "SelfDependency",
     "StepNotFound",
     "StepNotWaiting",
+    "SurrogateInText",
+    "TextTooLong",
     "TransactionAborted",
     "UnknownDependency",
     "UnknownJobType",
@@ -143,7 +153,17 @@ class TransactionAborted(DatabaseError):
 
 
 class SchemaNotMigrated(DatabaseError):
-    """The ``runledger`` schema is missing or older than this version of runledger."""
+    """The ``runledger`` schema is missing or older than this version of runledger.
+
+    Raised by ``check_schema`` and the runtime's start, and by any call on the caller's
+    connection whose statement finds a runledger table or the schema missing (SQLSTATE
+    42P01 or 3F000, the psycopg error as ``__cause__``).
+
+    Attributes:
+        found: the applied version, or None when there is none (or, when recognised from
+            a missing table, not read: no statement can run in the failed transaction).
+        expected: the version this runledger needs.
+    """
 
     def __init__(self, *, found: int | None, expected: int) -> None:
         self.found = found

@@ -6,6 +6,7 @@ Every class carries the fields needed to act on it; match on the class, never on
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 
@@ -144,6 +145,53 @@ class NulInText(JobOptionError, WorkflowBuildError):
         super().__init__(f"{field}{_where(step_key)} contains a NUL character (\\x00)")
 
 
+class SurrogateInText(JobOptionError, WorkflowBuildError):
+    """A job type, queue, key or reason holds a lone surrogate (``"\\ud800"``).
+
+    Python strings can hold such code points (``surrogateescape`` decoding, a broken JSON
+    ``\\ud800`` escape) but UTF-8, and so PostgreSQL, cannot.
+
+    Attributes:
+        field: which setting (``job_type``, ``queue``, ``idempotency_key``, ``step_key``,
+            ``name``, ``reason``).
+        position: the index of the first surrogate in the string.
+    """
+
+    def __init__(self, *, field: str, position: int, step_key: str | None = None) -> None:
+        self.field = field
+        self.position = position
+        self.step_key = step_key
+        super().__init__(
+            f"{field}{_where(step_key)} holds a lone surrogate at index {position}, which "
+            "UTF-8 cannot encode; fix the text where it was decoded (errors='replace')"
+        )
+
+
+class TextTooLong(JobOptionError, WorkflowBuildError):
+    """A job type, queue, step key, workflow name or idempotency key is over its length limit.
+
+    The limits (``runledger.core.job.MAX_NAME_BYTES``, ``MAX_IDEMPOTENCY_KEY_BYTES``) keep
+    every name within PostgreSQL's index entries and NOTIFY payloads; see docs/jobs.md.
+
+    Attributes:
+        field: which setting (``job_type``, ``queue``, ``idempotency_key``, ``step_key``,
+            ``name``).
+        length: its length in bytes of UTF-8.
+        limit: the most bytes allowed.
+    """
+
+    def __init__(self, *, field: str, length: int, limit: int, step_key: str | None = None) -> None:
+        self.field = field
+        self.length = length
+        self.limit = limit
+        self.step_key = step_key
+        hint = " (hash a longer key, e.g. hashlib.sha256)" if field == "idempotency_key" else ""
+        super().__init__(
+            f"{field}{_where(step_key)} is {length:,} bytes of UTF-8; at most {limit:,} "
+            f"are allowed{hint}"
+        )
+
+
 class BlankIdempotencyKey(JobOptionError, WorkflowBuildError):
     """An idempotency key was given but is empty or only white space."""
 
@@ -167,12 +215,63 @@ class NaiveRunAt(JobOptionError):
 
 
 class InvalidDelay(JobOptionError):
-    """``delay`` is negative or not a duration."""
+    """``delay`` is negative, over the maximum, or not a duration.
 
-    def __init__(self, *, delay: object) -> None:
+    Attributes:
+        delay: what was given.
+        maximum: the longest delay allowed (``runledger.core.job.MAX_DELAY``).
+    """
+
+    def __init__(self, *, delay: object, maximum: datetime.timedelta) -> None:
         self.delay = delay
+        self.maximum = maximum
         super().__init__(
-            f"delay must be a non-negative timedelta or number of seconds, got {delay!r}"
+            f"delay must be a timedelta or number of seconds from 0 to {maximum.days:,} days "
+            f"({maximum.total_seconds():,.0f} s), got {delay!r}"
+        )
+
+
+class RunAtOutOfRange(JobOptionError):
+    """``run_at`` is outside the range every PostgreSQL session can read back into Python.
+
+    Attributes:
+        run_at: what was given.
+        minimum: the earliest start allowed (``runledger.core.job.MIN_RUN_AT``).
+        maximum: the latest start allowed (``runledger.core.job.MAX_RUN_AT``).
+    """
+
+    def __init__(
+        self, *, run_at: object, minimum: datetime.datetime, maximum: datetime.datetime
+    ) -> None:
+        self.run_at = run_at
+        self.minimum = minimum
+        self.maximum = maximum
+        super().__init__(
+            f"run_at must be from {minimum.isoformat()} to {maximum.isoformat()}, got {run_at!r}"
+        )
+
+
+class PayloadTooLarge(JobOptionError):
+    """A payload, workflow input or external output is over the payload size limit.
+
+    The limit is ``max_payload_bytes=`` of the call, else the ``RUNLEDGER_MAX_PAYLOAD_BYTES``
+    environment variable, else ``runledger.core.payload.MAX_PAYLOAD_BYTES`` (1 MiB).
+
+    Attributes:
+        path: which value: ``$`` (a job's or step's payload), ``$input`` or ``$output``.
+        size: its canonical JSON text's size in bytes of UTF-8.
+        limit: the most bytes allowed.
+    """
+
+    def __init__(self, *, path: str, size: int, limit: int, step_key: str | None = None) -> None:
+        self.path = path
+        self.size = size
+        self.limit = limit
+        self.step_key = step_key
+        super().__init__(
+            f"the JSON at {path}{_where(step_key)} is {size:,} bytes; the limit is {limit:,}: "
+            "store large data elsewhere and pass its key, or raise the limit with "
+            "max_payload_bytes= or RUNLEDGER_MAX_PAYLOAD_BYTES"
         )
 
 
@@ -319,6 +418,23 @@ class BuilderMisuse(WorkflowBuildError):
         self.workflow_name = workflow_name
         self.method = method
         super().__init__(f".{method}() sets a step; call .step(key) before it")
+
+
+class InvalidId(ValidationError):
+    """A job or run id is not a UUID (a ``uuid.UUID`` or its text form).
+
+    Attributes:
+        field: the argument (``job_id``, ``run_id``, ``workflow_run_id``).
+        value: what was given.
+    """
+
+    def __init__(self, *, field: str, value: object) -> None:
+        self.field = field
+        self.value = value
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"{field} must be a UUID (uuid.UUID or its text), got {shown}")
 
 
 class InvalidCron(ValidationError):

@@ -19,8 +19,11 @@ from runledger.core.errors import (
     NaiveRunAt,
     NulInText,
     PriorityOutOfRange,
+    RunAtOutOfRange,
+    SurrogateInText,
+    TextTooLong,
 )
-from runledger.core.payload import JsonValue, check_json, dumps
+from runledger.core.payload import JsonValue, check_json, dumps, first_surrogate
 
 DEFAULT_QUEUE = "default"
 # Django's Tasks framework uses the same range and direction, so its priorities map one to one.
@@ -30,9 +33,34 @@ DEFAULT_PRIORITY = 0
 # 2**31 - 1: the largest value an ``integer`` column holds.
 MAX_INT = 2_147_483_647
 
+# Lengths in bytes of UTF-8 (for ASCII, in characters). A btree entry holds about 2,700 bytes
+# and the unique indexes pair a name with a key: (job_type, idempotency_key) and (name,
+# idempotency_key); the queue is also the NOTIFY payload (under 8,000 bytes).
+MAX_NAME_BYTES = 255
+"""The longest job type, queue, step key or workflow name, in bytes of UTF-8."""
+MAX_IDEMPOTENCY_KEY_BYTES = 1024
+"""The longest idempotency key, in bytes of UTF-8; hash a longer natural key."""
+_LIMITS = {
+    "job_type": MAX_NAME_BYTES,
+    "queue": MAX_NAME_BYTES,
+    "step_key": MAX_NAME_BYTES,
+    "name": MAX_NAME_BYTES,
+    "idempotency_key": MAX_IDEMPOTENCY_KEY_BYTES,
+}
+
+# PostgreSQL stores timestamps from 4713 BC to 294276 AD, but psycopg reads them into Python's
+# datetime (years 1 to 9999) in the session's time zone: a day's margin at each end keeps
+# every stored start readable from any time zone.
+MIN_RUN_AT = datetime.datetime(1, 1, 2, tzinfo=datetime.UTC)
+"""The earliest ``run_at`` accepted."""
+MAX_RUN_AT = datetime.datetime(9999, 12, 30, tzinfo=datetime.UTC)
+"""The latest ``run_at`` accepted."""
+MAX_DELAY = datetime.timedelta(days=365_000)
+"""The longest ``delay`` accepted (about 1,000 years): far from ``MAX_RUN_AT`` for centuries."""
+
 
 def check_job_type(job_type: object, *, step_key: str | None = None) -> None:
-    """Raise ``BlankJobType`` unless ``job_type`` is a non-blank str."""
+    """Raise ``BlankJobType`` unless ``job_type`` is a non-blank str; then ``check_text``."""
     if not isinstance(job_type, str):
         raise BlankJobType(step_key=step_key, given=type(job_type).__name__)
     if not job_type.strip():
@@ -41,7 +69,7 @@ def check_job_type(job_type: object, *, step_key: str | None = None) -> None:
 
 
 def check_queue(queue: object, *, step_key: str | None = None) -> None:
-    """Raise ``BlankQueue`` unless ``queue`` is a non-blank str."""
+    """Raise ``BlankQueue`` unless ``queue`` is a non-blank str; then ``check_text``."""
     if not isinstance(queue, str) or not queue.strip():
         raise BlankQueue(step_key=step_key)
     check_text("queue", queue, step_key=step_key)
@@ -76,7 +104,8 @@ def check_timeout(value: object, *, step_key: str | None = None) -> None:
 
 
 def check_idempotency_key(value: object, *, step_key: str | None = None) -> None:
-    """Raise ``BlankIdempotencyKey`` unless ``value`` is None or a non-blank str."""
+    """Raise ``BlankIdempotencyKey`` unless ``value`` is None or a non-blank str that passes
+    ``check_text``."""
     if value is not None and (not isinstance(value, str) or not value.strip()):
         raise BlankIdempotencyKey(step_key=step_key)
     if value is not None:
@@ -84,9 +113,36 @@ def check_idempotency_key(value: object, *, step_key: str | None = None) -> None
 
 
 def check_text(field: str, value: str, *, step_key: str | None = None) -> None:
-    """Raise ``NulInText`` if ``value`` holds a NUL character (PostgreSQL text cannot)."""
+    """Raise unless PostgreSQL can store ``value`` as the ``field`` setting.
+
+    Raises:
+        NulInText: it holds a NUL character, which PostgreSQL text cannot.
+        SurrogateInText: it holds a lone surrogate, which UTF-8 cannot encode.
+        TextTooLong: it is longer than the field's limit (``MAX_NAME_BYTES`` for names,
+            ``MAX_IDEMPOTENCY_KEY_BYTES`` for keys; other fields have none).
+    """
     if "\x00" in value:
         raise NulInText(field=field, step_key=step_key)
+    if value.isascii():  # O(1) in CPython: one byte a character, no surrogate
+        length = len(value)
+    else:
+        position = first_surrogate(value)
+        if position is not None:
+            raise SurrogateInText(field=field, position=position, step_key=step_key)
+        length = len(value.encode())
+    limit = _LIMITS.get(field)
+    if limit is not None and length > limit:
+        raise TextTooLong(field=field, length=length, limit=limit, step_key=step_key)
+
+
+def check_run_at(run_at: datetime.datetime) -> None:
+    """Raise ``RunAtOutOfRange`` unless the aware ``run_at`` is within the accepted range."""
+    # Comparing aware datetimes subtracts their offsets without overflowing.
+    if not MIN_RUN_AT <= run_at <= MAX_RUN_AT:
+        raise RunAtOutOfRange(run_at=run_at, minimum=MIN_RUN_AT, maximum=MAX_RUN_AT)
+
+
+_MAX_DELAY_SECONDS = MAX_DELAY.total_seconds()
 
 
 def _delay_seconds(delay: object) -> float:
@@ -96,11 +152,11 @@ def _delay_seconds(delay: object) -> float:
         try:
             seconds = float(delay)
         except OverflowError:
-            raise InvalidDelay(delay=delay) from None
+            raise InvalidDelay(delay=delay, maximum=MAX_DELAY) from None
     else:
-        raise InvalidDelay(delay=delay)
-    if not seconds >= 0 or seconds == float("inf"):  # also refuses NaN
-        raise InvalidDelay(delay=delay)
+        raise InvalidDelay(delay=delay, maximum=MAX_DELAY)
+    if not 0 <= seconds <= _MAX_DELAY_SECONDS:  # also refuses NaN
+        raise InvalidDelay(delay=delay, maximum=MAX_DELAY)
     return seconds
 
 
@@ -112,17 +168,21 @@ class Job:
     invalid ``Job`` cannot exist; raises a ``JobOptionError`` subclass naming the mistake.
 
     Attributes:
-        job_type: the handler name a registry maps to a function; non-blank.
+        job_type: the handler name a registry maps to a function; non-blank, at most
+            ``MAX_NAME_BYTES`` bytes of UTF-8 (as is ``queue``).
         payload: plain JSON (see ``runledger.core.payload``); None stores ``{}``.
         queue: the queue workers subscribe to; None takes the handler's queue when enqueue
             is given a registry, else ``"default"``.
         priority: -100..100, higher runs first among due jobs; default 0.
-        run_at: a timezone-aware time before which the job does not start.
-        delay: seconds (or a timedelta) from the enqueue transaction's clock; not with run_at.
+        run_at: a timezone-aware time before which the job does not start, from
+            ``MIN_RUN_AT`` to ``MAX_RUN_AT`` (years 1 to 9999).
+        delay: seconds (or a timedelta) from the enqueue transaction's clock, at most
+            ``MAX_DELAY``; not with run_at.
         max_attempts: attempts before the job is dead-lettered; None takes the handler's
             default when the job is claimed.
         timeout_seconds: the limit of one attempt; None takes the handler's default.
-        idempotency_key: the same (job_type, key) enqueued again returns the existing job.
+        idempotency_key: the same (job_type, key) enqueued again returns the existing job;
+            at most ``MAX_IDEMPOTENCY_KEY_BYTES`` bytes of UTF-8.
     """
 
     job_type: str
@@ -148,6 +208,7 @@ class Job:
                 raise NaiveRunAt(run_at=self.run_at)
             if self.delay is not None:
                 raise ConflictingRunAt(run_at=self.run_at, delay=self.delay)
+            check_run_at(self.run_at)
         if self.delay is not None:
             _delay_seconds(self.delay)
         check_max_attempts(self.max_attempts)

@@ -1,7 +1,7 @@
-"""Time-ordered UUIDs (version 7) for new rows: recent rows share the right edge of the index.
+"""Ids of jobs and runs: time-ordered UUIDs (version 7) for new rows, and the check of given ones.
 
-Ids made by one process are strictly increasing, so jobs enqueued together (same ``run_at``)
-are claimed in the order they were given.
+New rows share the right edge of the index. Ids made by one process are strictly increasing,
+so jobs enqueued together (same ``run_at``) are claimed in the order they were given.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import random
 import threading
 import time
 import uuid
+
+from runledger.core.errors import InvalidId
 
 _lock = threading.Lock()
 _last = 0  # the last (millis << 12 | sequence) handed out
@@ -54,3 +56,22 @@ def _uuid(value: int) -> uuid.UUID:
     object.__setattr__(made, "int", value)
     object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
     return made
+
+
+def parse_id(value: object, *, field: str) -> uuid.UUID:
+    """``value`` as a UUID: a ``uuid.UUID`` as it is, or its text in any form ``uuid`` reads.
+
+    Called by every function taking a job or run id, so that a wrong id is refused before
+    it reaches the database (which would abort the caller's transaction).
+
+    Raises:
+        InvalidId: ``value`` is neither; ``field`` names the argument.
+    """
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise InvalidId(field=field, value=value)
