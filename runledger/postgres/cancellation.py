@@ -13,10 +13,12 @@ import uuid
 
 import psycopg
 
+from runledger.core.job import check_text
 from runledger.core.payload import JsonValue
 from runledger.core.status import JobStatus, StepStatus
 from runledger.errors import DatabaseError, JobNotFound, JobNotRequeueable, WorkflowRunNotFound
 from runledger.postgres.connection import Conn, savepoint, writing
+from runledger.postgres.ids import parse_id
 from runledger.postgres.workflow import StepOutcome, advance, notify_runs, write_events
 
 CANCEL_CHANNEL = "runledger_cancel"
@@ -111,8 +113,12 @@ def cancel_job(conn: Conn, job_id: uuid.UUID, reason: str | None = None) -> bool
     Runs in the caller's transaction (see ``runledger.enqueue``).
 
     Raises:
+        InvalidId: ``job_id`` is not a UUID; nothing was sent.
+        NulInText / SurrogateInText: ``reason`` cannot be stored as text.
         JobNotFound: there is no such job.
     """
+    job_id = parse_id(job_id, field="job_id")
+    _check_reason(reason)
     with writing(conn), savepoint(conn, "runledger_cancel_job"):
         row = conn.execute(LOCK_JOB, {"id": job_id}).fetchone()
         if row is None:
@@ -130,6 +136,11 @@ def cancel_job(conn: Conn, job_id: uuid.UUID, reason: str | None = None) -> bool
         return True
 
 
+def _check_reason(reason: str | None) -> None:
+    if reason is not None:
+        check_text("reason", reason)
+
+
 class _LateJobLocked(Exception):
     """A job released during the cancel is locked by someone else: retry the cancel."""
 
@@ -141,8 +152,12 @@ def cancel_workflow(conn: Conn, run_id: uuid.UUID, reason: str | None = None) ->
     transaction; blocks while completions of the run's jobs commit.
 
     Raises:
+        InvalidId: ``run_id`` is not a UUID; nothing was sent.
+        NulInText / SurrogateInText: ``reason`` cannot be stored as text.
         WorkflowRunNotFound: there is no such run.
     """
+    run_id = parse_id(run_id, field="run_id")
+    _check_reason(reason)
     deadline = time.monotonic() + _RETRY_FOR_SECONDS
     pause = 0.002
     with writing(conn):
@@ -207,10 +222,12 @@ def requeue(conn: Conn, job_id: uuid.UUID) -> bool:
     a ``job.requeued`` event records the step. Returns False if the job is queued or running.
 
     Raises:
+        InvalidId: ``job_id`` is not a UUID; nothing was sent.
         JobNotFound: there is no such job.
         JobNotRequeueable: the job succeeded, or belongs to a workflow run (whose later steps
             have already been settled).
     """
+    job_id = parse_id(job_id, field="job_id")
     with writing(conn), savepoint(conn, "runledger_requeue"):
         row = conn.execute(LOCK_JOB, {"id": job_id}).fetchone()
         if row is None:

@@ -15,7 +15,13 @@ from typing import Any, TypeAlias
 import psycopg
 from psycopg import pq
 
-from runledger.errors import ConnectionNotUsable, DatabaseError, TransactionAborted
+from runledger.errors import (
+    ConnectionNotUsable,
+    DatabaseError,
+    SchemaNotMigrated,
+    TransactionAborted,
+)
+from runledger.postgres.migrate import latest_version
 
 Conn: TypeAlias = psycopg.Connection[Any]
 
@@ -39,13 +45,19 @@ def check_usable(conn: Conn) -> None:
 
 @contextlib.contextmanager
 def _translated(conn: Conn) -> Iterator[None]:
-    """psycopg errors of the block as runledger's: a broken connection, or a refusal."""
+    """psycopg errors of the block as runledger's: a broken connection, a missing schema, or
+    a refusal."""
     try:
         yield
     except psycopg.OperationalError as err:
         if conn.closed or conn.broken:
             raise ConnectionNotUsable(reason=f"the server connection broke: {err}") from err
         raise DatabaseError(str(err)) from err
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as err:
+        # Every statement run here names runledger's own tables, so a missing one means
+        # the schema was never migrated (or not to this version). Recognised when it fails,
+        # rather than checked before each call: a round trip that almost always finds it.
+        raise SchemaNotMigrated(found=None, expected=latest_version()) from err
     except psycopg.Error as err:
         raise DatabaseError(str(err)) from err
 

@@ -7,8 +7,6 @@ the NUL character, which no text value can hold.
 
 from __future__ import annotations
 
-from runledger.core.payload import JsonValue, dumps
-
 NULL = "\\N"
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -18,9 +16,8 @@ def copy_text(value: str) -> str:
     return value.translate(_ESCAPES)
 
 
-def copy_json(value: JsonValue) -> str:
-    """The canonical JSON text of a checked value, escaped for a COPY text column."""
-    text = dumps(value)
+def copy_json_text(text: str) -> str:
+    """The canonical JSON text of a checked value (``dumps``), escaped for a COPY column."""
     # JSON text escapes every control character itself, so a backslash is all COPY needs
     # escaped, and replace() is far cheaper than translate() on a large payload.
     return text.replace("\\", "\\\\") if "\\" in text else text

@@ -10,6 +10,7 @@ statements over arrays, or, when large and without idempotency keys, COPYs: eith
 from __future__ import annotations
 
 import datetime
+import os
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,18 +19,56 @@ import attrs
 
 from runledger.core.handler import HandlerCatalog, HandlerDefaults
 from runledger.core.job import DEFAULT_PRIORITY, DEFAULT_QUEUE, Job, fingerprint
-from runledger.core.payload import JsonValue, dumps
+from runledger.core.payload import MAX_PAYLOAD_BYTES, JsonValue, dumps_within
 from runledger.core.status import StepKind, StepStatus
 from runledger.core.workflow import Workflow
-from runledger.errors import IdempotencyConflict, UnknownJobType
+from runledger.errors import ConfigError, IdempotencyConflict, UnknownJobType
 from runledger.postgres.connection import Conn, savepoint, writing
-from runledger.postgres.copytext import copy_int, copy_json, copy_text
+from runledger.postgres.copytext import copy_int, copy_json_text, copy_text
 from runledger.postgres.ids import new_id, new_ids
 
 NOTIFY_CHANNEL = "runledger_jobs"
 """Enqueue notifies this channel with the queue name as payload; workers LISTEN on it."""
 
 BATCH_SIZE = 5_000
+
+PAYLOAD_LIMIT_ENV = "RUNLEDGER_MAX_PAYLOAD_BYTES"
+"""The environment variable that overrides ``MAX_PAYLOAD_BYTES`` for calls that give none."""
+
+
+def payload_limit(max_payload_bytes: int | None) -> int:
+    """The payload size limit of a call: its own, else ``RUNLEDGER_MAX_PAYLOAD_BYTES``, else
+    ``runledger.core.payload.MAX_PAYLOAD_BYTES`` (1 MiB).
+
+    The environment is read at each call (a dictionary lookup), so tests and operators can
+    change it without a restart.
+
+    Raises:
+        ConfigError: the limit given, or the variable's value, is not a positive integer.
+    """
+    if max_payload_bytes is not None:
+        if (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or (max_payload_bytes <= 0)
+        ):
+            raise ConfigError(
+                name="max_payload_bytes",
+                value=repr(max_payload_bytes),
+                expected="a positive integer of bytes",
+            )
+        return max_payload_bytes
+    raw = os.environ.get(PAYLOAD_LIMIT_ENV)
+    if raw is None or not raw.strip():
+        return MAX_PAYLOAD_BYTES
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise ConfigError(name=PAYLOAD_LIMIT_ENV, value=raw, expected="a positive integer of bytes")
+    return limit
+
 
 # Payloads travel as one JSON array (unpacked by position) rather than a jsonb[] parameter:
 # adapting a jsonb[] escapes every element again and costs more than the rest of the row.
@@ -212,6 +251,7 @@ def enqueue(
     timeout_seconds: int | None = None,
     idempotency_key: str | None = None,
     registry: HandlerCatalog | None = None,
+    max_payload_bytes: int | None = None,
 ) -> uuid.UUID:
     """Queue one job in the caller's transaction and return its id.
 
@@ -224,11 +264,19 @@ def enqueue(
     With ``idempotency_key``, enqueueing the same request (type, payload, queue, priority,
     attempts, timeout) again returns the existing job's id and writes nothing.
 
+    The payload's canonical JSON may be at most ``max_payload_bytes`` bytes; None takes
+    ``RUNLEDGER_MAX_PAYLOAD_BYTES`` from the environment, else 1 MiB (see ``payload_limit``).
+
     Raises:
-        JobOptionError: an invalid option (a subclass naming it); nothing was written.
+        JobOptionError: an invalid option (a subclass naming it, e.g. ``TextTooLong``,
+            ``PayloadTooLarge``, ``RunAtOutOfRange``); nothing was sent.
+        ConfigError: ``max_payload_bytes`` or ``RUNLEDGER_MAX_PAYLOAD_BYTES`` is not a
+            positive integer.
         UnknownJobType: ``registry`` has no handler for ``job_type``.
         IdempotencyConflict: the key already belongs to a different request.
         TransactionAborted / ConnectionNotUsable: ``conn`` cannot take writes.
+        SchemaNotMigrated: the ``runledger`` schema is not installed; the failed statement
+            leaves the caller's transaction aborted (roll it back and run ``migrate``).
         DatabaseError: the database refused the write.
     """
     job = Job(
@@ -242,11 +290,15 @@ def enqueue(
         timeout_seconds=timeout_seconds,
         idempotency_key=idempotency_key,
     )
-    return _enqueue_jobs(conn, [job], registry)[0]
+    return _enqueue_jobs(conn, [job], registry, payload_limit(max_payload_bytes))[0]
 
 
 def enqueue_many(
-    conn: Conn, jobs: Iterable[Job], *, registry: HandlerCatalog | None = None
+    conn: Conn,
+    jobs: Iterable[Job],
+    *,
+    registry: HandlerCatalog | None = None,
+    max_payload_bytes: int | None = None,
 ) -> list[uuid.UUID]:
     """Queue many jobs in the caller's transaction; return their ids in the input order.
 
@@ -254,31 +306,33 @@ def enqueue_many(
     written. Large batches without idempotency keys are written with COPY; others with one
     statement per ``BATCH_SIZE`` jobs. An idempotency conflict leaves none of this call's jobs
     written and the caller's transaction usable; a database error aborts the caller's
-    transaction like any failed statement.
+    transaction like any failed statement. Each payload is held to ``max_payload_bytes``.
     """
-    return _enqueue_jobs(conn, list(jobs), registry)
+    return _enqueue_jobs(conn, list(jobs), registry, payload_limit(max_payload_bytes))
 
 
 def _enqueue_jobs(
-    conn: Conn, jobs: Sequence[Job], registry: HandlerCatalog | None
+    conn: Conn, jobs: Sequence[Job], registry: HandlerCatalog | None, limit: int
 ) -> list[uuid.UUID]:
     for job in jobs:
         if not isinstance(job, Job):
             raise TypeError(f"enqueue_many takes runledger.Job values, got {type(job)!r}")
     if not jobs:
         return []
+    # Every payload is encoded and measured before anything is sent.
+    payloads = [dumps_within(job.stored_payload, limit=limit) for job in jobs]
     if len(jobs) >= COPY_THRESHOLD and all(job.idempotency_key is None for job in jobs):
         # Every job type is checked against the registry before anything is written.
         defaults = {t: _defaults(registry, t) for t in dict.fromkeys(j.job_type for j in jobs)}
         with writing(conn):
-            return _copy_jobs(conn, jobs, defaults)
+            return _copy_jobs(conn, jobs, payloads, defaults)
     resolved = [_resolve(job, registry, i) for job, i in zip(jobs, new_ids(len(jobs)), strict=True)]
     keyed = any(r.job.idempotency_key is not None for r in resolved)
     with writing(conn):
         if keyed and len(resolved) > 1:
             with savepoint(conn, "runledger_enqueue"):
-                return _insert_jobs(conn, resolved)
-        return _insert_jobs(conn, resolved)
+                return _insert_jobs(conn, resolved, payloads)
+        return _insert_jobs(conn, resolved, payloads)
 
 
 # Bulk path for batches without idempotency keys (nothing can conflict): COPY is about twice
@@ -301,7 +355,10 @@ COPY_CHUNK = 1_000  # rows per write: large enough to amortise the call, small e
 
 
 def _copy_jobs(
-    conn: Conn, jobs: Sequence[Job], defaults: dict[str, HandlerDefaults | None]
+    conn: Conn,
+    jobs: Sequence[Job],
+    payloads: Sequence[str],
+    defaults: dict[str, HandlerDefaults | None],
 ) -> list[uuid.UUID]:
     now_row = conn.execute(TRANSACTION_NOW).fetchone()
     assert now_row is not None
@@ -313,8 +370,11 @@ def _copy_jobs(
         with cur.copy(COPY_JOBS) as copy:
             for start in range(0, len(jobs), COPY_CHUNK):
                 lines = []
-                for job, job_id in zip(
-                    jobs[start : start + COPY_CHUNK], ids[start : start + COPY_CHUNK], strict=True
+                for job, job_id, payload in zip(
+                    jobs[start : start + COPY_CHUNK],
+                    ids[start : start + COPY_CHUNK],
+                    payloads[start : start + COPY_CHUNK],
+                    strict=True,
                 ):
                     queue, max_attempts, timeout_seconds = _options(job, defaults[job.job_type])
                     queues.add(queue)
@@ -327,7 +387,7 @@ def _copy_jobs(
                         run_at = (now + delay).isoformat()
                     lines.append(
                         f"{job_id}\t{copy_text(queue)}\t{copy_text(job.job_type)}\t"
-                        f"{copy_json(job.stored_payload)}\t{job.priority}\t"
+                        f"{copy_json_text(payload)}\t{job.priority}\t"
                         f"{copy_int(max_attempts)}\t{copy_int(timeout_seconds)}\t{run_at}\n"
                     )
                 copy.write("".join(lines))
@@ -338,7 +398,7 @@ def _copy_jobs(
     return ids
 
 
-def _insert_jobs(conn: Conn, resolved: list[_Resolved]) -> list[uuid.UUID]:
+def _insert_jobs(conn: Conn, resolved: list[_Resolved], payloads: list[str]) -> list[uuid.UUID]:
     inserted: set[uuid.UUID] = set()
     for start in range(0, len(resolved), BATCH_SIZE):
         batch = resolved[start : start + BATCH_SIZE]
@@ -348,7 +408,7 @@ def _insert_jobs(conn: Conn, resolved: list[_Resolved]) -> list[uuid.UUID]:
                 "ids": [r.id for r in batch],
                 "queues": [r.queue for r in batch],
                 "job_types": [r.job.job_type for r in batch],
-                "payloads": "[" + ",".join(dumps(r.job.stored_payload) for r in batch) + "]",
+                "payloads": "[" + ",".join(payloads[start : start + BATCH_SIZE]) + "]",
                 "priorities": [r.job.priority for r in batch],
                 "max_attempts": [r.max_attempts for r in batch],
                 "timeouts": [r.timeout_seconds for r in batch],
@@ -394,7 +454,11 @@ def _resolve_conflicts(
 
 
 def enqueue_workflow(
-    conn: Conn, workflow: Workflow, registry: HandlerCatalog | None = None
+    conn: Conn,
+    workflow: Workflow,
+    registry: HandlerCatalog | None = None,
+    *,
+    max_payload_bytes: int | None = None,
 ) -> uuid.UUID:
     """Start a run of ``workflow`` in the caller's transaction and return the run's id.
 
@@ -402,11 +466,16 @@ def enqueue_workflow(
     external steps start ``waiting``; the rest are ``blocked``), their events and a NOTIFY.
     Same transaction rules as ``enqueue``; a failure leaves the caller's transaction usable.
     With an idempotency key on the workflow, the same workflow again returns the existing run.
+    The input and each step's payload are held to ``max_payload_bytes`` as in ``enqueue``.
 
     Raises:
         UnknownJobType: ``registry`` has no handler for a step's job type (before any write).
+        PayloadTooLarge: the input or a step's payload is over the limit (before any write).
         IdempotencyConflict: the key already belongs to a different workflow request.
-        TransactionAborted / ConnectionNotUsable / DatabaseError: as for ``enqueue``.
+        SchemaNotMigrated: the ``runledger`` schema is not installed (the caller's
+            transaction stays usable).
+        TransactionAborted / ConnectionNotUsable / DatabaseError / ConfigError: as for
+            ``enqueue``.
     """
     if not isinstance(workflow, Workflow):
         raise TypeError(
@@ -432,6 +501,14 @@ def enqueue_workflow(
         job_ids.append(job_id)
     active = sum(1 for st in statuses if st == StepStatus.QUEUED)
     fp = workflow.fingerprint()
+    limit = payload_limit(max_payload_bytes)
+    run_input = dumps_within(workflow.input, limit=limit, root="$input")
+    payloads = [
+        dumps_within({} if s.payload is None else s.payload, limit=limit, step_key=s.key)
+        if s.kind is StepKind.JOB
+        else None
+        for s in steps
+    ]
 
     def pick(key: str, given: int | str | None, field: str) -> Any:
         found = defaults.get(key)
@@ -445,7 +522,7 @@ def enqueue_workflow(
                 "name": workflow.name,
                 "key": workflow.idempotency_key,
                 "fingerprint": fp,
-                "input": dumps(workflow.input),
+                "input": run_input,
                 "result_step": workflow.result_step,
                 "status": "running" if active else "waiting",
                 "steps": len(steps),
@@ -485,10 +562,7 @@ def enqueue_workflow(
                 ],
                 "max_attempts": [pick(s.key, s.max_attempts, "max_attempts") for s in steps],
                 "timeouts": [pick(s.key, s.timeout_seconds, "timeout_seconds") for s in steps],
-                "payloads": [
-                    dumps({} if s.payload is None else s.payload) if j else None
-                    for s, j in zip(steps, is_job, strict=True)
-                ],
+                "payloads": payloads,
                 "statuses": statuses,
                 "deps": [len(s.dependencies) for s in steps],
                 "job_ids": job_ids,

@@ -12,9 +12,11 @@ from typing import Any
 import attrs
 from psycopg.rows import class_row
 
+from runledger.core.job import check_text
 from runledger.core.status import JobStatus
 from runledger.errors import JobNotFound, WorkflowRunNotFound
 from runledger.postgres.connection import Conn, reading
+from runledger.postgres.ids import parse_id
 from runledger.postgres.records import (
     AttemptRecord,
     EdgeRecord,
@@ -82,9 +84,13 @@ def get_job(conn: Conn, job_id: uuid.UUID) -> JobRecord:
     """The job with this id.
 
     Raises:
+        InvalidId: ``job_id`` is not a UUID (or its text); nothing was sent.
         JobNotFound: there is none (or it was enqueued in a transaction not yet committed
             and not this one).
+        SchemaNotMigrated: the schema is not installed (the caller's transaction is left
+            aborted, as by any failed statement).
     """
+    job_id = parse_id(job_id, field="job_id")
     with reading(conn), conn.cursor(row_factory=class_row(JobRecord)) as cur:
         found = cur.execute(GET_JOB, {"id": job_id}).fetchone()
     if found is None:
@@ -101,12 +107,22 @@ def list_jobs(
     workflow_run_id: uuid.UUID | None = None,
     limit: int = 100,
 ) -> list[JobRecord]:
-    """Jobs matching every filter given, oldest first, at most ``limit`` of them."""
+    """Jobs matching every filter given, oldest first, at most ``limit`` of them.
+
+    Raises:
+        InvalidId: ``workflow_run_id`` is not a UUID; nothing was sent.
+        NulInText / SurrogateInText: ``queue`` or ``job_type`` cannot be sent as text.
+    """
+    for field, text in (("queue", queue), ("job_type", job_type)):
+        if text is not None:
+            check_text(field, text)
     params: dict[str, Any] = {
         "status": None if status is None else str(JobStatus(status)),
         "queue": queue,
         "job_type": job_type,
-        "run_id": workflow_run_id,
+        "run_id": None
+        if workflow_run_id is None
+        else parse_id(workflow_run_id, field="workflow_run_id"),
         "limit": limit,
     }
     with reading(conn), conn.cursor(row_factory=class_row(JobRecord)) as cur:
@@ -114,7 +130,12 @@ def list_jobs(
 
 
 def list_attempts(conn: Conn, job_id: uuid.UUID) -> list[AttemptRecord]:
-    """Every attempt of a job, in order."""
+    """Every attempt of a job, in order.
+
+    Raises:
+        InvalidId: ``job_id`` is not a UUID; nothing was sent.
+    """
+    job_id = parse_id(job_id, field="job_id")
     with reading(conn), conn.cursor(row_factory=class_row(AttemptRecord)) as cur:
         return cur.execute(LIST_ATTEMPTS, {"job_id": job_id}).fetchall()
 
@@ -123,8 +144,10 @@ def get_workflow_run(conn: Conn, run_id: uuid.UUID) -> WorkflowRunRecord:
     """A workflow run with its steps (in topological order) and edges.
 
     Raises:
+        InvalidId: ``run_id`` is not a UUID; nothing was sent.
         WorkflowRunNotFound: there is none.
     """
+    run_id = parse_id(run_id, field="run_id")
     with reading(conn):
         with conn.cursor(row_factory=class_row(WorkflowRunRecord)) as cur:
             run = cur.execute(GET_RUN, {"id": run_id}).fetchone()
@@ -148,9 +171,14 @@ def list_events(
 
     Raises:
         TypeError: neither ``job_id`` nor ``run_id`` was given.
+        InvalidId: one of them is not a UUID; nothing was sent.
     """
     if job_id is None and run_id is None:
         raise TypeError("list_events needs job_id or run_id")
+    if job_id is not None:
+        job_id = parse_id(job_id, field="job_id")
+    if run_id is not None:
+        run_id = parse_id(run_id, field="run_id")
     params = {"job_id": job_id, "run_id": run_id, "limit": limit}
     with reading(conn), conn.cursor(row_factory=class_row(EventRecord)) as cur:
         return cur.execute(LIST_EVENTS, params).fetchall()
