@@ -387,13 +387,15 @@ def enqueue(
     timeout_seconds: int | None = None,
     idempotency_key: str | None = None,
     registry: HandlerCatalog | None = None,
+    max_payload_bytes: int | None = None,
 ) -> uuid.UUID:
     """Queue one job in the session's transaction (``runledger.enqueue`` on its connection).
 
     The job commits with ``session.commit()`` and is gone after a rollback. ``registry``
     defaults to the current app's ``Runledger`` registry when there is an app context, so
     handler defaults (queue, attempts, timeout) apply and an unregistered job type is refused
-    before anything is written. Blocks for one round trip.
+    before anything is written. ``max_payload_bytes`` is that of ``runledger.enqueue``.
+    Blocks for one round trip.
 
     Raises:
         UnsupportedDriver: the session is not on psycopg 3.
@@ -412,23 +414,35 @@ def enqueue(
         timeout_seconds=timeout_seconds,
         idempotency_key=idempotency_key,
         registry=_app_registry(registry),
+        max_payload_bytes=max_payload_bytes,
     )
 
 
 def enqueue_many(
-    session: SessionLike, jobs: Iterable[Job], *, registry: HandlerCatalog | None = None
+    session: SessionLike,
+    jobs: Iterable[Job],
+    *,
+    registry: HandlerCatalog | None = None,
+    max_payload_bytes: int | None = None,
 ) -> list[uuid.UUID]:
     """Queue many jobs in the session's transaction (``runledger.enqueue_many``).
 
     Same transaction and registry rules as ``enqueue``; returns the ids in input order.
     """
     return runledger.enqueue_many(
-        session_connection(session), jobs, registry=_app_registry(registry)
+        session_connection(session),
+        jobs,
+        registry=_app_registry(registry),
+        max_payload_bytes=max_payload_bytes,
     )
 
 
 def enqueue_workflow(
-    session: SessionLike, workflow: Workflow, *, registry: HandlerCatalog | None = None
+    session: SessionLike,
+    workflow: Workflow,
+    *,
+    registry: HandlerCatalog | None = None,
+    max_payload_bytes: int | None = None,
 ) -> uuid.UUID:
     """Start a workflow run in the session's transaction (``runledger.enqueue_workflow``).
 
@@ -439,7 +453,10 @@ def enqueue_workflow(
         UnknownJobType, IdempotencyConflict, DatabaseError: as ``runledger.enqueue_workflow``.
     """
     return runledger.enqueue_workflow(
-        session_connection(session), workflow, _app_registry(registry)
+        session_connection(session),
+        workflow,
+        _app_registry(registry),
+        max_payload_bytes=max_payload_bytes,
     )
 
 

@@ -48,14 +48,16 @@ def enqueue(
     Joins the open ``transaction.atomic(using=using)`` block (see the module docstring);
     outside one the job commits at once. ``options`` are those of ``runledger.enqueue``:
     ``queue``, ``priority``, ``run_at``, ``delay``, ``max_attempts``, ``timeout_seconds``,
-    ``idempotency_key``. Jobs of a type the registry knows take its handler's defaults
-    (queue, attempts, timeout); pass ``registry=None`` to enqueue a type that no handler in
-    this project registers (one run by another service's workers). Blocks for one round trip.
+    ``idempotency_key``, ``max_payload_bytes``. Jobs of a type the registry knows take its
+    handler's defaults (queue, attempts, timeout); pass ``registry=None`` to enqueue a type
+    that no handler in this project registers (one run by another service's workers). Blocks
+    for one round trip.
     Thread-safe: each thread has its own Django connection.
 
     Raises:
         UnknownJobType: the project registry has no handler for ``job_type`` (nothing written).
-        JobOptionError, PayloadNotSerializable: invalid input (nothing written).
+        JobOptionError, PayloadNotSerializable, PayloadTooLarge: invalid input (nothing
+            written).
         IdempotencyConflict: the key already belongs to a different request.
         TransactionManagementError: the atomic block is broken by an earlier failed query.
         DatabaseError: the database refused the write.
@@ -69,6 +71,7 @@ def enqueue_many(
     *,
     using: str = DEFAULT_DB_ALIAS,
     registry: Registry | None = _PROJECT,
+    max_payload_bytes: int | None = None,
 ) -> list[uuid.UUID]:
     """Queue many ``runledger.Job`` values on Django's database; return their ids in order.
 
@@ -76,7 +79,9 @@ def enqueue_many(
     anything is written.
     """
     conn = psycopg_connection(using)
-    return store_enqueue_many(conn, jobs, registry=_catalog(registry))
+    return store_enqueue_many(
+        conn, jobs, registry=_catalog(registry), max_payload_bytes=max_payload_bytes
+    )
 
 
 def enqueue_workflow(
@@ -84,6 +89,7 @@ def enqueue_workflow(
     *,
     using: str = DEFAULT_DB_ALIAS,
     registry: Registry | None = _PROJECT,
+    max_payload_bytes: int | None = None,
 ) -> uuid.UUID:
     """Start a run of ``workflow`` on Django's database; return the run's id.
 
@@ -92,8 +98,11 @@ def enqueue_workflow(
 
     Raises:
         UnknownJobType: a step's job type has no handler in the project registry.
+        PayloadTooLarge: the input or a step's payload is over ``max_payload_bytes``.
         IdempotencyConflict: the workflow's key belongs to a different request.
         DatabaseError: the database refused the write.
     """
     conn = psycopg_connection(using)
-    return store_enqueue_workflow(conn, workflow, _catalog(registry))
+    return store_enqueue_workflow(
+        conn, workflow, _catalog(registry), max_payload_bytes=max_payload_bytes
+    )
