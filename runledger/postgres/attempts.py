@@ -51,7 +51,7 @@ CLAIM_JOBS = """
 with candidates as (
     -- One ordered index scan per queue (a "queue = any(...)" filter would sort every queued
     -- row), then the best of them across queues.
-    select c.id
+    select c.id, c.priority, c.run_at
     from unnest(%(queues)s::text[]) as q(queue)
     cross join lateral (
         select j.id, j.priority, j.run_at
@@ -81,6 +81,12 @@ claimed as (
         lease_owner = %(worker)s,
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         started_at = now(),
+        -- the jobs idle threads start at once; the runtime marks the others (prefetched)
+        -- when their handlers start (MARK_STARTED)
+        handler_started_at = case when j.id = any(array(
+            select c.id from candidates as c
+            order by c.priority desc, c.run_at, c.id
+            limit %(start_now)s)) then now() end,
         -- a claimed job may wait for a thread (prefetch): the heartbeat makes this exact
         deadline_at = now() + make_interval(secs => %(lease_seconds)s) + make_interval(
             secs => coalesce(
@@ -91,7 +97,7 @@ claimed as (
     where j.id = any(array(select c.id from candidates as c))
     returning j.id, j.job_type, j.queue, j.payload, j.priority, j.attempt, j.max_attempts,
               j.timeout_seconds, j.lease_token, j.workflow_run_id, j.step_id, j.step_key,
-              j.started_at, j.scheduled_at
+              j.started_at, j.scheduled_at, j.handler_started_at is not null as started
 ),
 attempts as (
     insert into runledger.job_attempts (job_id, attempt, worker, lease_token, started_at)
@@ -121,7 +127,8 @@ select c.id, c.job_type, c.queue, c.payload, c.priority, c.attempt, c.max_attemp
            from runledger.workflow_step_deps as d
            join runledger.workflow_step_runs as p on p.id = d.prerequisite_id
            where d.step_id = c.step_id
-       ) end as upstream
+       ) end as upstream,
+       c.started
 from claimed as c
 order by c.priority desc, c.id
 """
@@ -154,6 +161,26 @@ set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
 from locked as l, input as u
 where j.id = l.id and u.id = j.id and u.token = j.lease_token
 returning j.id
+"""
+
+# Marks running attempts whose handlers started (they waited in a worker's prefetch); an
+# attempt whose lease expires unmarked is released by the reaper without being counted.
+MARK_STARTED = """
+with input as (
+    select * from unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) as u(id, token)
+),
+locked as (
+    select j.id
+    from runledger.jobs as j
+    join input as u on j.id = u.id and j.lease_token = u.token
+    where j.status = 'running' and j.handler_started_at is null
+    order by j.id
+    for no key update of j
+)
+update runledger.jobs as j
+set handler_started_at = now()
+from locked as l
+where j.id = l.id
 """
 
 FINISH_ATTEMPTS = """
@@ -255,7 +282,8 @@ PREPARED_FINISH_BATCH = 64
 # conditions on the newest row version.
 LOCK_EXPIRED = """
 select id, lease_token, job_type, attempt, max_attempts,
-       case when deadline_at < now() then 'timed_out' else 'lease_expired' end as outcome
+       case when deadline_at < now() then 'timed_out' else 'lease_expired' end as outcome,
+       handler_started_at is not null as started
 from runledger.jobs
 where status = 'running'
   and (lease_expires_at < now() or deadline_at < now())
@@ -285,6 +313,9 @@ class ClaimedJob:
     workflow_input: JsonValue = None
     scheduled_at: datetime.datetime | None = None
     upstream: Mapping[str, JsonValue] = attrs.field(factory=dict)
+    started: bool = False
+    """Marked started by the claim itself (an idle thread runs it at once); otherwise the
+    runtime marks it with ``mark_started`` once its handler starts."""
 
 
 def claim_params(
@@ -295,9 +326,11 @@ def claim_params(
     limit: int,
     lease_seconds: float,
     defaults: Mapping[str, Mapping[str, int | None]] | None = None,
+    start_now: int | None = None,
 ) -> dict[str, object]:
     """The parameters of ``CLAIM_JOBS`` for ``claim``'s arguments."""
     return {
+        "start_now": limit if start_now is None else max(0, min(start_now, limit)),
         "queues": list(queues),
         "job_types": list(job_types),
         "limit": limit,
@@ -318,8 +351,15 @@ def claim(
     lease_seconds: float,
     defaults: Mapping[str, Mapping[str, int | None]] | None = None,
     session_generic_plan: bool = False,
+    start_now: int | None = None,
 ) -> list[ClaimedJob]:
     """Claim up to ``limit`` due jobs in the caller's transaction (commit it before running).
+
+    The first ``start_now`` of them (all by default) are marked as started: their handlers
+    run at once. The others are expected to wait for a thread, and to be marked by
+    ``mark_started`` when they start; a lease that expires before that is released by the
+    reaper without counting the attempt. Jobs come back in the order to run them, the ones
+    marked first.
 
     Opens an attempt row, a fresh lease token and a ``job.started`` event for each, marks
     workflow steps running and loads each step's upstream outputs. Never waits for a job row
@@ -341,9 +381,10 @@ def claim(
         limit=limit,
         lease_seconds=lease_seconds,
         defaults=defaults,
+        start_now=start_now,
     )
     rows = conn.execute(CLAIM_JOBS, params).fetchall()
-    return [
+    jobs = [
         ClaimedJob(
             id=row[0],
             job_type=row[1],
@@ -361,9 +402,23 @@ def claim(
             workflow_input=row[13],
             scheduled_at=row[14],
             upstream=row[15] or {},
+            started=row[16],
         )
         for row in rows
     ]
+    return sorted(jobs, key=lambda job: not job.started)
+
+
+def mark_started(conn: Conn, attempts: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> None:
+    """Record that the handlers of these (job id, lease token) attempts started, in the
+    caller's transaction (one statement). Attempts no longer held are skipped."""
+    if not attempts:
+        return
+    conn.execute(
+        MARK_STARTED,
+        {"ids": [a[0] for a in attempts], "tokens": [a[1] for a in attempts]},
+        prepare=False,
+    )
 
 
 def renew_leases(
@@ -508,6 +563,8 @@ class Expired:
     attempt: int
     max_attempts: int
     outcome: AttemptOutcome
+    started: bool = True
+    """False if the attempt's handler never started (it waited in a worker's prefetch)."""
 
 
 def lock_expired(conn: Conn, *, limit: int = 100) -> list[Expired]:
@@ -521,6 +578,7 @@ def lock_expired(conn: Conn, *, limit: int = 100) -> list[Expired]:
             attempt=row[3],
             max_attempts=row[4],
             outcome=AttemptOutcome(row[5]),
+            started=row[6],
         )
         for row in rows
     ]

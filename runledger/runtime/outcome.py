@@ -79,11 +79,14 @@ def failure(
     )  # fmt: skip
 
 
-def released(job: ClaimedJob) -> AttemptResult:
-    """An attempt handed back at shutdown before its handler started."""
+def released(job: Attempt, error: BaseException | None = None) -> AttemptResult:
+    """An attempt whose handler never started, handed back without counting it: at
+    shutdown, or (with the ``error`` that says why) by the reaper after its worker died."""
     return AttemptResult(
         job_id=job.id,
         lease_token=job.lease_token,
         status=JobStatus.QUEUED,
         outcome=AttemptOutcome.RELEASED,
+        error_type=None if error is None else type(error).__qualname__,
+        error_message=None if error is None else str(error),
     )

@@ -1,4 +1,5 @@
-"""The reaper: retries or dead-letters jobs whose lease expired or whose attempt timed out.
+"""The reaper: retries or dead-letters jobs whose lease expired or whose attempt timed out,
+and hands back without counting the attempt those whose handler never started.
 
 Any number of runtimes may reap at once: expired rows are locked with SKIP LOCKED and the lock
 re-checks the expiry on the newest row version, so a completion that committed first wins and
@@ -88,7 +89,14 @@ class Reaper:
             results = [self._result(e) for e in expired]
             report = finish(conn, results)
         for e in expired:
-            _logger.warning("reaped job %s (attempt %d): %s", e.id, e.attempt, e.outcome)
+            if e.started:
+                _logger.warning("reaped job %s (attempt %d): %s", e.id, e.attempt, e.outcome)
+            else:
+                _logger.warning(
+                    "released job %s: its worker stopped renewing the lease before the "
+                    "handler started; the attempt is not counted",
+                    e.id,
+                )
             self._on_reaped(e.lease_token)  # a handler of this process learns it at once
         self._registry.hooks.emit(report_events(report, {r.lease_token: r for r in results}))
         return len(expired)
@@ -96,6 +104,14 @@ class Reaper:
     def _result(self, expired: Expired) -> AttemptResult:
         handler = self._registry.get(expired.job_type)
         policy = handler.retry if handler is not None else DEFAULT_RETRY_POLICY
+        if not expired.started:
+            return outcome.released(
+                expired,
+                LeaseExpired(
+                    "the lease expired before the handler started (the job waited in a "
+                    "worker's prefetch): released, the attempt not counted"
+                ),
+            )
         if expired.outcome is AttemptOutcome.TIMED_OUT:
             error: Exception = TimedOut("the attempt ran past its timeout")
         else:

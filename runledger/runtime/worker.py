@@ -48,6 +48,7 @@ from runledger.postgres.attempts import (
     FinishReport,
     claim,
     finish,
+    mark_started,
     renew_leases,
 )
 from runledger.postgres.held import HeldConnection
@@ -83,6 +84,8 @@ class InFlight:
     ``deadline`` is set when the handler starts, not at claim (the job may wait in prefetch).
     ``writing`` is set once the outcome is handed over to be written (to the completer, or
     to the handler's own transaction): that write finds out itself whether the lease held.
+    ``marked`` is true once the ledger says the handler started (``handler_started_at``):
+    set by the claim for a job an idle thread runs at once, else written by the completer.
     """
 
     job: ClaimedJob
@@ -93,6 +96,7 @@ class InFlight:
     lost: bool = False
     timed_out: bool = False
     writing: bool = False
+    marked: bool = False
 
 
 def report_events(
@@ -191,8 +195,13 @@ class WorkerPool:
         self._changed = threading.Condition(self._lock)
         self.wake = threading.Event()
         self._runnable: queue.SimpleQueue[InFlight | None] = queue.SimpleQueue()
-        self._completions: queue.SimpleQueue[tuple[InFlight, AttemptResult]] = queue.SimpleQueue()
+        # Outcomes to write, and (with None) handlers that started and need marking.
+        self._completions: queue.SimpleQueue[tuple[InFlight, AttemptResult | None]] = (
+            queue.SimpleQueue()
+        )
         self._pending: list[tuple[InFlight, AttemptResult]] = []
+        self._to_mark: list[InFlight] = []
+        self._idle = 0  # worker threads waiting for a job
         self._unwritten = 0  # outcomes handed to the completer and not yet written
         self._write_failures = 0  # the completer's failed writes in a row
         self._defaults = {
@@ -349,6 +358,9 @@ class WorkerPool:
         self.wake.clear()
         with self._lock:
             free = self._capacity - self._busy if self._claiming else 0
+            # Threads that would take a claimed job at once: those jobs are marked started
+            # by the claim itself; the rest wait in prefetch, unmarked until they start.
+            start_now = max(self._idle - self._runnable.qsize(), 0)
             # Claim no further ahead than the completer can write: finished jobs whose
             # outcomes wait in memory still hold leases and make every write slower.
             if self._unwritten >= UNWRITTEN_LIMIT_FACTOR * self._capacity:
@@ -370,6 +382,7 @@ class WorkerPool:
                         lease_seconds=self._lease_seconds,
                         defaults=self._defaults,
                         session_generic_plan=session_plan,
+                        start_now=start_now,
                     )
             for job in claimed:
                 self._runnable.put(self._adopt(job))
@@ -381,6 +394,7 @@ class WorkerPool:
     def _adopt(self, job: ClaimedJob) -> InFlight:
         """Hold a claimed attempt: its lease is renewed from now on."""
         flight = self._flight(job)
+        flight.marked = job.started
         with self._lock:
             self._inflight[job.lease_token] = flight
             self._busy += 1
@@ -419,7 +433,13 @@ class WorkerPool:
 
     def _work(self) -> None:
         while True:
-            flight = self._runnable.get()
+            with self._lock:
+                self._idle += 1
+            try:
+                flight = self._runnable.get()
+            finally:
+                with self._lock:
+                    self._idle -= 1
             if flight is None:
                 return
             with self._lock:
@@ -430,6 +450,8 @@ class WorkerPool:
                     flight.deadline = time.monotonic() + flight.job.timeout_seconds
             try:
                 if start:
+                    if not flight.marked:
+                        self._completions.put((flight, None))  # the completer marks it
                     self._registry.hooks.emit([_started(flight.job)])
                     self._run(flight)
                 elif flight.lost:
@@ -535,25 +557,20 @@ class WorkerPool:
     # --- completer --------------------------------------------------------------------------
 
     def _complete_step(self, stop: threading.Event) -> None:
-        if not self._pending:
+        if not self._pending and not self._to_mark:
             try:
-                self._pending.append(self._completions.get(timeout=0.2))
+                self._take_completion(self._completions.get(timeout=0.2))
             except queue.Empty:
                 return
-            while len(self._pending) < COMPLETION_BATCH:
-                try:
-                    self._pending.append(self._completions.get_nowait())
-                except queue.Empty:
-                    break
-        batch = self._pending
-        results = {result.lease_token: result for _, result in batch}
-        # A workflow step's outcome commits with its workflow's advance; other outcomes are
-        # one statement, which commits by itself.
-        steps = any(flight.job.step_id is not None for flight, _ in batch)
-        held = self._finish_conn
+        while len(self._pending) < COMPLETION_BATCH:
+            try:
+                self._take_completion(self._completions.get_nowait())
+            except queue.Empty:
+                break
         try:
-            with held.transaction() if steps else held.autocommit() as conn:
-                report = finish(conn, list(results.values()))
+            self._write_marks()
+            if self._pending:
+                self._write_outcomes()
         except DB_ERRORS as err:
             self._write_failures += 1
             # A connection that broke in use is replaced at once; a database that is away
@@ -561,7 +578,7 @@ class WorkerPool:
             at_once = self._write_failures <= IMMEDIATE_RETRIES and connection_broke(err)
             _logger.warning(
                 "could not write %d outcomes (%s); retrying %s",
-                len(batch),
+                len(self._pending),
                 str(err).strip(),
                 "at once" if at_once else "in 0.5 s",
             )
@@ -569,6 +586,35 @@ class WorkerPool:
                 stop.wait(0.5)
             return
         self._write_failures = 0
+
+    def _take_completion(self, item: tuple[InFlight, AttemptResult | None]) -> None:
+        flight, result = item
+        if result is None:
+            self._to_mark.append(flight)
+        else:
+            self._pending.append((flight, result))
+
+    def _write_marks(self) -> None:
+        """Mark started handlers that waited in prefetch, unless their outcome is being
+        written already (it supersedes the mark) or their lease is gone."""
+        with self._lock:
+            marks = [f for f in self._to_mark if not (f.writing or f.lost or f.marked)]
+        if marks:
+            with self._finish_conn.autocommit() as conn:
+                mark_started(conn, [(f.job.id, f.job.lease_token) for f in marks])
+            for flight in marks:
+                flight.marked = True
+        self._to_mark = []
+
+    def _write_outcomes(self) -> None:
+        batch = self._pending
+        results = {result.lease_token: result for _, result in batch}
+        # A workflow step's outcome commits with its workflow's advance; other outcomes are
+        # one statement, which commits by itself.
+        steps = any(flight.job.step_id is not None for flight, _ in batch)
+        held = self._finish_conn
+        with held.transaction() if steps else held.autocommit() as conn:
+            report = finish(conn, list(results.values()))
         self._pending = []
         with self._lock:
             self._unwritten -= len(batch)

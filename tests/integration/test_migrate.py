@@ -17,7 +17,8 @@ import runledger
 from runledger.errors import MigrationError, SchemaNotMigrated
 from runledger.postgres.migrate import MIGRATION_LOCK_KEY, latest_version, migrations
 
-LATEST = 1
+LATEST = 2
+ALL = list(range(1, LATEST + 1))
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -32,8 +33,8 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_shipped_migrations_end_at_version_one() -> None:
-    assert [m.version for m in migrations()] == [LATEST]
+def test_shipped_migrations_are_numbered_from_one_without_gaps() -> None:
+    assert [m.version for m in migrations()] == ALL
     assert latest_version() == LATEST
 
 
@@ -44,35 +45,34 @@ def test_migrate_on_a_migrated_database_applies_nothing(
     assert runledger.migrate(autocommit_conn) == []
     assert runledger.schema_version(autocommit_conn) == LATEST
     row = autocommit_conn.execute("select count(*) from runledger.schema_migrations").fetchone()
-    assert row == (1,)
+    assert row == (LATEST,)
 
 
 def test_check_schema_passes_on_a_migrated_database(conn: psycopg.Connection[Any]) -> None:
     runledger.check_schema(conn)
 
 
-def test_migrate_on_an_empty_database_applies_version_one_and_records_it(
+def test_migrate_on_an_empty_database_applies_every_version_and_records_it(
     empty_database: str,
 ) -> None:
     with psycopg.connect(empty_database, autocommit=True) as conn:
         assert runledger.schema_version(conn) is None
 
-        assert runledger.migrate(conn) == [LATEST]
+        assert runledger.migrate(conn) == ALL
 
         assert runledger.schema_version(conn) == LATEST
         runledger.check_schema(conn)
         rows = conn.execute(
             "select version, name, checksum from runledger.schema_migrations"
         ).fetchall()
-    (shipped,) = migrations()
-    assert rows == [(LATEST, shipped.name, shipped.checksum)]
+    assert rows == [(m.version, m.name, m.checksum) for m in migrations()]
 
 
 def test_migrate_on_a_non_autocommit_connection_commits_each_migration(
     empty_database: str,
 ) -> None:
     with psycopg.connect(empty_database) as conn:
-        assert runledger.migrate(conn) == [LATEST]
+        assert runledger.migrate(conn) == ALL
     with psycopg.connect(empty_database, autocommit=True) as other:
         assert runledger.schema_version(other) == LATEST
 
@@ -92,9 +92,10 @@ def test_two_concurrent_migrators_apply_the_migration_once(empty_database: str) 
         for conn in connections:
             conn.close()
 
-    assert sorted(results) == [[], [LATEST]]
+    assert sorted(results) == [[], ALL]
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        assert conn.execute("select count(*) from runledger.schema_migrations").fetchone() == (1,)
+        count = conn.execute("select count(*) from runledger.schema_migrations").fetchone()
+        assert count == (LATEST,)
         assert runledger.schema_version(conn) == LATEST
 
 
@@ -123,8 +124,8 @@ def test_migrators_waiting_on_the_advisory_lock_apply_the_migration_once(
         for conn in (holder, watcher, *connections):
             conn.close()
 
-    assert sorted(results) == [[], [LATEST]]
-    assert count == (1,)
+    assert sorted(results) == [[], ALL]
+    assert count == (LATEST,)
 
 
 def test_check_schema_on_an_empty_database_raises_schema_not_migrated(
@@ -180,8 +181,8 @@ def test_edited_applied_migration_raises_migration_error(
     with pytest.raises(MigrationError) as raised:
         runledger.migrate(autocommit_conn)
 
-    (shipped,) = migrations()
-    assert (raised.value.version, raised.value.name) == (LATEST, shipped.name)
+    shipped = migrations()[0]
+    assert (raised.value.version, raised.value.name) == (1, shipped.name)
 
 
 def test_failing_migration_raises_migration_error_and_records_nothing(
@@ -195,7 +196,7 @@ def test_failing_migration_raises_migration_error_and_records_nothing(
         with pytest.raises(MigrationError) as raised:
             runledger.migrate(conn)
 
-        assert raised.value.version == LATEST
+        assert raised.value.version == 1
         assert isinstance(raised.value.__cause__, psycopg.errors.DuplicateTable)
         assert runledger.schema_version(conn) is None
         assert conn.execute("select to_regclass('runledger.jobs')").fetchone() == (None,)

@@ -35,6 +35,9 @@ def other(django_project: Any) -> Iterator[str]:
     ContentType.objects.clear_cache()
 
 
+DJANGO_MIGRATIONS = ["0001_initial", "0002_handler_started"]
+
+
 def schema_version(dsn: str) -> int | None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return runledger.schema_version(conn)
@@ -65,7 +68,7 @@ def test_migrate_installs_the_schema_on_an_empty_database_and_is_idempotent(othe
     call("migrate", database="other", interactive=False, verbosity=0)
 
     assert schema_version(other) == latest_version()
-    assert django_applied(other) == ["0001_initial"]
+    assert django_applied(other) == DJANGO_MIGRATIONS
     with psycopg.connect(other, autocommit=True) as conn:
         assert runledger.migrate(conn) == []
         runledger.check_schema(conn)
@@ -75,16 +78,29 @@ def test_migrate_installs_the_schema_on_an_empty_database_and_is_idempotent(othe
     call("migrate", "runledger", "zero", database="other", interactive=False, verbosity=0)
     assert schema_version(other) == latest_version()  # reversing keeps the ledger
     call("migrate", database="other", interactive=False, verbosity=0)
-    assert django_applied(other) == ["0001_initial"]
+    assert django_applied(other) == DJANGO_MIGRATIONS
+
+
+def test_migrate_upgrades_a_schema_installed_by_an_earlier_release(other: str) -> None:
+    from tests.integration.test_upgrade import install_version
+
+    with psycopg.connect(other, autocommit=True) as conn:
+        install_version(conn, 1)
+    call("migrate", "runledger", "0001", fake=True, database="other", verbosity=0)
+
+    call("migrate", database="other", interactive=False, verbosity=0)
+
+    assert schema_version(other) == latest_version()
+    assert django_applied(other) == DJANGO_MIGRATIONS
 
 
 def test_migrate_accepts_a_schema_installed_by_runledger_migrate(other: str) -> None:
     with psycopg.connect(other, autocommit=True) as conn:
-        assert runledger.migrate(conn) == [latest_version()]
+        assert runledger.migrate(conn) == list(range(1, latest_version() + 1))
 
     call("migrate", database="other", interactive=False, verbosity=0)
 
-    assert django_applied(other) == ["0001_initial"]
+    assert django_applied(other) == DJANGO_MIGRATIONS
     with psycopg.connect(other, autocommit=True) as conn:
         runledger.check_schema(conn)
 
@@ -127,14 +143,15 @@ def test_runledger_migrate_installs_the_schema_then_has_nothing_to_do(other: str
     first = call("runledger_migrate", database="other")
 
     assert first.strip() == (
-        f"Applied runledger migrations {latest_version()}; schema at {latest_version()}."
+        f"Applied runledger migrations {', '.join(map(str, range(1, latest_version() + 1)))}; "
+        f"schema at {latest_version()}."
     )
     assert schema_version(other) == latest_version()
     again = call("runledger_migrate", database="other")
     assert again.strip() == f"runledger schema already at version {latest_version()}."
     # Django's migrate afterwards records its migration without complaint.
     call("migrate", database="other", interactive=False, verbosity=0)
-    assert django_applied(other) == ["0001_initial"]
+    assert django_applied(other) == DJANGO_MIGRATIONS
 
 
 def test_runledger_migrate_as_a_subprocess(

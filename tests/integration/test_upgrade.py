@@ -1,0 +1,89 @@
+"""Upgrading a populated database from each earlier schema version to the shipped one."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+
+import runledger
+from runledger import AttemptOutcome, JobStatus
+from runledger.postgres.migrate import BOOTSTRAP, RECORD, latest_version, migrations
+from runledger.runtime.reaper import Reaper
+
+# A running attempt as version 1 claimed it (it knew nothing of handler_started_at), with a
+# lease that has already expired: its worker died.
+CLAIMED_BY_VERSION_1 = """
+with claimed as (
+    update runledger.jobs
+    set status = 'running', attempt = attempt + 1, max_attempts = 1,
+        lease_token = %(token)s, lease_owner = 'old-worker',
+        lease_expires_at = now() - interval '1 second', started_at = now(), updated_at = now()
+    where id = %(id)s
+    returning id, attempt, lease_token, started_at
+)
+insert into runledger.job_attempts (job_id, attempt, worker, lease_token, started_at)
+select id, attempt, 'old-worker', lease_token, started_at from claimed
+"""
+
+
+def install_version(conn: psycopg.Connection[Any], version: int) -> None:
+    """Apply the shipped migrations up to ``version`` exactly as ``migrate`` records them."""
+    conn.execute(BOOTSTRAP)
+    for migration in migrations():
+        if migration.version > version:
+            break
+        with conn.transaction():
+            conn.execute(migration.sql)  # type: ignore[arg-type]
+            conn.execute(
+                RECORD,
+                {
+                    "version": migration.version,
+                    "name": migration.name,
+                    "checksum": migration.checksum,
+                },
+            )
+
+
+def test_upgrading_a_populated_version_1_database_keeps_its_jobs_and_their_accounting(
+    empty_database: str,
+) -> None:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        install_version(conn, 1)
+        assert runledger.schema_version(conn) == 1
+        queued = runledger.enqueue(conn, "upgrade.later", {"n": 1})
+        running = runledger.enqueue(conn, "upgrade.crashed", {"n": 2})
+        conn.execute(CLAIMED_BY_VERSION_1, {"id": running, "token": uuid.uuid4()})
+
+        assert runledger.migrate(conn) == [v for v in range(2, latest_version() + 1)]
+        runledger.check_schema(conn)
+
+        # The attempt running at the upgrade is charged on expiry, as version 1 would have.
+        row = conn.execute(
+            "select handler_started_at = started_at from runledger.jobs where id = %s",
+            (running,),
+        ).fetchone()
+        assert row == (True,)
+        registry = runledger.Registry()
+        with runledger.Store(empty_database, max_size=2) as store:
+            assert Reaper(store, registry, interval=1.0, vacuum=False).reap_once() == 1
+        crashed = runledger.get_job(conn, running)
+        assert (crashed.status, crashed.attempt) == (JobStatus.FAILED, 1)
+        attempts = runledger.list_attempts(conn, running)
+        assert [a.outcome for a in attempts] == [AttemptOutcome.LEASE_EXPIRED]
+
+        # The job queued before the upgrade runs on the upgraded schema.
+        @registry.handler("upgrade.later")
+        def later(ctx: runledger.JobContext, payload: Any) -> Any:
+            return payload["n"]
+
+        with runledger.Runtime(
+            empty_database, registry, concurrency=1, poll_interval=0.05, listen=False
+        ):
+            deadline_polls = 500
+            while runledger.get_job(conn, queued).status != JobStatus.SUCCEEDED:
+                deadline_polls -= 1
+                assert deadline_polls > 0, "the queued job never ran after the upgrade"
+                conn.execute("select pg_sleep(0.02)")
+        assert runledger.get_job(conn, queued).output == 1
