@@ -31,6 +31,26 @@ class Attempt(Protocol):
 
 _random = random.SystemRandom()
 
+MAX_ERROR_MESSAGE = 8 * 1024
+"""Characters of an error's message kept in the ledger (the rest is cut)."""
+MAX_TRACEBACK = 64 * 1024
+"""Characters of a traceback kept in the ledger (its end, where the error is)."""
+
+
+def storable(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """``text`` as PostgreSQL can store it: without NUL characters or lone surrogates (an
+    exception's message may carry either, and one refused outcome would hold back every
+    outcome written with it), and cut to ``limit`` characters, keeping its start (or its
+    end with ``keep_end``: a traceback's last lines name the error)."""
+    text = text.replace("\x00", "\\x00")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        cut = len(text) - limit
+        if keep_end:
+            return f"[{cut} characters cut]\n" + text[-limit:]
+        return text[:limit] + f"... [{cut} characters cut]"
+    return text
+
 
 def success(job: ClaimedJob, output: JsonValue) -> AttemptResult:
     """The handler returned ``output``."""
@@ -57,8 +77,13 @@ def failure(
     """
     if tb is None:
         tb = "".join(traceback.format_exception(error))
-    error_type = type(error).__qualname__
-    message = str(error) or error_type
+    error_type = storable(type(error).__qualname__, MAX_ERROR_MESSAGE)
+    try:
+        message = str(error)
+    except Exception:  # a broken __str__ must not cost the attempt its outcome
+        message = ""
+    message = storable(message or error_type, MAX_ERROR_MESSAGE)
+    tb = storable(tb, MAX_TRACEBACK, keep_end=True)
     last = job.attempt >= job.max_attempts
     if isinstance(error, Fail) or last:
         return AttemptResult(

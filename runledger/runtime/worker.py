@@ -40,7 +40,7 @@ import psycopg
 from runledger.core.payload import check_json
 from runledger.core.retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from runledger.core.status import AttemptOutcome, EventKind, JobStatus
-from runledger.errors import DatabaseError, PayloadNotSerializable
+from runledger.errors import ConnectionNotUsable, DatabaseError, PayloadNotSerializable
 from runledger.postgres.attempts import (
     GENERIC_PLAN_SESSION,
     AttemptResult,
@@ -73,6 +73,18 @@ DB_ERRORS = (psycopg.Error, OSError, DatabaseError)
 
 class TimedOut(Exception):
     """The attempt outlived its ``timeout_seconds``."""
+
+
+class OutcomeNotWritable(Exception):
+    """The database refused to store the attempt's outcome (its output, say)."""
+
+
+def _refused(err: BaseException) -> bool:
+    """True if a write failed for what it wrote, not for the connection or the database
+    being away: writing it again would fail again."""
+    if connection_broke(err):
+        return False
+    return not isinstance(err, (psycopg.OperationalError, OSError, ConnectionNotUsable))
 
 
 @attrs.define(eq=False)
@@ -570,9 +582,18 @@ class WorkerPool:
         try:
             self._write_marks()
             if self._pending:
-                self._write_outcomes()
-        except DB_ERRORS as err:
+                self._write_outcomes(self._pending)
+                self._pending = []
+        except Exception as err:
             self._write_failures += 1
+            if self._pending and _refused(err):
+                _logger.error(
+                    "the database refused a batch of %d outcomes (%s); writing them one by one",
+                    len(self._pending),
+                    str(err).strip(),
+                )
+                self._write_one_by_one()
+                return
             # A connection that broke in use is replaced at once; a database that is away
             # is waited for.
             at_once = self._write_failures <= IMMEDIATE_RETRIES and connection_broke(err)
@@ -606,8 +627,7 @@ class WorkerPool:
                 flight.marked = True
         self._to_mark = []
 
-    def _write_outcomes(self) -> None:
-        batch = self._pending
+    def _write_outcomes(self, batch: Sequence[tuple[InFlight, AttemptResult]]) -> None:
         results = {result.lease_token: result for _, result in batch}
         # A workflow step's outcome commits with its workflow's advance; other outcomes are
         # one statement, which commits by itself.
@@ -615,7 +635,6 @@ class WorkerPool:
         held = self._finish_conn
         with held.transaction() if steps else held.autocommit() as conn:
             report = finish(conn, list(results.values()))
-        self._pending = []
         with self._lock:
             self._unwritten -= len(batch)
         self.wake.set()  # the claimer may have been held back by the backlog
@@ -624,6 +643,42 @@ class WorkerPool:
         for job_id in report.lost:
             _logger.info("job %s: lease lost before its outcome was written; dropped", job_id)
         self._registry.hooks.emit(report_events(report, results))
+
+    def _write_one_by_one(self) -> None:
+        """Write a refused batch's outcomes alone, so that one the database cannot take
+        holds back no other: it is replaced by a failure that says why, and if even that is
+        refused its attempt is forgotten, its lease left to expire for the reaper."""
+        while self._pending:
+            flight, result = self._pending[0]
+            try:
+                self._write_outcomes([(flight, result)])
+            except Exception as err:
+                if not _refused(err):
+                    raise  # the connection: the loop retries what is left
+                handler = self._registry.get(flight.job.job_type)
+                policy = handler.retry if handler is not None else DEFAULT_RETRY_POLICY
+                replacement = outcome.failure(
+                    flight.job,
+                    OutcomeNotWritable(f"the database refused the attempt's outcome: {err}"),
+                    policy,
+                    tb="",
+                )
+                try:
+                    self._write_outcomes([(flight, replacement)])
+                except Exception as again:
+                    if not _refused(again):
+                        raise
+                    _logger.error(
+                        "job %s: no outcome of its attempt could be written (%s); leaving "
+                        "its lease to expire",
+                        flight.job.id,
+                        again,
+                    )
+                    with self._lock:
+                        self._unwritten -= 1
+                    self.mark_lost(flight.job.lease_token)
+                    self._forget(flight)
+            self._pending.pop(0)
 
     def _queue_outcome(self, flight: InFlight, result: AttemptResult) -> None:
         with self._lock:
