@@ -21,8 +21,9 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import runledger
 from _postgres import bench_server, scratch_database  # type: ignore[import-not-found]
+
+import runledger
 
 COUNTERS = """
 select (select xact_commit from pg_stat_database where datname = current_database()),
