@@ -12,15 +12,11 @@ to compare two versions side by side on the same server (``--dsn``).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from _postgres import bench_server, scratch_database  # type: ignore[import-not-found]
 
 import runledger
