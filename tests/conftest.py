@@ -1,7 +1,11 @@
 """Fixtures: one test server and migrated template per session, one cloned database per test.
 
 See runledger.testing for how the server is chosen (RUNLEDGER_TEST_DSN, RUNLEDGER_TEST_DOCKER=1,
-else an embedded server started and stopped by the session).
+RUNLEDGER_TEST_PG_VERSION=13..18, else an embedded server started and stopped by the session).
+
+``@pytest.mark.min_server_version(14, reason=...)`` skips a test on an older server: for tests
+that observe something the older server cannot show (runledger itself supports every major the
+README names).
 """
 
 from __future__ import annotations
@@ -30,6 +34,21 @@ def pg_server() -> Iterator[TestServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _min_server_version(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("min_server_version")
+    if marker is None:
+        return
+    server: TestServer = request.getfixturevalue("pg_server")
+    with psycopg.connect(server.dsn) as admin:
+        version = admin.info.server_version
+    if version < marker.args[0] * 10000:
+        pytest.skip(
+            f"needs PostgreSQL {marker.args[0]}+, the server is {version // 10000}: "
+            f"{marker.kwargs.get('reason', '')}"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import psycopg
+import pytest
 
 import runledger
 from runledger import WorkflowBuilder
@@ -25,6 +26,7 @@ PARAM_TYPES = {
     "lease_seconds": "float8",
     "defaults": "text",
     "default_max_attempts": "integer",
+    "start_now": "bigint",
 }
 
 
@@ -34,6 +36,7 @@ def claim_one(conn: psycopg.Connection[Any]) -> list[Any]:
     return jobs
 
 
+@pytest.mark.min_server_version(14, reason="pg_prepared_statements counts plans from 14")
 def test_the_claim_is_planned_once_per_connection(conn: psycopg.Connection[Any]) -> None:
     assert conn.prepare_threshold is not None
     claims = conn.prepare_threshold + 5
@@ -101,7 +104,7 @@ def test_the_generic_plan_reads_jobs_and_steps_by_index(conn: psycopg.Connection
         row[0]
         for row in conn.execute(
             "explain (costs off) execute claim_plan("
-            f"'{{default}}', '{{t}}', 16, '{{}}', {DEFAULT_MAX_ATTEMPTS}, 'w', 30)"
+            f"'{{default}}', '{{t}}', 16, '{{}}', {DEFAULT_MAX_ATTEMPTS}, 'w', 30, 4)"
         ).fetchall()
     )
     conn.rollback()

@@ -102,6 +102,7 @@ def test_a_broken_connection_is_given_back_and_the_next_use_takes_a_fresh_one(
     held.close()
 
 
+@pytest.mark.min_server_version(14, reason="pg_prepared_statements counts plans from 14")
 def test_an_autocommit_claim_runs_the_generic_plan_the_session_asks_for(
     pool: ConnectionPool[Any], conn: psycopg.Connection[Any], count: Any
 ) -> None:
