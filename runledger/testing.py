@@ -17,6 +17,9 @@
    directory's parents traversable. A server whose Python process was SIGKILLed keeps running,
    which is why every session uses a new directory and ``stop()`` always runs in teardown.
 
+``start_pgbouncer(server)`` puts a real PgBouncer (the ``pgbouncer`` binary, e.g. Debian's
+package) in front of a test server, in transaction pooling mode by default.
+
 ``TemplateDatabases`` migrates one template database per session and clones one database per
 test from it (``CREATE DATABASE ... TEMPLATE``), which takes milliseconds.
 """
@@ -31,13 +34,15 @@ import pwd
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import attrs
@@ -354,6 +359,167 @@ def _docker_server() -> TestServer:
     return TestServer(
         dsn=container.get_connection_url(), kind=f"docker:{image}", stop=container.stop
     )
+
+
+class PgBouncerUnavailableError(ServerUnavailableError):
+    """No ``pgbouncer`` binary here (install Debian's ``pgbouncer`` package)."""
+
+
+@attrs.define
+class PgBouncer:
+    """A PgBouncer process in front of a test server; ``dsn_for`` connects through it."""
+
+    __test__ = False  # not a pytest test class
+
+    server: TestServer
+    port: int
+    user: str
+    pool_mode: str
+    directory: Path
+    _process: subprocess.Popen[bytes] = attrs.field(alias="process")
+
+    def dsn_for(self, dbname: str) -> str:
+        """The DSN of database ``dbname`` of the server, through PgBouncer."""
+        return make_conninfo(host="127.0.0.1", port=self.port, user=self.user, dbname=dbname)
+
+    def log(self) -> str:
+        """PgBouncer's log so far."""
+        path = self.directory / "pgbouncer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        """Shut PgBouncer down at once (SIGTERM, SIGKILL after 10 s) and remove its files."""
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(10)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_pgbouncer(
+    server: TestServer,
+    *,
+    pool_mode: str = "transaction",
+    pool_size: int = 20,
+    settings: Mapping[str, str] | None = None,
+) -> PgBouncer:
+    """Start a PgBouncer in front of ``server`` on a free port of 127.0.0.1.
+
+    Every database of the server is reachable by its name (a ``*`` fallback entry), with the
+    server's own user and password; clients are trusted. Its configuration and log live in a
+    new temporary directory; as root it runs as the ``embedded_postgres`` OS user (PgBouncer
+    refuses root). ``settings`` adds lines to its ``[pgbouncer]`` section (for example
+    ``{"server_lifetime": "0"}``: a new server connection for every transaction). Blocks until
+    a query passes through it (well under a second). Stop it with ``stop()``.
+
+    Raises:
+        PgBouncerUnavailableError: no ``pgbouncer`` binary on PATH or in /usr/sbin.
+        RuntimeError: it did not start (its log is in the message).
+    """
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+    binary = shutil.which("pgbouncer", path=search)
+    if binary is None:
+        raise PgBouncerUnavailableError(
+            "no pgbouncer binary: install it (apt-get install pgbouncer) to run these tests"
+        )
+    target = psycopg.conninfo.conninfo_to_dict(server.dsn)
+    user = str(target.get("user") or "postgres")
+    backend = {
+        "host": str(target.get("host") or "/tmp"),
+        "port": str(target.get("port") or 5432),
+        "user": user,
+    }
+    if target.get("password"):
+        backend["password"] = str(target["password"])
+    os_user = _server_os_user()
+    directory = Path(tempfile.mkdtemp(prefix="runledger-pgbouncer-"))
+    if os_user is not None:
+        os.chown(directory, os_user.pw_uid, os_user.pw_gid)
+    for _ in range(3):  # a port found free can be taken before PgBouncer binds it
+        port = _free_port()
+        config = _pgbouncer_config(
+            directory, port=port, backend=backend, pool_mode=pool_mode, pool_size=pool_size
+        )
+        config += "".join(f"{key} = {value}\n" for key, value in (settings or {}).items())
+        (directory / "userlist.txt").write_text(f'"{user}" ""\n')
+        (directory / "pgbouncer.ini").write_text(config)
+        with contextlib.suppress(FileNotFoundError):
+            (directory / "pgbouncer.log").unlink()
+        process = subprocess.Popen(
+            [binary, str(directory / "pgbouncer.ini")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=None if os_user is None else os_user.pw_uid,
+            group=None if os_user is None else os_user.pw_gid,
+            extra_groups=None if os_user is None else [],
+        )
+        bouncer = PgBouncer(
+            server=server,
+            port=port,
+            user=user,
+            pool_mode=pool_mode,
+            directory=directory,
+            process=process,
+        )
+        if _wait_ready(bouncer, process, deadline=time.monotonic() + 15):
+            return bouncer
+        log = bouncer.log()
+        process.kill()
+        process.wait(10)
+        if "Address already in use" not in log:
+            break
+    shutil.rmtree(directory, ignore_errors=True)
+    raise RuntimeError(f"pgbouncer did not start; its log:\n{log}")
+
+
+def _pgbouncer_config(
+    directory: Path, *, port: int, backend: dict[str, str], pool_mode: str, pool_size: int
+) -> str:
+    for value in backend.values():
+        if any(c.isspace() or c in "'\"" for c in value):
+            raise ValueError(f"cannot write {value!r} into a PgBouncer database entry")
+    connect = " ".join(f"{key}={value}" for key, value in backend.items())
+    return (
+        "[databases]\n"
+        f"* = {connect}\n"
+        "\n[pgbouncer]\n"
+        "listen_addr = 127.0.0.1\n"
+        f"listen_port = {port}\n"
+        "unix_socket_dir =\n"
+        "auth_type = trust\n"
+        f"auth_file = {directory / 'userlist.txt'}\n"
+        f"admin_users = {backend['user']}\n"
+        f"pool_mode = {pool_mode}\n"
+        "max_client_conn = 500\n"
+        f"default_pool_size = {pool_size}\n"
+        f"logfile = {directory / 'pgbouncer.log'}\n"
+        "ignore_startup_parameters = extra_float_digits\n"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_ready(bouncer: PgBouncer, process: subprocess.Popen[bytes], deadline: float) -> bool:
+    dsn = bouncer.dsn_for(str(psycopg.conninfo.conninfo_to_dict(bouncer.server.dsn)["dbname"]))
+    while process.poll() is None:
+        try:
+            with psycopg.connect(dsn, connect_timeout=2, autocommit=True) as conn:
+                conn.execute("select 1")
+            return True
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)  # polling a process that is starting; nothing to wait on
+    return False
 
 
 @attrs.define
