@@ -283,7 +283,12 @@ PREPARED_FINISH_BATCH = 64
 LOCK_EXPIRED = """
 select id, lease_token, job_type, attempt, max_attempts,
        case when deadline_at < now() then 'timed_out' else 'lease_expired' end as outcome,
-       handler_started_at is not null as started
+       handler_started_at is not null as started,
+       -- how often a crash has released it unstarted already (see UNCOUNTED_RELEASES)
+       case when handler_started_at is null then (
+           select count(*) from runledger.job_attempts as a
+           where a.job_id = jobs.id and a.outcome = 'released' and a.error_type = 'LeaseExpired'
+       ) else 0 end as crash_releases
 from runledger.jobs
 where status = 'running'
   and (lease_expires_at < now() or deadline_at < now())
@@ -565,6 +570,8 @@ class Expired:
     outcome: AttemptOutcome
     started: bool = True
     """False if the attempt's handler never started (it waited in a worker's prefetch)."""
+    crash_releases: int = 0
+    """How many earlier attempts of the job a crash released before their handler started."""
 
 
 def lock_expired(conn: Conn, *, limit: int = 100) -> list[Expired]:
@@ -579,6 +586,7 @@ def lock_expired(conn: Conn, *, limit: int = 100) -> list[Expired]:
             max_attempts=row[4],
             outcome=AttemptOutcome(row[5]),
             started=row[6],
+            crash_releases=row[7],
         )
         for row in rows
     ]

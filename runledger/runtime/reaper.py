@@ -39,6 +39,13 @@ def vacuum_gap(took: float) -> float:
     return max(VACUUM_EVERY, took / VACUUM_SHARE)
 
 
+UNCOUNTED_RELEASES = 3
+"""Times a job's attempt is released uncounted after its worker died before the handler
+started; after that it is charged like any expired lease. A handler that kills its process
+within milliseconds of starting (before the runtime marks it started) would otherwise run
+forever."""
+
+
 class LeaseExpired(Exception):
     """The worker running the attempt stopped renewing its lease (it died or hung)."""
 
@@ -89,7 +96,7 @@ class Reaper:
             results = [self._result(e) for e in expired]
             report = finish(conn, results)
         for e in expired:
-            if e.started:
+            if e.started or e.crash_releases >= UNCOUNTED_RELEASES:
                 _logger.warning("reaped job %s (attempt %d): %s", e.id, e.attempt, e.outcome)
             else:
                 _logger.warning(
@@ -104,7 +111,7 @@ class Reaper:
     def _result(self, expired: Expired) -> AttemptResult:
         handler = self._registry.get(expired.job_type)
         policy = handler.retry if handler is not None else DEFAULT_RETRY_POLICY
-        if not expired.started:
+        if not expired.started and expired.crash_releases < UNCOUNTED_RELEASES:
             return outcome.released(
                 expired,
                 LeaseExpired(
