@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import math
 
 import attrs
 
 from runledger.core.errors import ValidationError
+from runledger.core.job import MAX_DELAY, MAX_RUN_AT
 
 
 class InvalidRetryPolicy(ValidationError):
@@ -84,16 +86,24 @@ class Retry(Exception):
         super().__init__(reason or f"retry requested (after={after!r})")
 
     def lower_bound_seconds(self) -> float:
-        """``after`` as seconds from now when it is a duration, else 0."""
+        """``after`` as seconds from now when it is a duration, else 0; at most ``MAX_DELAY``
+        (a longer one, or an infinite one, waits that long), and 0 for NaN."""
+        seconds = 0.0
         if isinstance(self.after, datetime.timedelta):
-            return max(self.after.total_seconds(), 0.0)
-        if isinstance(self.after, int | float) and not isinstance(self.after, bool):
-            return max(float(self.after), 0.0)
-        return 0.0
+            seconds = self.after.total_seconds()
+        elif isinstance(self.after, int | float) and not isinstance(self.after, bool):
+            seconds = float(self.after)
+        if math.isnan(seconds):
+            return 0.0
+        return min(max(seconds, 0.0), MAX_DELAY.total_seconds())
 
     def not_before(self) -> datetime.datetime | None:
-        """``after`` when it is a datetime, else None."""
-        return self.after if isinstance(self.after, datetime.datetime) else None
+        """``after`` when it is a datetime, else None; at most ``MAX_RUN_AT``."""
+        if not isinstance(self.after, datetime.datetime):
+            return None
+        if self.after.tzinfo is not None and self.after > MAX_RUN_AT:
+            return MAX_RUN_AT
+        return self.after
 
 
 class Fail(Exception):

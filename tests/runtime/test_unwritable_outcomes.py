@@ -3,13 +3,15 @@ and an outcome still refused is replaced by a failure that says why."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import psycopg
+import pytest
 
 import runledger
 from runledger import JobStatus
-from tests.runtime.conftest import RuntimeFactory, WaitForJob
+from tests.runtime.conftest import RuntimeFactory, WaitForJob, wait_until
 
 GOOD = 6
 
@@ -62,3 +64,38 @@ def test_an_output_the_ledger_cannot_encode_fails_its_job_and_holds_back_no_othe
     for n, job_id in enumerate(goods):
         job = wait_for_job(job_id, "succeeded")
         assert (job.status, job.output) == (JobStatus.SUCCEEDED, n)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        1e300,
+        float("inf"),
+        datetime.timedelta.max,
+        datetime.datetime.max.replace(tzinfo=datetime.UTC),
+    ],
+)
+def test_a_retry_beyond_the_ledgers_time_range_waits_until_its_end(
+    autocommit_conn: psycopg.Connection[Any],
+    runtime: RuntimeFactory,
+    wait_for_job: WaitForJob,
+    after: Any,
+) -> None:
+    registry = runledger.Registry()
+
+    @registry.handler("retry.forever", max_attempts=2)
+    def forever(ctx: runledger.JobContext, payload: Any) -> Any:
+        raise runledger.Retry(after=after)
+
+    runtime(registry)
+    job_id = runledger.enqueue(autocommit_conn, "retry.forever", {})
+
+    wait_until(
+        lambda: runledger.get_job(autocommit_conn, job_id).attempt == 1,
+        what="the first attempt's outcome",
+    )
+    job = runledger.get_job(autocommit_conn, job_id)
+    assert job.status is JobStatus.QUEUED
+    assert job.run_at.year >= 2900, job.run_at
+    (attempt,) = runledger.list_attempts(autocommit_conn, job_id)
+    assert attempt.retry_reason == "handler"
