@@ -90,8 +90,11 @@ def test_a_retry_beyond_the_ledgers_time_range_waits_until_its_end(
     runtime(registry)
     job_id = runledger.enqueue(autocommit_conn, "retry.forever", {})
 
+    def retried(job: runledger.JobRecord) -> bool:
+        return (job.status, job.attempt) == (JobStatus.QUEUED, 1)
+
     wait_until(
-        lambda: runledger.get_job(autocommit_conn, job_id).attempt == 1,
+        lambda: retried(runledger.get_job(autocommit_conn, job_id)),
         what="the first attempt's outcome",
     )
     job = runledger.get_job(autocommit_conn, job_id)
