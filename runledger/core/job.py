@@ -37,7 +37,7 @@ MAX_INT = 2_147_483_647
 # and the unique indexes pair a name with a key: (job_type, idempotency_key) and (name,
 # idempotency_key); the queue is also the NOTIFY payload (under 8,000 bytes).
 MAX_NAME_BYTES = 255
-"""The longest job type, queue, step key or workflow name, in bytes of UTF-8."""
+"""The longest job type, queue, step key, workflow or schedule name, in bytes of UTF-8."""
 MAX_IDEMPOTENCY_KEY_BYTES = 1024
 """The longest idempotency key, in bytes of UTF-8; hash a longer natural key."""
 _LIMITS = {
@@ -45,6 +45,7 @@ _LIMITS = {
     "queue": MAX_NAME_BYTES,
     "step_key": MAX_NAME_BYTES,
     "name": MAX_NAME_BYTES,
+    "schedule": MAX_NAME_BYTES,
     "idempotency_key": MAX_IDEMPOTENCY_KEY_BYTES,
 }
 

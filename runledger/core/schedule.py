@@ -147,6 +147,7 @@ class ScheduleSpec:
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise InvalidCron(name=str(self.name), cron=str(self.cron), reason="blank name")
+        jobopts.check_text("schedule", self.name)
         check_cron(self.name, self.cron)
         zone(self.name, self.timezone)
         check_ticks(self.name, self.cron, self.timezone)

@@ -378,3 +378,13 @@ def test_schedule_spec_validates_its_job_options() -> None:
         ScheduleSpec(name="s", cron="* * * * *", job_type="t", max_attempts=0)
     with pytest.raises(PayloadNotSerializable):
         ScheduleSpec(name="s", cron="* * * * *", job_type="t", payload={"when": object()})
+
+
+def test_a_schedule_name_longer_than_the_limit_is_refused_at_definition() -> None:
+    from runledger.core.job import MAX_NAME_BYTES
+    from runledger.errors import TextTooLong
+
+    with pytest.raises(TextTooLong) as raised:
+        ScheduleSpec(name="n" * (MAX_NAME_BYTES + 1), cron="* * * * *", job_type="t")
+    assert (raised.value.field, raised.value.limit) == ("schedule", MAX_NAME_BYTES)
+    ScheduleSpec(name="n" * MAX_NAME_BYTES, cron="* * * * *", job_type="t")
