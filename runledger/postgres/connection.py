@@ -9,6 +9,8 @@ transaction the way any statement would, and the caller's commit carries them.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any, TypeAlias
 
@@ -55,11 +57,34 @@ def _translated(conn: Conn) -> Iterator[None]:
         raise DatabaseError(str(err)) from err
     except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as err:
         # Every statement run here names runledger's own tables, so a missing one means
-        # the schema was never migrated (or not to this version). Recognised when it fails,
-        # rather than checked before each call: a round trip that almost always finds it.
+        # the schema was dropped since check_schema_once found it on this connection.
         raise SchemaNotMigrated(found=None, expected=latest_version()) from err
     except psycopg.Error as err:
         raise DatabaseError(str(err)) from err
+
+
+HAS_SCHEMA = "select to_regclass('runledger.jobs') is not null"
+
+# Connections (with the backend they talked to) on which the schema was found: a missing
+# schema is told before the first statement on each connection, by a read that aborts
+# nothing, and never again on it.
+_schema_seen: weakref.WeakKeyDictionary[Conn, int] = weakref.WeakKeyDictionary()
+_schema_lock = threading.Lock()
+
+
+def check_schema_once(conn: Conn) -> None:
+    """Raise ``SchemaNotMigrated`` if the ``runledger`` schema is not installed, the first
+    time runledger uses ``conn`` (one round trip, a read: the caller's transaction stays
+    usable); later calls on the same connection cost nothing."""
+    pid = conn.info.backend_pid
+    with _schema_lock:
+        if _schema_seen.get(conn) == pid:
+            return
+    row = conn.execute(HAS_SCHEMA, prepare=False).fetchone()
+    if not (row and row[0]):
+        raise SchemaNotMigrated(found=None, expected=latest_version())
+    with _schema_lock:
+        _schema_seen[conn] = pid
 
 
 @contextlib.contextmanager
@@ -71,6 +96,7 @@ def writing(conn: Conn) -> Iterator[Conn]:
     """
     check_usable(conn)
     with _translated(conn):
+        check_schema_once(conn)
         # Only an autocommit connection outside any transaction needs one of its own; inside
         # the caller's ``with conn.transaction()`` the writes simply join it.
         if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
@@ -85,6 +111,7 @@ def reading(conn: Conn) -> Iterator[Conn]:
     """Run reads on the caller's connection, wrapping psycopg errors as ``writing`` does."""
     check_usable(conn)
     with _translated(conn):
+        check_schema_once(conn)
         yield conn
 
 
