@@ -75,8 +75,9 @@ class ReleaseMode(StrEnum):
 class AttemptOutcome(StrEnum):
     """How one attempt of a job ended.
 
-    ``released`` marks an attempt handed back at shutdown before its handler started; it does
-    not count against ``max_attempts``.
+    ``released`` marks an attempt whose handler never started, handed back at shutdown or by
+    the reaper after its worker died (at most ``UNCOUNTED_RELEASES`` times a job, see
+    ``runledger.runtime.reaper``); it does not count against ``max_attempts``.
     """
 
     SUCCEEDED = "succeeded"

@@ -8,7 +8,7 @@ Lock order
 ==========
 Every path that changes job, step or run rows takes row locks in this order and only in it:
 
-1. ``runledger.jobs`` rows, ascending id (``... ORDER BY id FOR UPDATE``);
+1. ``runledger.jobs`` rows, ascending id (``... ORDER BY id FOR NO KEY UPDATE``);
 2. ``runledger.workflow_step_runs`` rows: first the steps whose outcome is being written
    (ascending id), then the blocked steps that may change because of them, all in one
    ascending-id statement. Step ids grow in topological order (enqueue inserts them so), so
