@@ -36,6 +36,7 @@ def test_killed_handler_connections_lose_no_job_and_commit_no_effect_twice(
     assert sum(ended) >= 5, f"too few handler connections were caught idle: {ended}"
     verdict = scenario.settle(last_fault)
     assert verdict.jobs == 2000 + 4 * scenario.workflows
-    # Each killed attempt ran its handler again.
-    assert verdict.extra_executions >= sum(ended)
+    # The killed attempts ran their handlers again (not necessarily each one: a handler can
+    # commit between the storm's look at pg_stat_activity and its pg_terminate_backend).
+    assert verdict.extra_executions > 0
     print(f"handler connections ended per strike {ended}")
