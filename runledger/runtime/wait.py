@@ -29,7 +29,9 @@ def wait_for_run(
     """
     conninfo = store if isinstance(store, str) else store.conninfo
     deadline = time.monotonic() + timeout
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    # Unprepared: through PgBouncer in transaction mode (before 1.21) a poll may land on a
+    # server connection that never saw a statement prepared by an earlier one.
+    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
         conn.execute(f"listen {RUNS_CHANNEL}")
         while True:
             run = get_workflow_run(conn, run_id)

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 import runledger
-from runledger.errors import DatabaseError, RunNotFinished
+from runledger.errors import RunNotFinished
 from runledger.testing import PgBouncer, TestServer, start_pgbouncer
 
 Admin = Callable[[str], list[dict[str, Any]]]
@@ -233,13 +233,6 @@ def test_a_poll_only_runtime_needs_no_state_kept_on_a_server_connection(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DatabaseError,
-    reason="wait_for_run connects with psycopg's default prepare_threshold (5): its sixth poll "
-    'runs a statement prepared on another backend (\'prepared statement "_pg3_0" does not '
-    "exist'); runledger/runtime/wait.py should connect with prepare_threshold=None",
-)
 def test_wait_for_run_polls_through_pgbouncer_whatever_backend_each_poll_gets(
     fresh_backends_dsn: str, autocommit_conn: psycopg.Connection[Any]
 ) -> None:
