@@ -3,6 +3,7 @@ held, replaced after it breaks, and back in the pool as it was found."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -86,16 +87,41 @@ def test_a_statement_commits_by_itself_and_a_transaction_rolls_back_on_error(
     assert observer.execute("select n from marks order by n").fetchall() == [(1,), (3,)]
 
 
-def test_a_broken_connection_is_given_back_and_the_next_use_takes_a_fresh_one(
+def wait_gone(observer: psycopg.Connection[Any], pid: int) -> None:
+    """Wait until the server no longer lists backend ``pid`` (its last message is sent)."""
+    deadline = time.monotonic() + 10
+    while observer.execute(
+        "select exists (select from pg_stat_activity where pid = %s)", (pid,)
+    ).fetchone() != (False,):
+        assert time.monotonic() < deadline, f"backend {pid} still there after 10 s"
+        time.sleep(0.01)
+
+
+def test_a_connection_the_server_closed_while_held_is_replaced_before_use(
     pool: ConnectionPool[Any], observer: psycopg.Connection[Any]
 ) -> None:
     held = HeldConnection(pool, settings=GENERIC_PLAN_SESSION)
     with held.autocommit() as conn:
         dead = backend_pid(conn)
     observer.execute("select pg_terminate_backend(%s)", (dead,))
+    wait_gone(observer, dead)
+
+    # Told by the idle socket, without a failed statement; the pool opens another.
+    with held.autocommit() as conn:
+        assert backend_pid(conn) != dead
+        assert setting(conn, "plan_cache_mode") == "force_generic_plan"
+    held.close()
+
+
+def test_a_connection_that_breaks_in_use_is_given_back_and_the_next_use_takes_a_fresh_one(
+    pool: ConnectionPool[Any], observer: psycopg.Connection[Any]
+) -> None:
+    held = HeldConnection(pool, settings=GENERIC_PLAN_SESSION)
+    with held.autocommit() as conn:
+        dead = backend_pid(conn)
     with pytest.raises(psycopg.OperationalError), held.autocommit() as conn:
-        conn.execute("select 1")
-    # The pool's only connection was broken and handed back: the pool opens another.
+        # Ended while it runs a statement: the statement fails and the holder lets it go.
+        conn.execute("select pg_terminate_backend(pg_backend_pid())")
     with held.autocommit() as conn:
         assert backend_pid(conn) != dead
         assert setting(conn, "plan_cache_mode") == "force_generic_plan"
