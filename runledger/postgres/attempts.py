@@ -277,6 +277,17 @@ FINISH_FEW_ATTEMPTS = "-- a batch of few attempts: prepared\n" + FINISH_ATTEMPTS
 PREPARED_FINISH_BATCH = 64
 """The largest finish that runs as a prepared statement."""
 
+# The attempts a worker holds in the database but not in memory (``held``): those of a claim
+# that committed while its connection broke, before the worker read which jobs it got.
+ORPHANED_ATTEMPTS = """
+select id, lease_token
+from runledger.jobs
+where status = 'running'
+  and lease_owner = %(worker)s
+  and not (lease_token = any(%(held)s::uuid[]))
+order by id
+"""
+
 # Running jobs whose lease expired or whose attempt outlived its timeout; SKIP LOCKED so the
 # reaper never waits for (or overwrites) a completion in flight: the FOR UPDATE re-checks the
 # conditions on the newest row version.
@@ -556,6 +567,17 @@ def _error_text(result: AttemptResult) -> str | None:
     if result.error_type is None:
         return None
     return f"{result.error_type}: {result.error_message or ''}"
+
+
+def orphaned_attempts(
+    conn: Conn, *, worker: str, held: Sequence[uuid.UUID]
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(job id, lease token) of the running attempts leased to ``worker`` whose tokens are not
+    in ``held``: jobs a claim gave it that it never learnt of."""
+    rows = conn.execute(
+        ORPHANED_ATTEMPTS, {"worker": worker, "held": list(held)}, prepare=False
+    ).fetchall()
+    return [(row[0], row[1]) for row in rows]
 
 
 @attrs.frozen(kw_only=True)

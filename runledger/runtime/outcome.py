@@ -8,6 +8,8 @@ import traceback
 import uuid
 from typing import Protocol
 
+import attrs
+
 from runledger.core.payload import JsonValue
 from runledger.core.retry import Fail, Retry, RetryPolicy
 from runledger.core.status import AttemptOutcome, JobStatus, RetryReason
@@ -16,17 +18,30 @@ from runledger.postgres.attempts import AttemptResult, ClaimedJob
 __all__ = ["Attempt", "AttemptResult", "failure", "released", "success"]
 
 
-class Attempt(Protocol):
-    """The attempt an outcome is about."""
+class Leased(Protocol):
+    """An attempt as its lease names it."""
 
     @property
     def id(self) -> uuid.UUID: ...
     @property
     def lease_token(self) -> uuid.UUID: ...
+
+
+class Attempt(Leased, Protocol):
+    """The attempt an outcome is about."""
+
     @property
     def attempt(self) -> int: ...
     @property
     def max_attempts(self) -> int: ...
+
+
+@attrs.frozen(kw_only=True)
+class Orphan:
+    """An attempt known only by its job id and lease token (a claim whose reply was lost)."""
+
+    id: uuid.UUID
+    lease_token: uuid.UUID
 
 
 _random = random.SystemRandom()
@@ -104,9 +119,10 @@ def failure(
     )  # fmt: skip
 
 
-def released(job: Attempt, error: BaseException | None = None) -> AttemptResult:
+def released(job: Leased, error: BaseException | None = None) -> AttemptResult:
     """An attempt whose handler never started, handed back without counting it: at
-    shutdown, or (with the ``error`` that says why) by the reaper after its worker died."""
+    shutdown, or (with the ``error`` that says why) by the reaper after its worker died, or
+    after a claim whose reply was lost."""
     return AttemptResult(
         job_id=job.id,
         lease_token=job.lease_token,

@@ -49,6 +49,7 @@ from runledger.postgres.attempts import (
     claim,
     finish,
     mark_started,
+    orphaned_attempts,
     renew_leases,
 )
 from runledger.postgres.held import HeldConnection
@@ -73,6 +74,10 @@ DB_ERRORS = (psycopg.Error, OSError, DatabaseError)
 
 class TimedOut(Exception):
     """The attempt outlived its ``timeout_seconds``."""
+
+
+class ClaimInterrupted(Exception):
+    """A claim committed, but its connection broke before the worker read which jobs it got."""
 
 
 class OutcomeNotWritable(Exception):
@@ -214,6 +219,11 @@ class WorkerPool:
         self._pending: list[tuple[InFlight, AttemptResult]] = []
         self._to_mark: list[InFlight] = []
         self._idle = 0  # worker threads waiting for a job
+        # A claim failed: the server may have committed it, leasing jobs this pool never
+        # learnt of; the next claim step hands them back first.
+        self._claim_unsure = False
+        # Attempts forgotten without an outcome, their leases left to expire: not orphans.
+        self._abandoned: set[uuid.UUID] = set()
         self._unwritten = 0  # outcomes handed to the completer and not yet written
         self._write_failures = 0  # the completer's failed writes in a row
         self._defaults = {
@@ -378,12 +388,15 @@ class WorkerPool:
             if self._unwritten >= UNWRITTEN_LIMIT_FACTOR * self._capacity:
                 free = 0
         claimed: list[ClaimedJob] = []
+        if self._claim_unsure:
+            self._release_orphans()
         if free > 0 and self._defaults:
             session_plan = bool(self._claim_conn.settings)
             with self._claim_conn.autocommit() as conn:
                 # One statement that commits by itself, unless the plan mode must be set
                 # for this transaction only.
                 alone = session_plan or conn.prepare_threshold is None
+                self._claim_unsure = True  # until the claim's reply is read
                 with contextlib.nullcontext() if alone else conn.transaction():
                     claimed = claim(
                         conn,
@@ -396,12 +409,41 @@ class WorkerPool:
                         session_generic_plan=session_plan,
                         start_now=start_now,
                     )
+                self._claim_unsure = False
             for job in claimed:
                 self._runnable.put(self._adopt(job))
         if free > 0 and len(claimed) == free:
             return  # there may be more: claim again once a slot frees up
         if not stop.is_set():
             self.wake.wait(self._poll_interval)
+
+    def _release_orphans(self) -> None:
+        """Hand back, uncounted, the jobs a failed claim may have leased to this pool: its
+        running attempts the pool does not hold (their handlers never started)."""
+        with self._lock:
+            held = [*self._inflight, *self._abandoned]
+        with self._claim_conn.transaction() as conn:
+            orphans = orphaned_attempts(conn, worker=self._worker_id, held=held)
+            if orphans:
+                finish(
+                    conn,
+                    [
+                        outcome.released(
+                            outcome.Orphan(id=job_id, lease_token=token),
+                            ClaimInterrupted(
+                                "the claim committed but its connection broke before the "
+                                "worker read it: released, the attempt not counted"
+                            ),
+                        )
+                        for job_id, token in orphans
+                    ],
+                )
+        self._claim_unsure = False
+        if orphans:
+            _logger.warning(
+                "released %d jobs of a claim whose reply was lost with its connection",
+                len(orphans),
+            )
 
     def _adopt(self, job: ClaimedJob) -> InFlight:
         """Hold a claimed attempt: its lease is renewed from now on."""
@@ -676,8 +718,7 @@ class WorkerPool:
                     )
                     with self._lock:
                         self._unwritten -= 1
-                    self.mark_lost(flight.job.lease_token)
-                    self._forget(flight)
+                    self._abandon(flight)
             self._pending.pop(0)
 
     def _queue_outcome(self, flight: InFlight, result: AttemptResult) -> None:
@@ -697,8 +738,14 @@ class WorkerPool:
                 "job %s: its outcome could not be written; leaving its lease to expire",
                 flight.job.id,
             )
-            self.mark_lost(flight.job.lease_token)
-            self._forget(flight)
+            self._abandon(flight)
+
+    def _abandon(self, flight: InFlight) -> None:
+        """Forget an attempt whose outcome will never be written; its lease expires."""
+        with self._lock:
+            self._abandoned.add(flight.job.lease_token)
+        self.mark_lost(flight.job.lease_token)
+        self._forget(flight)
 
     def _forget(self, flight: InFlight) -> None:
         with self._changed:
