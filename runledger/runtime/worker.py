@@ -663,8 +663,15 @@ class WorkerPool:
         with self._lock:
             marks = [f for f in self._to_mark if not (f.writing or f.lost or f.marked)]
         if marks:
-            with self._finish_conn.autocommit() as conn:
-                mark_started(conn, [(f.job.id, f.job.lease_token) for f in marks])
+            try:
+                with self._finish_conn.autocommit() as conn:
+                    mark_started(conn, [(f.job.id, f.job.lease_token) for f in marks])
+            except Exception as err:
+                if not _refused(err):
+                    raise  # the connection: the loop writes them again
+                # A refused mark must not hold back the outcomes: these attempts would be
+                # released uncounted if their worker died, as if they never started.
+                _logger.error("could not mark %d attempts started (%s)", len(marks), err)
             for flight in marks:
                 flight.marked = True
         self._to_mark = []
