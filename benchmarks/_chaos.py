@@ -399,7 +399,7 @@ def wait_until_finished(control: Control, timeout: float) -> float | None:
 
 # --- the invariants ---------------------------------------------------------------------------
 
-#: A run's counters and status that do not follow from its steps (as tests/chaos's hammer).
+#: A run's counters and status that do not follow from its steps (tests/chaos's hammer too).
 RUN_COUNTERS = """
 with counted as (
     select r.id, r.status, r.steps_open, r.steps_active, r.steps_unsuccessful,
@@ -420,6 +420,7 @@ where (steps_open, steps_active, steps_unsuccessful) <> (open, active, unsuccess
         when open = 0 then 'completed_with_errors'
         when active = 0 then 'waiting'
         else 'running' end
+   or (status = 'cancelled' and open > 0)
 """
 
 #: Steps whose job does not match them: more than one job, a status that differs.

@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 import psycopg
 import pytest
+from _chaos import RUN_COUNTERS  # on sys.path through tests/chaos/conftest.py
 
 import runledger
 from runledger import AttemptOutcome, JobStatus, WorkflowBuilder
@@ -480,29 +481,6 @@ def hammered(databases: TemplateDatabases) -> Iterator[Report]:
 
 
 # --- coherence over all runs, in SQL ---------------------------------------------------------
-
-RUN_COUNTERS = """
-with counted as (
-    select r.id, r.status, r.steps_open, r.steps_active, r.steps_unsuccessful,
-           count(*) filter (where s.status not in ('succeeded', 'failed', 'cancelled')) as open,
-           count(*) filter (where s.kind = 'job' and s.status in ('queued', 'running'))
-               as active,
-           count(*) filter (where s.status in ('failed', 'cancelled')) as unsuccessful
-    from runledger.workflow_runs as r
-    join runledger.workflow_step_runs as s on s.workflow_run_id = r.id
-    group by r.id
-)
-select id, status, steps_open, steps_active, steps_unsuccessful, open, active, unsuccessful
-from counted
-where (steps_open, steps_active, steps_unsuccessful) <> (open, active, unsuccessful)
-   or status <> case
-        when status = 'cancelled' then 'cancelled'
-        when open = 0 and unsuccessful = 0 then 'succeeded'
-        when open = 0 then 'completed_with_errors'
-        when active = 0 then 'waiting'
-        else 'running' end
-   or (status = 'cancelled' and open > 0)
-"""
 
 STEP_JOBS = """
 select s.workflow_run_id, s.step_key, s.kind, s.status, s.job_id,
