@@ -328,9 +328,18 @@ class RunNotFinished(RunledgerError, TimeoutError):
 
 
 class ConfigError(RunledgerError, ValueError):
-    """A ``RUNLEDGER_*`` environment variable or a command-line option does not parse."""
+    """A setting does not parse or is out of range.
 
-    def __init__(self, *, name: str, value: str, expected: str) -> None:
+    The setting is a ``RUNLEDGER_*`` environment variable, a command-line option, a Flask or
+    Django setting, or a ``Runtime(...)`` argument.
+
+    Attributes:
+        name: the variable, option or argument, as the user wrote it.
+        value: the value given (a string when it came from text).
+        expected: what would be accepted.
+    """
+
+    def __init__(self, *, name: str, value: object, expected: str) -> None:
         self.name = name
         self.value = value
         self.expected = expected

@@ -88,11 +88,12 @@ class Runtime:
         vacuum: bool = True,
     ) -> None:
         if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+            raise ConfigError(name="concurrency", value=concurrency, expected="an integer >= 1")
+        given_queues = queues
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
         if not queues:
-            raise ValueError("give at least one queue")
+            raise ConfigError(name="queues", value=given_queues, expected="at least one queue name")
         for name, value in (
             ("lease_seconds", lease_seconds),
             ("poll_interval", poll_interval),
@@ -100,8 +101,8 @@ class Runtime:
             ("schedule_interval", schedule_interval),
             ("shutdown_timeout", shutdown_timeout),
         ):
-            if not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+            if not 0 < value < math.inf:  # also refuses nan
+                raise ConfigError(name=name, value=value, expected="a positive number of seconds")
         if isinstance(target, Store):
             self._store = target
             self._owns_store = False
