@@ -1,4 +1,8 @@
-"""The built wheel ships the migrations and can migrate an empty database from a fresh venv."""
+"""The built wheel ships the migrations and can migrate an empty database from a fresh venv.
+
+The distribution is ``runledger-pg`` (``runledger`` on PyPI is an unrelated project); the import
+name stays ``runledger``.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,12 @@ from runledger.postgres.migrate import latest_version
 
 ROOT = Path(__file__).resolve().parents[2]
 
+DISTRIBUTION = "runledger-pg"
+
 MIGRATE = """
-import importlib.resources, os, sys
+import importlib.metadata, importlib.resources, os, sys
 import psycopg, runledger
+assert importlib.metadata.version("runledger-pg") == runledger.__version__
 with psycopg.connect(os.environ["RUNLEDGER_WHEEL_DSN"], autocommit=True) as conn:
     print(runledger.migrate(conn))
 print(runledger.__file__)
@@ -48,9 +55,13 @@ def test_wheel_installed_in_a_fresh_venv_migrates_an_empty_database(
 ) -> None:
     dist = tmp_path / "dist"
     _run([sys.executable, "-m", "build", "--wheel", "--outdir", dist, ROOT], cwd=tmp_path)
-    (wheel,) = dist.glob("runledger-*.whl")
+    # Wheel file names normalise the distribution name: runledger-pg -> runledger_pg.
+    (wheel,) = dist.glob(f"{DISTRIBUTION.replace('-', '_')}-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
+        [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
+        headers = archive.read(metadata).decode().split("\n\n", 1)[0].splitlines()
+    assert f"Name: {DISTRIBUTION}" in headers
     assert "runledger/sql/0001_runledger.sql" in names
     assert "runledger/py.typed" in names
 
