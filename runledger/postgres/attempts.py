@@ -37,6 +37,7 @@ import attrs
 
 from runledger.core.payload import JsonValue, dumps
 from runledger.core.status import AttemptOutcome, JobStatus, RetryReason, StepStatus
+from runledger.postgres.channels import JOBS
 from runledger.postgres.connection import Conn
 from runledger.postgres.workflow import Advance, StepOutcome, advance
 
@@ -183,7 +184,7 @@ from locked as l
 where j.id = l.id
 """
 
-FINISH_ATTEMPTS = """
+FINISH_ATTEMPTS = f"""
 with input as (
     select *
     from unnest(
@@ -246,7 +247,7 @@ events as (
                 when d.status = 'queued' then 'job.retrying'
                 else 'job.failed' end,
            d.id, d.workflow_run_id, d.step_key, d.attempt,
-           case when d.status = 'succeeded' then '{}'::jsonb
+           case when d.status = 'succeeded' then '{{}}'::jsonb
                 else jsonb_strip_nulls(jsonb_build_object(
                     'outcome', u.outcome, 'error_type', u.error_type,
                     'error', u.error_message,
@@ -262,7 +263,7 @@ steps as (
     where s.id = d.step_id and d.status = 'queued' and s.status = 'running'
 ),
 notified as (
-    select count(pg_notify('runledger_jobs', queue)) as n
+    select count(pg_notify('{JOBS}', queue)) as n
     from (select distinct queue from done where status = 'queued') as q
 )
 select d.id, d.status, d.workflow_run_id, d.step_id, d.step_key, d.attempt, d.job_type,

@@ -17,11 +17,12 @@ from runledger.core.job import check_text
 from runledger.core.payload import JsonValue
 from runledger.core.status import JobStatus, StepStatus
 from runledger.errors import DatabaseError, JobNotFound, JobNotRequeueable, WorkflowRunNotFound
+from runledger.postgres.channels import CANCEL, JOBS
 from runledger.postgres.connection import Conn, savepoint, writing
 from runledger.postgres.ids import parse_id
 from runledger.postgres.workflow import StepOutcome, advance, notify_runs, write_events
 
-CANCEL_CHANNEL = "runledger_cancel"
+CANCEL_CHANNEL = CANCEL
 """Cancels NOTIFY this channel with the job id, so runtimes set ``ctx.cancelled`` at once."""
 
 LOCK_JOB = """
@@ -31,7 +32,7 @@ where id = %(id)s
 for no key update
 """
 
-CANCEL_JOBS = """
+CANCEL_JOBS = f"""
 with cancelled as (
     update runledger.jobs
     set status = 'cancelled', cancel_reason = %(reason)s, lease_token = null,
@@ -50,7 +51,7 @@ events as (
            jsonb_strip_nulls(jsonb_build_object('reason', %(reason)s::text))
     from cancelled
 )
-select id, (select count(pg_notify('runledger_cancel', id::text)) from cancelled)
+select id, (select count(pg_notify('{CANCEL}', id::text)) from cancelled)
 from cancelled
 """
 
@@ -87,7 +88,7 @@ set status = 'cancelled', cancel_reason = %(reason)s, steps_open = 0, steps_acti
     updated_at = now()
 where id = %(id)s
 """
-REQUEUE_JOB = """
+REQUEUE_JOB = f"""
 with requeued as (
     update runledger.jobs
     set status = 'queued', attempt = 0, run_at = now(), finished_at = null,
@@ -99,7 +100,7 @@ events as (
     insert into runledger.events (kind, job_id, data)
     select 'job.requeued', id, jsonb_build_object('from', %(status)s::text) from requeued
 )
-select count(pg_notify('runledger_jobs', queue)) from requeued
+select count(pg_notify('{JOBS}', queue)) from requeued
 """
 
 # A cancel that keeps meeting freshly released jobs locked by a claimer retries this long.

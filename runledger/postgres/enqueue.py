@@ -23,12 +23,15 @@ from runledger.core.payload import MAX_PAYLOAD_BYTES, JsonValue, dumps_within
 from runledger.core.status import StepKind, StepStatus
 from runledger.core.workflow import Workflow
 from runledger.errors import ConfigError, IdempotencyConflict, UnknownJobType
+from runledger.postgres.channels import JOBS
 from runledger.postgres.connection import Conn, savepoint, writing
 from runledger.postgres.copytext import copy_int, copy_json_text, copy_text
 from runledger.postgres.ids import new_id, new_ids
 
-NOTIFY_CHANNEL = "runledger_jobs"
-"""Enqueue notifies this channel with the queue name as payload; workers LISTEN on it."""
+NOTIFY_CHANNEL = JOBS
+"""Enqueue notifies this channel with the queue name as payload; workers LISTEN on it.
+
+The same as ``runledger.postgres.channels.JOBS``, kept under its public name."""
 
 BATCH_SIZE = 5_000
 
@@ -72,7 +75,7 @@ def payload_limit(max_payload_bytes: int | None) -> int:
 
 # Payloads travel as one JSON array (unpacked by position) rather than a jsonb[] parameter:
 # adapting a jsonb[] escapes every element again and costs more than the rest of the row.
-INSERT_JOBS = """
+INSERT_JOBS = f"""
 with input as (
     select t.*, p.payload
     from unnest(
@@ -103,7 +106,7 @@ events as (
     select 'job.enqueued', id from inserted
 )
 select (select array_agg(id) from inserted) as ids,
-       (select count(pg_notify('runledger_jobs', queue))
+       (select count(pg_notify('{JOBS}', queue))
         from (select distinct queue from inserted) as q) as notified
 """
 
@@ -132,7 +135,7 @@ where name = %(name)s and idempotency_key = %(key)s
 
 # Steps are inserted in topological order (ORDER BY ord), so identity ids grow from
 # prerequisites to dependents: the lock order relies on it.
-INSERT_RUN_STEPS = """
+INSERT_RUN_STEPS = f"""
 with step_input as (
     select *
     from unnest(
@@ -176,13 +179,13 @@ events as (
     insert into runledger.events (kind, job_id, workflow_run_id, step_key, data)
     select 'run.enqueued', null, %(run_id)s, null, jsonb_build_object('name', %(name)s::text)
     union all
-    select 'step.' || s.status, s.job_id, %(run_id)s, s.step_key, '{}'::jsonb
+    select 'step.' || s.status, s.job_id, %(run_id)s, s.step_key, '{{}}'::jsonb
     from steps as s where s.status in ('queued', 'waiting')
     union all
-    select 'job.enqueued', j.id, %(run_id)s, j.step_key, '{}'::jsonb
+    select 'job.enqueued', j.id, %(run_id)s, j.step_key, '{{}}'::jsonb
     from jobs as j
 )
-select count(pg_notify('runledger_jobs', queue))
+select count(pg_notify('{JOBS}', queue))
 from (select distinct queue from jobs) as q
 """
 
@@ -347,8 +350,8 @@ from stdin
 """
 COPY_ENQUEUED_EVENTS = "copy runledger.events (kind, job_id) from stdin"
 TRANSACTION_NOW = "select now()"
-NOTIFY_QUEUES = """
-select count(pg_notify('runledger_jobs', queue)) from unnest(%(queues)s::text[]) as queue
+NOTIFY_QUEUES = f"""
+select count(pg_notify('{JOBS}', queue)) from unnest(%(queues)s::text[]) as queue
 """
 COPY_THRESHOLD = 50
 COPY_CHUNK = 1_000  # rows per write: large enough to amortise the call, small enough to overlap

@@ -28,6 +28,7 @@ from runledger.core.job import DEFAULT_QUEUE
 from runledger.core.payload import JsonValue, dumps
 from runledger.core.schedule import ScheduleSpec, latest_tick, next_tick
 from runledger.errors import InvalidCron, ScheduleNotFound, UnknownTimezone
+from runledger.postgres.channels import JOBS
 from runledger.postgres.connection import Conn, reading, savepoint, writing
 from runledger.postgres.ids import new_id
 
@@ -101,7 +102,7 @@ order by name
 limit %(limit)s
 for no key update skip locked
 """
-FIRE = """
+FIRE = f"""
 with job as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
@@ -123,7 +124,7 @@ moved as (
         last_job_id = coalesce((select id from job), last_job_id), updated_at = now()
     where name = %(name)s
 )
-select (select id from job), (select count(pg_notify('runledger_jobs', queue)) from job)
+select (select id from job), (select count(pg_notify('{JOBS}', queue)) from job)
 """
 
 

@@ -46,6 +46,7 @@ import attrs
 
 from runledger.core.payload import JsonValue, dumps
 from runledger.core.status import ReleaseMode, RunStatus, StepKind, StepStatus
+from runledger.postgres.channels import JOBS, RUNS
 from runledger.postgres.connection import Conn
 from runledger.postgres.ids import new_id
 
@@ -113,7 +114,7 @@ from u
 where s.id = u.id
 """
 
-INSERT_STEP_JOBS = """
+INSERT_STEP_JOBS = f"""
 with input as (
     select *
     from unnest(%(ids)s::uuid[], %(queues)s::text[], %(job_types)s::text[],
@@ -136,7 +137,7 @@ events as (
     insert into runledger.events (kind, job_id, workflow_run_id, step_key)
     select 'job.enqueued', id, workflow_run_id, step_key from inserted
 )
-select count(pg_notify('runledger_jobs', queue))
+select count(pg_notify('{JOBS}', queue))
 from (select distinct queue from inserted) as q
 """
 
@@ -466,12 +467,10 @@ def _update_runs(conn: Conn, deltas: dict[uuid.UUID, _RunDelta]) -> list[RunChan
     return changes
 
 
-RUNS_CHANNEL = "runledger_runs"
+RUNS_CHANNEL = RUNS
 """A run reaching a final status NOTIFYs this channel with its id (``wait_for_run``)."""
 
-NOTIFY_RUNS = (
-    "select count(pg_notify('runledger_runs', id::text)) from unnest(%(ids)s::uuid[]) as id"
-)
+NOTIFY_RUNS = f"select count(pg_notify('{RUNS}', id::text)) from unnest(%(ids)s::uuid[]) as id"
 
 
 def notify_runs(conn: Conn, run_ids: Sequence[uuid.UUID]) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from runledger.errors import ConfigError
-from runledger.postgres.cancellation import CANCEL_CHANNEL
-from runledger.postgres.enqueue import NOTIFY_CHANNEL
+from runledger.postgres.channels import CANCEL as CANCEL_CHANNEL
+from runledger.postgres.channels import JOBS as NOTIFY_CHANNEL
 from runledger.postgres.listener import Listener
 from runledger.postgres.store import Store
 from runledger.runtime.config import settings_from_env
