@@ -1,16 +1,48 @@
-"""A dedicated LISTEN connection that reconnects and re-subscribes by itself."""
+"""Dedicated LISTEN connections: the runtime's, which reconnects and re-subscribes by itself,
+and ``listening``, a short-lived one for a caller that waits on a channel."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 _logger = logging.getLogger("runledger.listener")
+
+LISTEN = sql.SQL("listen {}")
+"""Subscribes the session to a channel, given as a ``sql.Identifier``."""
+
+
+def subscribe(conn: psycopg.Connection[Any], channels: Sequence[str]) -> None:
+    """LISTEN on each of ``channels`` (names of ``runledger.postgres.channels``).
+
+    ``conn`` must be in autocommit mode: a LISTEN inside a transaction only takes effect at
+    its commit. Raises psycopg's error when the connection fails.
+    """
+    for channel in channels:
+        conn.execute(LISTEN.format(sql.Identifier(channel)))
+
+
+@contextmanager
+def listening(conninfo: str, channels: Sequence[str]) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of its own, subscribed to ``channels``, closed on exit.
+
+    The connection is in autocommit mode and never prepares a statement: through PgBouncer
+    in transaction mode (before 1.21) a statement may land on a server connection that never
+    saw one prepared by an earlier statement. Read notifications with ``conn.notifies()``;
+    statements run on it commit one by one. Not thread-safe: use it in one thread.
+
+    Raises:
+        psycopg.OperationalError: the database cannot be reached.
+    """
+    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
+        subscribe(conn, channels)
+        yield conn
 
 
 class Listener:
@@ -48,8 +80,7 @@ class Listener:
                 with psycopg.connect(
                     self._conninfo, autocommit=True, **self._connect_kwargs
                 ) as conn:
-                    for channel in self._channels:
-                        conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
+                    subscribe(conn, self._channels)
                     self.connected.set()
                     self._on_reconnect()
                     backoff = 1.0

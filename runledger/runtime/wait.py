@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 
-import psycopg
-
 from runledger.errors import RunNotFinished
+from runledger.postgres.channels import RUNS
+from runledger.postgres.listener import listening
 from runledger.postgres.reads import get_workflow_run
 from runledger.postgres.records import WorkflowRunRecord
 from runledger.postgres.store import Store
-from runledger.postgres.workflow import RUNS_CHANNEL
 
 
 def wait_for_run(
@@ -29,10 +28,9 @@ def wait_for_run(
     """
     conninfo = store if isinstance(store, str) else store.conninfo
     deadline = time.monotonic() + timeout
-    # Unprepared: through PgBouncer in transaction mode (before 1.21) a poll may land on a
-    # server connection that never saw a statement prepared by an earlier one.
-    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
-        conn.execute(f"listen {RUNS_CHANNEL}")
+    # Unprepared (listening's connection): through PgBouncer in transaction mode a poll may
+    # land on a server connection that never saw a statement prepared by an earlier one.
+    with listening(conninfo, [RUNS]) as conn:
         while True:
             run = get_workflow_run(conn, run_id)
             if run.status.is_terminal:
