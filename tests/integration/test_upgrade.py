@@ -87,3 +87,47 @@ def test_upgrading_a_populated_version_1_database_keeps_its_jobs_and_their_accou
                 assert deadline_polls > 0, "the queued job never ran after the upgrade"
                 conn.execute("select pg_sleep(0.02)")
         assert runledger.get_job(conn, queued).output == 1
+
+
+def test_upgrading_a_populated_version_2_database_adds_the_workers_table(
+    empty_database: str,
+) -> None:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        install_version(conn, 2)
+        assert runledger.schema_version(conn) == 2
+        queued = runledger.enqueue(conn, "upgrade.later", {"n": 3})
+        running = runledger.enqueue(conn, "upgrade.crashed", {"n": 4})
+        # Claimed by a version 2 worker whose handler started, and which died since.
+        conn.execute(CLAIMED_BY_VERSION_1, {"id": running, "token": uuid.uuid4()})
+        conn.execute(
+            "update runledger.jobs set handler_started_at = started_at where id = %s", (running,)
+        )
+
+        assert runledger.migrate(conn) == [v for v in range(3, latest_version() + 1)]
+        runledger.check_schema(conn)
+        assert conn.execute("select count(*) from runledger.workers").fetchone() == (0,)
+
+        # A runtime on the upgraded schema registers itself, reaps the attempt left running
+        # at the upgrade and runs the job queued before it, as the worker its row names.
+        registry = runledger.Registry()
+
+        @registry.handler("upgrade.later")
+        def later(ctx: runledger.JobContext, payload: Any) -> Any:
+            return payload["n"]
+
+        with runledger.Runtime(
+            empty_database, registry, concurrency=1, poll_interval=0.05, listen=False
+        ) as rt:
+            row = conn.execute("select id, pid from runledger.workers").fetchall()
+            assert [r[0] for r in row] == [rt.worker_id]
+            deadline_polls = 500
+            while runledger.get_job(conn, queued).status != JobStatus.SUCCEEDED:
+                deadline_polls -= 1
+                assert deadline_polls > 0, "the queued job never ran after the upgrade"
+                conn.execute("select pg_sleep(0.02)")
+            rt.reap_now()  # unless its reaper's first round took it already
+        assert runledger.get_job(conn, queued).output == 3
+        assert runledger.get_job(conn, running).status == JobStatus.FAILED
+        [attempt] = runledger.list_attempts(conn, queued)
+        assert attempt.worker == rt.worker_id
+        assert conn.execute("select count(*) from runledger.workers").fetchone() == (0,)
