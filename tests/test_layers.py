@@ -1,4 +1,4 @@
-"""Layering (DESIGN.md §2: integrations -> runtime -> postgres -> core) and the public surface.
+"""Layering (docs/architecture.md §1: integrations -> runtime -> postgres -> core), public surface.
 
 The imports are read with ``ast`` from the source files, so every import counts: top level,
 inside functions and under ``TYPE_CHECKING`` alike. No database needed.

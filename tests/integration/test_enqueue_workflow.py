@@ -17,7 +17,7 @@ Counter = Callable[..., int]
 
 
 def invoice(invoice_id: str = "42", key: str | None = None) -> runledger.Workflow:
-    """The invoice workflow of DESIGN.md §4."""
+    """The invoice workflow of docs/workflows.md ("Build and enqueue")."""
     return (
         runledger.WorkflowBuilder("invoice.process")
         .idempotency_key(key)

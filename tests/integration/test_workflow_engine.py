@@ -141,7 +141,7 @@ _ACTIVE = (StepStatus.QUEUED, StepStatus.RUNNING)
 
 
 def expected_run_status(open_: int, active: int, unsuccessful: int) -> RunStatus:
-    """The status DESIGN.md §3 derives from the counters of a run that was not cancelled."""
+    """The status docs/architecture.md §3 derives from the counters of an uncancelled run."""
     if open_ == 0:
         return RunStatus.SUCCEEDED if unsuccessful == 0 else RunStatus.COMPLETED_WITH_ERRORS
     return RunStatus.RUNNING if active else RunStatus.WAITING

@@ -41,7 +41,7 @@ INVOICE_ID = uuid.UUID("6f1c1f54-8a5e-4b4e-9a43-0d3c1b0e7f21")
 
 
 def invoice_workflow() -> Workflow:
-    """The invoice workflow of DESIGN.md section 4, written exactly as there."""
+    """The invoice workflow of docs/workflows.md ("Build and enqueue"), without its result step."""
     invoice_id = INVOICE_ID
     # fmt: off
     workflow = (
