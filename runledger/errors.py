@@ -48,12 +48,14 @@ from runledger.core.errors import (
 from runledger.core.retry import InvalidRetryPolicy
 
 __all__ = [
+    "AttemptError",
     "BlankIdempotencyKey",
     "BlankJobType",
     "BlankQueue",
     "BlankStepKey",
     "BlankWorkflowName",
     "BuilderMisuse",
+    "ClaimInterrupted",
     "ConfigError",
     "ConflictingRunAt",
     "ConnectionNotUsable",
@@ -75,11 +77,13 @@ __all__ = [
     "JobNotFound",
     "JobNotRequeueable",
     "JobOptionError",
+    "LeaseExpired",
     "MigrationError",
     "MissingJobType",
     "NaiveRunAt",
     "NotAnExternalStep",
     "NulInText",
+    "OutcomeNotWritable",
     "PayloadNotSerializable",
     "PayloadTooLarge",
     "PriorityOutOfRange",
@@ -93,11 +97,13 @@ __all__ = [
     "StepNotWaiting",
     "SurrogateInText",
     "TextTooLong",
+    "TimedOut",
     "TransactionAborted",
     "UnknownDependency",
     "UnknownJobType",
     "UnknownResultStep",
     "UnknownTimezone",
+    "UnsupportedDriver",
     "ValidationError",
     "WorkflowBuildError",
     "WorkflowRunNotFound",
@@ -327,6 +333,28 @@ class RunNotFinished(RunledgerError, TimeoutError):
         super().__init__(f"workflow run {run_id} is still {status} after {timeout:g} s")
 
 
+class UnsupportedDriver(RunledgerError):
+    """A SQLAlchemy session or connection does not run on psycopg 3 and PostgreSQL.
+
+    Raised by the Flask integration (``runledger.contrib.flask``), which joins a session's
+    transaction by writing on its psycopg 3 connection, so the engine's URL must start with
+    ``postgresql+psycopg://``. Nothing was written.
+
+    Attributes:
+        dialect: the SQLAlchemy dialect name (``postgresql``, ``sqlite``, ...).
+        driver: the DBAPI driver name (``psycopg2``, ``pysqlite``, ...).
+    """
+
+    def __init__(self, *, dialect: str, driver: str) -> None:
+        self.dialect = dialect
+        self.driver = driver
+        super().__init__(
+            f"runledger joins a SQLAlchemy transaction only through the psycopg 3 driver, and "
+            f"this session runs on {dialect}+{driver}: use a 'postgresql+psycopg://' URL "
+            "(pip install 'psycopg[binary]')"
+        )
+
+
 class ConfigError(RunledgerError, ValueError):
     """A setting does not parse or is out of range.
 
@@ -344,3 +372,24 @@ class ConfigError(RunledgerError, ValueError):
         self.value = value
         self.expected = expected
         super().__init__(f"{name}={value!r}: expected {expected}")
+
+
+class AttemptError(RunledgerError):
+    """Why the runtime, not the handler, ended an attempt. Never raised to callers: its
+    class name is what ``job_attempts.error_type`` and ``jobs.last_error`` record."""
+
+
+class TimedOut(AttemptError):
+    """The attempt outlived its ``timeout_seconds``."""
+
+
+class LeaseExpired(AttemptError):
+    """The worker running the attempt stopped renewing its lease (it died or hung)."""
+
+
+class ClaimInterrupted(AttemptError):
+    """A claim committed, but its connection broke before the worker read which jobs it got."""
+
+
+class OutcomeNotWritable(AttemptError):
+    """The database refused to store the attempt's outcome (its output, say)."""

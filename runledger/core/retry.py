@@ -9,6 +9,7 @@ import attrs
 
 from runledger.core.errors import ValidationError
 from runledger.core.job import MAX_DELAY, MAX_RUN_AT
+from runledger.core.status import RetryReason
 
 
 class InvalidRetryPolicy(ValidationError):
@@ -112,3 +113,36 @@ class Fail(Exception):
     def __init__(self, reason: str = "failed by the handler") -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+@attrs.frozen(kw_only=True)
+class RetryDecision:
+    """What follows a failed attempt: ``retry`` it after ``delay`` seconds (and not before
+    ``not_before``), ``reason`` saying who chose the time; or end the job (``retry`` False)."""
+
+    retry: bool
+    delay: float = 0.0
+    not_before: datetime.datetime | None = None
+    reason: RetryReason | None = None
+
+
+def decide(
+    error: BaseException, *, attempt: int, max_attempts: int, policy: RetryPolicy, draw: float
+) -> RetryDecision:
+    """Decide what follows attempt ``attempt`` of ``max_attempts`` that failed with ``error``.
+
+    ``Fail`` ends the job now, and so does the last attempt; otherwise the job is retried
+    after the policy's delay for this attempt (``draw``, in [0, 1), picks the jitter), or
+    after ``Retry(after=...)``'s lower bound if that is later. Pure: no clock, no I/O.
+    """
+    if isinstance(error, Fail) or attempt >= max_attempts:
+        return RetryDecision(retry=False)
+    delay = policy.delay(attempt, draw)
+    if isinstance(error, Retry):
+        return RetryDecision(
+            retry=True,
+            delay=max(delay, error.lower_bound_seconds()),
+            not_before=error.not_before(),
+            reason=RetryReason.HANDLER,
+        )
+    return RetryDecision(retry=True, delay=delay, reason=RetryReason.POLICY)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import random
 import traceback
 import uuid
@@ -11,8 +10,8 @@ from typing import Protocol
 import attrs
 
 from runledger.core.payload import JsonValue
-from runledger.core.retry import Fail, Retry, RetryPolicy
-from runledger.core.status import AttemptOutcome, JobStatus, RetryReason
+from runledger.core.retry import RetryPolicy, decide
+from runledger.core.status import AttemptOutcome, JobStatus
 from runledger.postgres.attempts import AttemptResult, ClaimedJob
 
 __all__ = ["Attempt", "AttemptResult", "failure", "released", "success"]
@@ -86,10 +85,7 @@ def failure(
     outcome: AttemptOutcome = AttemptOutcome.FAILED,
     tb: str | None = None,
 ) -> AttemptResult:
-    """A failed attempt: retried by the policy (or ``Retry``) while attempts remain.
-
-    ``Fail`` ends the job now; exhausting ``max_attempts`` ends it ``failed``.
-    """
+    """A failed attempt: retried or ended as ``runledger.core.retry.decide`` says."""
     if tb is None:
         tb = "".join(traceback.format_exception(error))
     error_type = storable(type(error).__qualname__, MAX_ERROR_MESSAGE)
@@ -99,23 +95,22 @@ def failure(
         message = ""
     message = storable(message or error_type, MAX_ERROR_MESSAGE)
     tb = storable(tb, MAX_TRACEBACK, keep_end=True)
-    last = job.attempt >= job.max_attempts
-    if isinstance(error, Fail) or last:
+    decision = decide(
+        error,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        policy=policy,
+        draw=_random.random(),
+    )
+    if not decision.retry:
         return AttemptResult(
             job_id=job.id, lease_token=job.lease_token, status=JobStatus.FAILED,
             outcome=outcome, error_type=error_type, error_message=message, traceback=tb,
         )  # fmt: skip
-    delay = policy.delay(job.attempt, _random.random())
-    not_before: datetime.datetime | None = None
-    reason = RetryReason.POLICY
-    if isinstance(error, Retry):
-        delay = max(delay, error.lower_bound_seconds())
-        not_before = error.not_before()
-        reason = RetryReason.HANDLER
     return AttemptResult(
         job_id=job.id, lease_token=job.lease_token, status=JobStatus.QUEUED, outcome=outcome,
-        error_type=error_type, error_message=message, traceback=tb, retry_delay=delay,
-        retry_not_before=not_before, retry_reason=reason,
+        error_type=error_type, error_message=message, traceback=tb, retry_delay=decision.delay,
+        retry_not_before=decision.not_before, retry_reason=decision.reason,
     )  # fmt: skip
 
 

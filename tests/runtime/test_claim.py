@@ -12,7 +12,7 @@ import pytest
 
 import runledger
 from runledger import JobStatus
-from runledger.runtime.worker import WorkerPool
+from runledger.runtime.claimer import Claimer
 
 RuntimeFactory = Callable[..., runledger.Runtime]
 WaitUntil = Callable[..., None]
@@ -141,14 +141,14 @@ def test_a_wake_up_while_every_slot_is_taken_does_not_spin_the_claimer(
     """A completion or NOTIFY that wakes the claimer when it has no free slot must not leave
     it looping: it waits for a slot or the poll interval, a handful of rounds a second."""
     steps = 0
-    original = WorkerPool._claim_step
+    original = Claimer._step
 
-    def counted(self: WorkerPool, stop: threading.Event) -> None:
+    def counted(self: Claimer, stop: threading.Event) -> None:
         nonlocal steps
         steps += 1
         original(self, stop)
 
-    monkeypatch.setattr(WorkerPool, "_claim_step", counted)
+    monkeypatch.setattr(Claimer, "_step", counted)
     release = threading.Event()
     registry = runledger.Registry()
 

@@ -1,0 +1,106 @@
+"""The runtime's one stream of lifecycle events: every committed transition the runtime makes
+is emitted here once, and hooks (and whatever else subscribes: logs, metrics, spans) read it."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+
+from runledger.core.status import AttemptOutcome, EventKind, JobStatus
+from runledger.postgres.attempts import AttemptResult, ClaimedJob, FinishReport
+from runledger.runtime.hooks import LifecycleEvent
+
+_logger = logging.getLogger("runledger.events")
+
+Subscriber = Callable[[list[LifecycleEvent]], object]
+
+
+class EventStream:
+    """Fans each batch of events out to its subscribers, in the order they subscribed.
+
+    A subscriber that raises is logged and skipped; the others still get the batch.
+    ``subscribe`` is not thread-safe (do it before the runtime starts); ``emit`` is.
+    """
+
+    def __init__(self, subscribers: Sequence[Subscriber] = ()) -> None:
+        self._subscribers = list(subscribers)
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Have ``subscriber`` called with every batch emitted from now on."""
+        self._subscribers.append(subscriber)
+
+    def emit(self, events: list[LifecycleEvent]) -> None:
+        """Hand ``events`` to every subscriber; never raises."""
+        if not events:
+            return
+        for subscriber in self._subscribers:
+            try:
+                subscriber(events)
+            except Exception:
+                _logger.exception("event subscriber %r failed; ignored", subscriber)
+
+
+def report_events(
+    report: FinishReport, results: dict[uuid.UUID, AttemptResult]
+) -> list[LifecycleEvent]:
+    """The events of a written ``finish`` (``results`` by lease token): jobs, then steps,
+    then runs."""
+    events: list[LifecycleEvent] = []
+    for done in report.finished:
+        result = results.get(done.lease_token)
+        if result is not None and result.outcome is AttemptOutcome.RELEASED:
+            continue
+        kind = {
+            JobStatus.SUCCEEDED: EventKind.JOB_SUCCEEDED,
+            JobStatus.QUEUED: EventKind.JOB_RETRYING,
+            JobStatus.FAILED: EventKind.JOB_FAILED,
+        }.get(done.status)
+        if kind is None:
+            continue
+        error = None
+        if result is not None and result.error_type is not None:
+            error = f"{result.error_type}: {result.error_message}"
+        events.append(
+            LifecycleEvent(
+                kind=kind, job_id=done.job_id, job_type=done.job_type, attempt=done.attempt,
+                workflow_run_id=done.workflow_run_id, step_key=done.step_key, error=error,
+                retry_at=done.run_at if done.status is JobStatus.QUEUED else None,
+                output=result.output if result is not None else None,
+            )
+        )  # fmt: skip
+    events.extend(workflow_events(report))
+    return events
+
+
+def workflow_events(report: FinishReport) -> list[LifecycleEvent]:
+    """The events of step and run transitions in a ``finish``."""
+    events = [
+        LifecycleEvent(
+            kind=EventKind(f"step.{change.status}"),
+            workflow_run_id=change.run_id,
+            step_key=change.step_key,
+            job_id=change.job_id,
+        )
+        for change in report.workflow.steps
+    ]
+    events.extend(
+        LifecycleEvent(
+            kind=EventKind("run.resumed" if change.status == "running" else f"run.{change.status}"),
+            workflow_run_id=change.run_id,
+        )
+        for change in report.workflow.runs
+    )
+    return events
+
+
+def started_event(job: ClaimedJob) -> LifecycleEvent:
+    """The ``job.started`` event of an attempt whose handler starts."""
+    return LifecycleEvent(
+        kind=EventKind.JOB_STARTED,
+        job_id=job.id,
+        job_type=job.job_type,
+        attempt=job.attempt,
+        workflow_run_id=job.workflow_run_id,
+        step_key=job.step_key,
+    )
