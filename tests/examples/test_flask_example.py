@@ -1,14 +1,19 @@
 """The Flask example (examples/flask_app) against a fresh database of the test's own: driven by
 Flask's test client, its workflow run by a ``Runtime``, and its README worker command run as a
-subprocess and stopped with SIGTERM."""
+subprocess and stopped with SIGTERM. Without ``DATABASE_URL``, ``flask run`` stops the embedded
+server it started when it is stopped."""
 
 from __future__ import annotations
 
 import importlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,4 +123,78 @@ def test_the_readme_worker_command_runs_the_workflow_and_stops_on_sigterm(
 
     assert run.status == runledger.RunStatus.SUCCEEDED, log.read_text()
     assert code == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def _postgres_processes(data_dir: Path) -> list[int]:
+    """The pids of the processes whose command line names ``data_dir`` (the postmaster's -D)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process exited meanwhile
+            continue
+        if any(str(data_dir).encode() in arg for arg in args):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer: the app is serving
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_flask_run_stops_the_embedded_postgres_it_started(
+    stop: signal.Signals, tmp_path: Path
+) -> None:
+    # Without DATABASE_URL the example starts an embedded server in $TMPDIR: here, our own.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RUNLEDGER_", "FLASK_")) and k != "DATABASE_URL"
+    }
+    env["TMPDIR"] = str(tmp_path)
+    data_dir = (tmp_path / "runledger-flask-example").resolve()
+    port = _free_port()
+    log = tmp_path / "flask.log"
+    with log.open("w") as out:
+        web = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "examples.flask_app.app",
+             "run", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(f"http://127.0.0.1:{port}/runs/{uuid.uuid4()}"):
+            assert web.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)  # polling for the server to answer, bounded by the deadline
+        assert _postgres_processes(data_dir), "the example started no embedded server"
+
+        web.send_signal(stop)
+        web.wait(timeout=30)
+    finally:
+        if web.poll() is None:
+            web.kill()
+            web.wait()
+    deadline = time.monotonic() + 30
+    while (left := _postgres_processes(data_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling for the server's processes to exit, bounded by the deadline
+    for pid in left:  # leave no server behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"postgres still running after {stop.name}:\n{log.read_text()}"
     assert "Traceback" not in log.read_text()
