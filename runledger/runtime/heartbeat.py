@@ -1,4 +1,5 @@
-"""The heartbeat: renews every lease this runtime holds in one statement, every lease/3."""
+"""The heartbeat: renews every lease this runtime holds in one statement, and marks its
+``runledger.workers`` row seen in another, every lease/3."""
 
 from __future__ import annotations
 
@@ -8,37 +9,46 @@ import threading
 from runledger.core.status import EventKind
 from runledger.postgres.attempts import renew_leases
 from runledger.postgres.store import Store
+from runledger.postgres.workers import job_statuses
 from runledger.runtime.hooks import LifecycleEvent
+from runledger.runtime.presence import Presence
 from runledger.runtime.registry import Registry
 from runledger.runtime.worker import InFlight, WorkerPool, local_timeouts
 
 _logger = logging.getLogger("runledger.heartbeat")
 
-JOB_STATUSES = "select id, status from runledger.jobs where id = any(%(ids)s)"
-
 
 class Heartbeat:
-    """Keeps leases alive and tells handlers when theirs is gone or their time is up."""
+    """Keeps leases alive and tells handlers when theirs is gone or their time is up; keeps
+    the runtime's ``presence`` row fresh when given one."""
 
     def __init__(
-        self, store: Store, pool: WorkerPool, registry: Registry, *, lease_seconds: float
+        self,
+        store: Store,
+        pool: WorkerPool,
+        registry: Registry,
+        *,
+        lease_seconds: float,
+        presence: Presence | None = None,
     ) -> None:
         self._store = store
         self._pool = pool
         self._registry = registry
         self._lease_seconds = lease_seconds
+        self._presence = presence
         # Renew well before expiry; check local deadlines at least once a second.
         self.interval = min(lease_seconds / 3, 1.0)
         self._since_renew = 0.0
 
     def step(self, stop: threading.Event) -> None:
-        """One beat: local timeouts every time, lease renewal every lease/3."""
+        """One beat: local timeouts every time, lease renewal and presence every lease/3."""
         for flight in local_timeouts(self._pool):
             flight.ctx.logger.warning("job %s passed its timeout; cancelled", flight.job.id)
         self._since_renew += self.interval
         if self._since_renew >= self._lease_seconds / 3:
             self._since_renew = 0.0
             self.renew()
+            self.touch()
         stop.wait(self.interval)
 
     def renew(self) -> None:
@@ -49,7 +59,7 @@ class Heartbeat:
         with self._store.transaction() as conn:
             held = renew_leases(conn, leases, lease_seconds=self._lease_seconds)
             lost = [job_id for job_id, _, _ in leases if job_id not in held]
-            statuses = dict(conn.execute(JOB_STATUSES, {"ids": lost}).fetchall()) if lost else {}
+            statuses = job_statuses(conn, lost)
         events = []
         for job_id, token, _ in leases:
             if job_id in held:
@@ -65,6 +75,16 @@ class Heartbeat:
             if status == "cancelled":
                 events.append(cancelled_event(flight))
         self._registry.hooks.emit(events)
+
+    def touch(self) -> None:
+        """Mark this runtime's workers row seen now. A failure is logged, not raised: it must
+        not hold up the next renewal (a row left unrefreshed shows as stale, as it should)."""
+        if self._presence is None:
+            return
+        try:
+            self._presence.touch()
+        except Exception:
+            _logger.exception("could not mark worker %s seen", self._presence.worker_id)
 
 
 def cancelled_event(flight: InFlight) -> LifecycleEvent:

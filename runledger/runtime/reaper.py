@@ -19,6 +19,7 @@ from runledger.core.status import AttemptOutcome
 from runledger.postgres.attempts import AttemptResult, Expired, finish, lock_expired
 from runledger.postgres.maintenance import vacuum_jobs_if_needed
 from runledger.postgres.store import Store
+from runledger.postgres.workers import GONE_AFTER_LEASES, delete_gone_workers
 from runledger.runtime import outcome
 from runledger.runtime.registry import Registry
 from runledger.runtime.worker import TimedOut, report_events
@@ -32,6 +33,10 @@ VACUUM_EVERY = 10.0
 # table, finished jobs kept for retention included (about a second beside 8 million of them),
 # so after a long one the next waits until ten times its duration has passed.
 VACUUM_SHARE = 0.1
+
+
+# Seconds between deletions of the workers rows not seen for GONE_AFTER_LEASES leases.
+FORGET_WORKERS_EVERY = 30.0
 
 
 def vacuum_gap(took: float) -> float:
@@ -71,6 +76,7 @@ class Reaper:
         self.vacuum = vacuum
         self._vacuumed = 0.0
         self._vacuum_gap = VACUUM_EVERY
+        self._workers_forgotten: float | None = None
 
     def step(self, stop: threading.Event) -> None:
         """Reap until nothing is left, vacuum the jobs table when it needs it (at most every
@@ -85,7 +91,24 @@ class Reaper:
                 took = time.monotonic() - now
                 self._vacuum_gap = vacuum_gap(took)
                 _logger.info("vacuumed runledger.jobs in %.2f s", took)
+        if self._workers_forgotten is None or now - self._workers_forgotten >= FORGET_WORKERS_EVERY:
+            self._workers_forgotten = now
+            self.forget_gone_workers()
         stop.wait(self.interval)
+
+    def forget_gone_workers(self) -> list[str]:
+        """Delete the ``runledger.workers`` rows not seen for ``GONE_AFTER_LEASES`` of their
+        leases (their workers died without a clean stop); return their ids. One transaction.
+        """
+        with self._store.transaction() as conn:
+            gone = delete_gone_workers(conn)
+        for worker_id in gone:
+            _logger.warning(
+                "deleted the workers row of %s: not seen for %g of its leases",
+                worker_id,
+                GONE_AFTER_LEASES,
+            )
+        return gone
 
     def reap_once(self) -> int:
         """Reap one batch in one transaction; return how many jobs it took."""

@@ -24,6 +24,7 @@ from runledger.postgres.store import Store
 from runledger.runtime.config import settings_from_env
 from runledger.runtime.heartbeat import Heartbeat, cancelled_event
 from runledger.runtime.loop import Loop
+from runledger.runtime.presence import Presence
 from runledger.runtime.reaper import Reaper
 from runledger.runtime.registry import Registry
 from runledger.runtime.scheduler import Scheduler
@@ -130,7 +131,17 @@ class Runtime:
             handler_context=handler_context,
             session_settings=listen,
         )
-        self._heartbeat = Heartbeat(self._store, self.pool, registry, lease_seconds=lease_seconds)
+        self._presence = Presence(
+            self._store,
+            worker_id=self.worker_id,
+            queues=queues,
+            handlers=registry.job_types(),
+            concurrency=concurrency,
+            lease_seconds=lease_seconds,
+        )
+        self._heartbeat = Heartbeat(
+            self._store, self.pool, registry, lease_seconds=lease_seconds, presence=self._presence
+        )
         loops = [*self.pool.loops(), Loop("runledger-heartbeat-0", self._heartbeat.step)]
         if reaper:
             self._reaper: Reaper | None = Reaper(
@@ -194,7 +205,8 @@ class Runtime:
     # --- service ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Check the schema, sync schedules and start every thread (idempotent).
+        """Check the schema, sync schedules, register this runtime's ``runledger.workers``
+        row and start every thread (idempotent).
 
         Raises:
             SchemaNotMigrated: run ``runledger migrate`` first.
@@ -206,6 +218,7 @@ class Runtime:
             # can be retried once the schema is migrated.
             self._store.check_schema()
             self._scheduler.sync()
+            self._presence.register()
             self._started = True
         self.pool.start()
         for loop in self._loops:
@@ -219,8 +232,9 @@ class Runtime:
         Stops claiming, waits for running handlers up to ``timeout`` (default
         ``shutdown_timeout``), hands back claimed jobs that never started without counting
         the attempt, expires the leases of handlers still running (so any runtime's reaper
-        retries them at once and their late results are discarded), writes pending outcomes
-        and joins every thread it started, except handler threads stuck in user code.
+        retries them at once and their late results are discarded), writes pending outcomes,
+        joins every thread it started, except handler threads stuck in user code, and then
+        deletes this runtime's ``runledger.workers`` row (best effort).
         """
         with self._lock:
             if self._stopped:
@@ -247,6 +261,11 @@ class Runtime:
             _logger.exception("error while stopping the worker pool")
         for loop in self._loops:
             loop.stop(5)
+        try:
+            self._presence.withdraw()
+        except Exception:
+            # Best effort: a row left behind shows as stale and a reaper deletes it later.
+            _logger.exception("could not delete the workers row of %s", self.worker_id)
         if self._owns_store:
             self._store.close()
         _logger.info("runtime %s stopped", self.worker_id)
