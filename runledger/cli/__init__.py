@@ -9,6 +9,8 @@ Commands::
     runledger runs list|show ID               a run's steps drawn as a tree
     runledger schedules list|pause NAME|resume NAME
     runledger events --job ID | --run ID      the timeline of a job or a run
+    runledger workers                         the registered workers, live and stale
+    runledger health [--max-age S]            exit 0 if this host's worker was seen lately
 
 The database comes from ``--dsn`` (before or after the command name), else
 ``$RUNLEDGER_DSN``, else ``$DATABASE_URL``. Every read command takes ``--json`` (uuids and
@@ -30,7 +32,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from runledger.cli import _events, _jobs, _queues, _runs, _schedules, _service
+from runledger.cli import _events, _jobs, _queues, _runs, _schedules, _service, _workers
 from runledger.cli._arguments import DSN_HELP, dsn_option, json_option
 from runledger.cli._database import CliError
 from runledger.errors import RunledgerError
@@ -55,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     _runs.add_commands(commands, database, as_json)
     _schedules.add_commands(commands, database, as_json)
     _events.add_commands(commands, database, as_json)
+    _workers.add_commands(commands, database, as_json)
     return top
 
 
