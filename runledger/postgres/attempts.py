@@ -1,25 +1,12 @@
 """Attempts: claim, lease renewal, finishing, release at shutdown and reaping expired leases.
 
-Statements that take arrays of ids run unprepared (``prepare=False``): a prepared statement's
-generic plan guesses ten rows per array and, with many jobs running, joins by a nested loop
-that made one 500-job finish take seconds instead of milliseconds; planning each batch costs
-well under a millisecond. The exception is a finish of at most ``PREPARED_FINISH_BATCH``
-attempts, the usual batch: the generic plan's guess is near enough, and planning was half of
-a small finish's time (0.7 of 1.5 ms for one job on PostgreSQL 15), so it runs as a statement
-of its own that psycopg prepares like any other (never with ``prepare_threshold=None``).
-``benchmarks/finish.py`` finds the prepared statement ahead up to 128 jobs (0.62 of the
-planned time for 16 jobs, 0.88 for 64, 0.93 for 128, on PostgreSQL 15 and 18); with 5,000
-jobs running the generic plan still won at 64 jobs and lost at 128 (its nested loops rescan
-the batch for every row), hence 64.
-
-The claim is the other way round: PostgreSQL keeps planning it afresh (a custom plan, since
-one that knows the limit looks cheaper), and planning was a third of its time (0.5 of 1.7
-ms for one job, 0.6 of 2.7 ms for sixteen, on PostgreSQL 18). Its text is written so that
-the generic plan stays on indexes whatever the limit (primary-key lookups by ``= any(array(
-...))`` rather than joins the planner may hash), and ``claim`` asks for that plan with
-``SET LOCAL plan_cache_mode`` in the caller's transaction: planned once per connection.
-The runtime's claimer sets it once for the session of the connection it holds instead
-(``runledger.postgres.held``), and its claim is then one statement in autocommit mode.
+Statements that take arrays of ids run unprepared (``prepare=False``), because a generic plan
+guesses ten rows per array and its nested loops crawl on large batches; a finish of at most
+``PREPARED_FINISH_BATCH`` attempts (the usual batch) is prepared, because there planning costs
+more than the guess. The claim is written so that its generic plan stays on indexes whatever
+the limit, and ``claim`` asks for it (``SET LOCAL plan_cache_mode``; the runtime's claimer sets
+it once per session, see ``runledger.postgres.held``) so that it is planned once per
+connection. The measurements: ``benchmarks/README.md``, "Why the code is shaped so".
 
 Every write about an attempt after its claim is a compare-and-set on (job id, lease token,
 status running); a write that matches nothing means the lease was lost (reaped, cancelled)
