@@ -1,11 +1,9 @@
 """``HeldConnection``: a pooled connection one thread keeps, in autocommit mode, between uses.
 
-The claimer and the completer send a statement every few milliseconds under load. On a pooled
-connection inside ``Store.transaction()`` each statement also costs a BEGIN and a COMMIT round
-trip, and the claim a ``SET LOCAL plan_cache_mode`` (see ``runledger.postgres.attempts``). A
-connection held in autocommit mode runs a single statement as a transaction of its own in one
-round trip, and a session-level setting made once replaces the claim's ``SET LOCAL``
-(``benchmarks/claim.py`` measured 0.74 of the time for a claim of one job, 0.82 for sixteen).
+The claimer and the completer send a statement every few milliseconds under load: held in
+autocommit mode, a connection runs each as a transaction of its own in one round trip (no BEGIN
+and COMMIT), and a session setting made once replaces the claim's ``SET LOCAL plan_cache_mode``
+(see ``runledger.postgres.attempts``; figures in ``benchmarks/README.md``).
 
 The connection comes from the store's pool, so the pool's configuration (its ``kwargs``,
 ``configure`` callback, connection class) applies, and goes back with its autocommit mode
@@ -15,21 +13,12 @@ holder one failed statement. Session settings are only for direct connections or
 session mode: in transaction mode the server connection changes between transactions, and a
 ``SET`` would stay behind on a connection other clients then use.
 
-Plans go stale as the ledger grows, so the holder makes them again now and then. A prepared
-statement's plan is made for the tables' sizes when it is planned, and the ledger's tables grow
-from nothing by thousands of rows a second: a plan made while ``job_attempts`` or ``jobs`` is a
-few pages long reads the whole table (a sequential scan, or a full index scan under a join
-filter) for every statement, and stays in the session's plan cache until an ``ANALYZE`` or
-``VACUUM`` of a table it reads invalidates it. Autovacuum comes on its next visit
-(``autovacuum_naptime``, a minute by default), never with autovacuum off, and the reaper
-vacuums only ``jobs``; in between, each claim or finish gets slower with every row added.
-So the holder sends ``DISCARD PLANS`` (prepared statements stay, their plans are made again
-on next use) after 1, 2, 4, ... seconds of holding a connection, at most a minute apart
-(``ReplanSchedule``): while the tables grow at a steady rate from empty, every plan in use was
-made on tables at least half their present size, and a long-held connection replans each
-statement once a minute. A connection that does not prepare statements has nothing to replan;
-through PgBouncer in transaction mode ``DISCARD PLANS`` reaches whichever server connection
-runs it, which costs that connection no more than a replan.
+Plans go stale as the ledger grows: a plan made while ``jobs`` or ``job_attempts`` was a few
+pages long scans the whole table, and stays cached until an ``ANALYZE`` or ``VACUUM`` of it. So
+the holder sends ``DISCARD PLANS`` after 1, 2, 4, ... seconds of holding a connection, at most
+a minute apart (``ReplanSchedule``): every plan in use was then made on tables at least half
+their present size. Through PgBouncer in transaction mode it reaches whichever server
+connection runs it, which costs that connection no more than a replan.
 
 Not thread-safe: one holder per thread (the claimer's loop, the completer's loop).
 """

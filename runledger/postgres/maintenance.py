@@ -1,17 +1,11 @@
 """Keeping the hot tables lean: a VACUUM of ``runledger.jobs`` when dead rows pile up.
 
-Every claim turns a queued row into a running one and every completion into a finished one,
-leaving dead index entries at the head of ``jobs_runnable`` that each claim must step over.
-The migration tunes per-table autovacuum, but autovacuum visits a database at most once per
-``autovacuum_naptime`` (a minute by default), during which a busy queue slows down. Runtimes
-therefore vacuum the table themselves when its dead rows outnumber a threshold; an advisory
-lock keeps it to one runtime at a time, and VACUUM blocks neither claims nor completions.
-
-The threshold is a count of dead rows, not a share of the live ones: the table also keeps the
-finished jobs a deployment has not deleted yet, and a share of millions of them would let the
-head of ``jobs_runnable`` decay for a long while between two VACUUMs (``benchmarks/HISTORY.md``,
-"A kept history"). What a VACUUM of such a table costs (it scans every index of it) is paced
-by the reaper instead (``runledger.runtime.reaper``).
+Every claim and completion leaves dead index entries at the head of ``jobs_runnable`` that
+later claims step over, and autovacuum comes at most once per ``autovacuum_naptime`` (a minute
+by default), so runtimes vacuum the table themselves once its dead rows pass a count (not a
+share of the live rows, which kept history can make millions); an advisory lock keeps it to
+one runtime at a time, and the reaper paces it by its cost (``runledger.runtime.reaper``).
+Figures: ``benchmarks/README.md``, "Why the code is shaped so".
 """
 
 from __future__ import annotations
