@@ -4,7 +4,8 @@ writes of ``runledger.jobs`` (and how many were HOT), WAL bytes, per job.
 Drains ``--jobs`` no-op jobs with one in-process runtime per configuration on a scratch
 database and prints the counters' growth divided by the number of jobs. Runs whatever
 ``runledger`` is first on ``sys.path``: run it from two checkouts (``PYTHONPATH=<checkout>``)
-to compare two versions side by side on the same server (``--dsn``).
+to compare two versions side by side. WAL is counted for the whole server: give ``--dsn``
+only for a server nothing else writes to (the default, an embedded server, is its own).
 
     python benchmarks/ledger_costs.py --setups 1:0,4:4,16:64 --jobs 20000
 """
