@@ -1,11 +1,16 @@
-"""Runtime settings from ``RUNLEDGER_*`` environment variables."""
+"""Runtime settings from ``RUNLEDGER_*`` variables: the environment, or any mapping of text.
+
+``RUNTIME_VARIABLES`` is the one list of them; the Flask integration reads the same names
+from ``app.config``, so a setting added here is a Flask setting too.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final
 
 import attrs
 
@@ -26,70 +31,92 @@ class RuntimeSettings:
     prefetch: int | None = None
 
     def runtime_kwargs(self) -> dict[str, Any]:
-        """The settings that are set, as ``Runtime`` keyword arguments."""
-        values = attrs.asdict(self)
+        """The settings that are set, as ``Runtime`` keyword arguments.
+
+        Only ``RuntimeSettings``' own fields count: a subclass's additions are not ``Runtime``
+        arguments.
+        """
+        values = {field.name: getattr(self, field.name) for field in attrs.fields(RuntimeSettings)}
         values.pop("dsn")
         return {k: v for k, v in values.items() if v is not None}
 
 
-def _parse(env: Mapping[str, str], name: str, kind: type, expected: str) -> Any:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        if kind is bool:
-            lowered = raw.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(name=name, value=raw, expected=expected) from None
-    if kind in (int, float) and not 0 < value < math.inf:  # also refuses nan
-        raise ConfigError(name=name, value=raw, expected=expected)
-    return value
+def _positive(kind: type[int] | type[float], expected: str) -> Callable[[str, str], Any]:
+    def parse(name: str, raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(name=name, value=raw, expected=expected) from None
+        if not 0 < value < math.inf:  # also refuses nan
+            raise ConfigError(name=name, value=raw, expected=expected)
+        return value
+
+    return parse
 
 
-def _parse_prefetch(env: Mapping[str, str]) -> int | None:
-    raw = env.get("RUNLEDGER_PREFETCH")
-    if raw is None or raw == "":
-        return None
+def _flag(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name=name, value=raw, expected="true or false")
+
+
+def _queues(name: str, raw: str) -> tuple[str, ...]:
+    names = tuple(q.strip() for q in raw.split(",") if q.strip())
+    if not names:
+        raise ConfigError(name=name, value=raw, expected="comma-separated queue names")
+    return names
+
+
+def _prefetch(name: str, raw: str) -> int:
     try:
         value = int(raw)
     except ValueError:
         value = -1
     if value < 0:
-        raise ConfigError(name="RUNLEDGER_PREFETCH", value=raw, expected="an integer >= 0")
+        raise ConfigError(name=name, value=raw, expected="an integer >= 0")
     return value
 
 
+# Each variable: the RuntimeSettings field (and Runtime argument) it sets, and its parser;
+# read in this order, so the first bad one is the one reported.
+_VARIABLES: Final[Mapping[str, tuple[str, Callable[[str, str], Any]]]] = {
+    "RUNLEDGER_QUEUES": ("queues", _queues),
+    "RUNLEDGER_CONCURRENCY": ("concurrency", _positive(int, "a positive integer")),
+    "RUNLEDGER_POLL_INTERVAL": ("poll_interval", _positive(float, "positive seconds")),
+    "RUNLEDGER_LEASE_SECONDS": ("lease_seconds", _positive(float, "positive seconds")),
+    "RUNLEDGER_LISTEN": ("listen", _flag),
+    "RUNLEDGER_SHUTDOWN_TIMEOUT": ("shutdown_timeout", _positive(float, "positive seconds")),
+    "RUNLEDGER_PREFETCH": ("prefetch", _prefetch),
+}
+
+RUNTIME_VARIABLES: Final[Mapping[str, str]] = MappingProxyType(
+    {name: field for name, (field, _) in _VARIABLES.items()}
+)
+"""Every ``RUNLEDGER_*`` variable that sets a ``Runtime`` argument, and the argument it sets.
+
+The database (``RUNLEDGER_DSN``, else ``DATABASE_URL``) is read beside them."""
+
+
 def settings_from_env(env: Mapping[str, str] | None = None) -> RuntimeSettings:
-    """Read ``RUNLEDGER_DSN`` (or ``DATABASE_URL``), ``RUNLEDGER_CONCURRENCY``,
-    ``RUNLEDGER_QUEUES`` (comma-separated), ``RUNLEDGER_POLL_INTERVAL``,
-    ``RUNLEDGER_LEASE_SECONDS``, ``RUNLEDGER_LISTEN``, ``RUNLEDGER_SHUTDOWN_TIMEOUT`` and
-    ``RUNLEDGER_PREFETCH``.
+    """Read ``RUNLEDGER_DSN`` (or ``DATABASE_URL``) and the ``RUNTIME_VARIABLES``.
+
+    Those are ``RUNLEDGER_CONCURRENCY``, ``RUNLEDGER_QUEUES`` (comma-separated),
+    ``RUNLEDGER_POLL_INTERVAL``, ``RUNLEDGER_LEASE_SECONDS``, ``RUNLEDGER_LISTEN``,
+    ``RUNLEDGER_SHUTDOWN_TIMEOUT`` and ``RUNLEDGER_PREFETCH``. ``env`` defaults to
+    ``os.environ``; an empty value counts as unset.
 
     Raises:
         ConfigError: a value does not parse; the error names the variable.
     """
     env = os.environ if env is None else env
-    queues = env.get("RUNLEDGER_QUEUES")
-    parsed_queues = None
-    if queues is not None and queues != "":
-        parsed_queues = tuple(q.strip() for q in queues.split(",") if q.strip())
-        if not parsed_queues:
-            raise ConfigError(
-                name="RUNLEDGER_QUEUES", value=queues, expected="comma-separated queue names"
-            )
+    values: dict[str, Any] = {}
+    for name, (field, parse) in _VARIABLES.items():
+        raw = env.get(name)
+        if raw is not None and raw != "":
+            values[field] = parse(name, raw)
     return RuntimeSettings(
-        dsn=env.get("RUNLEDGER_DSN") or env.get("DATABASE_URL") or None,
-        concurrency=_parse(env, "RUNLEDGER_CONCURRENCY", int, "a positive integer"),
-        queues=parsed_queues,
-        poll_interval=_parse(env, "RUNLEDGER_POLL_INTERVAL", float, "positive seconds"),
-        lease_seconds=_parse(env, "RUNLEDGER_LEASE_SECONDS", float, "positive seconds"),
-        listen=_parse(env, "RUNLEDGER_LISTEN", bool, "true or false"),
-        shutdown_timeout=_parse(env, "RUNLEDGER_SHUTDOWN_TIMEOUT", float, "positive seconds"),
-        prefetch=_parse_prefetch(env),
+        dsn=env.get("RUNLEDGER_DSN") or env.get("DATABASE_URL") or None, **values
     )

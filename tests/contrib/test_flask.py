@@ -37,6 +37,7 @@ from runledger.errors import (
     UnknownJobType,
     WorkflowRunNotFound,
 )
+from runledger.runtime.config import RUNTIME_VARIABLES, settings_from_env
 
 SIGNUPS = "create table signups (id bigserial primary key, email text not null unique)"
 
@@ -270,6 +271,33 @@ def test_an_option_that_does_not_parse_is_a_config_error_naming_its_key(
         rl.settings_from_config({"RUNLEDGER_DATABASE_URL": "dbname=jobs", key: value})
 
     assert caught.value.name == key
+
+
+def test_prefetch_is_read_from_the_config() -> None:
+    for value, prefetch in ((0, 0), ("12", 12)):
+        settings = rl.settings_from_config(
+            {"RUNLEDGER_DATABASE_URL": "dbname=jobs", "RUNLEDGER_PREFETCH": value}
+        )
+        assert settings.prefetch == prefetch
+        assert settings.runtime_kwargs() == {"prefetch": prefetch}
+    with pytest.raises(ConfigError) as caught:
+        rl.settings_from_config({"RUNLEDGER_DATABASE_URL": "dbname=jobs", "RUNLEDGER_PREFETCH": -1})
+    assert caught.value.name == "RUNLEDGER_PREFETCH"
+
+
+def test_every_runtime_variable_of_the_environment_is_a_flask_setting() -> None:
+    # "1" parses for every kind of setting: a count, seconds, a flag, a queue name.
+    env = dict.fromkeys(RUNTIME_VARIABLES, "1")
+
+    settings = rl.settings_from_config({"RUNLEDGER_DATABASE_URL": "dbname=jobs", **env})
+
+    assert settings.runtime_kwargs() == settings_from_env(env).runtime_kwargs()
+    assert set(settings.runtime_kwargs()) == set(RUNTIME_VARIABLES.values())
+
+
+def test_unsupported_driver_is_a_runledger_error_still_importable_from_the_flask_package() -> None:
+    assert rl.UnsupportedDriver is runledger.errors.UnsupportedDriver
+    assert issubclass(rl.UnsupportedDriver, runledger.errors.RunledgerError)
 
 
 def test_init_app_registers_the_extension_and_the_commands_and_refuses_bad_config() -> None:
@@ -657,6 +685,88 @@ def test_flask_runledger_worker_runs_jobs_until_sigterm_then_exits_0(
     assert autocommit_conn.execute("select name from greetings").fetchall() == [("ada",)]
     assert "Traceback" not in err.read_text()
     assert "stopped" in err.read_text()
+
+
+HOLD_APP = """
+import os
+
+import psycopg
+from flask import Flask
+
+import runledger
+from runledger.contrib.flask import Runledger
+
+registry = runledger.Registry()
+
+
+@registry.handler("hold")
+def hold(ctx, payload):
+    # Waits (a minute at most) for the test to release its advisory lock.
+    with psycopg.connect(os.environ["WORKER_TEST_DSN"], autocommit=True) as conn:
+        conn.execute("set lock_timeout = '60s'")
+        conn.execute("select pg_advisory_lock_shared(4242)")
+
+
+app = Flask(__name__)
+app.config["RUNLEDGER_DATABASE_URL"] = os.environ["WORKER_TEST_DSN"]
+app.config["RUNLEDGER_CONCURRENCY"] = 1
+app.config["RUNLEDGER_PREFETCH"] = 3
+app.config["RUNLEDGER_LEASE_SECONDS"] = 600
+app.config["RUNLEDGER_POLL_INTERVAL"] = 0.2
+app.config["RUNLEDGER_SHUTDOWN_TIMEOUT"] = 10
+Runledger(app, registry=registry)
+"""
+
+
+def test_flask_runledger_worker_takes_prefetch_and_lease_from_the_app_config(
+    dsn: str, autocommit_conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    (tmp_path / "holdapp.py").write_text(textwrap.dedent(HOLD_APP))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNLEDGER_", "FLASK_"))}
+    env["WORKER_TEST_DSN"] = dsn
+    autocommit_conn.execute("select pg_advisory_lock(4242)")  # holds every handler
+    job_ids = runledger.enqueue_many(autocommit_conn, [runledger.Job("hold")] * 6)
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "holdapp", "runledger", "worker"],
+            cwd=tmp_path, env=env, stdout=stdout, stderr=stderr,
+        )  # fmt: skip
+
+    def claimed() -> int:
+        if worker.poll() is not None:
+            pytest.fail(f"the worker exited with {worker.returncode}: {err.read_text()}")
+        row = autocommit_conn.execute(
+            "select count(*), min(lease_expires_at - now()) from runledger.jobs"
+            " where status = 'running'"
+        ).fetchone()
+        assert row is not None
+        leases.append(row[1])
+        return int(row[0])
+
+    leases: list[Any] = []
+    try:
+        # One handler running and three prefetched: RUNLEDGER_CONCURRENCY + RUNLEDGER_PREFETCH
+        # (without the prefetch setting the runtime would prefetch one, the concurrency).
+        wait_until(lambda: claimed() >= 4, timeout=60, what="the worker to claim four jobs")
+        assert claimed() == 4
+        # RUNLEDGER_LEASE_SECONDS = 600: a lease the default 30 s could not give.
+        assert leases[-1].total_seconds() > 300
+        autocommit_conn.execute("select pg_advisory_unlock(4242)")
+
+        def all_succeeded() -> bool:
+            done = runledger.JobStatus.SUCCEEDED
+            return all(job_status(dsn, job_id) == done for job_id in job_ids)
+
+        wait_until(all_succeeded, timeout=60, what="the worker to run the six jobs")
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+    assert code == 0, err.read_text()
 
 
 def test_runtime_handlers_run_inside_the_app_context(

@@ -1,0 +1,94 @@
+"""The ``flask runledger`` commands: ``migrate`` and ``worker``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+import psycopg
+from flask import current_app
+from flask.cli import AppGroup
+
+import runledger
+from runledger.contrib.flask._extension import EXTENSION_KEY, Runledger
+from runledger.errors import RunledgerError, SchemaNotMigrated
+from runledger.postgres.migrate import latest_version
+
+_logger = logging.getLogger("runledger.flask")
+
+cli = AppGroup("runledger", help="runledger: migrate the schema, run workers.")
+"""The ``flask runledger`` command group; ``init_app`` adds it to ``app.cli``."""
+
+
+def _extension() -> Runledger:
+    ext = current_app.extensions.get(EXTENSION_KEY)
+    if not isinstance(ext, Runledger):
+        raise click.UsageError("this app has no runledger extension: call Runledger(app)")
+    return ext
+
+
+@cli.command("migrate")
+def migrate_command() -> None:
+    """Install or upgrade the runledger schema in the app's database."""
+    dsn = _extension().settings().dsn
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            applied = runledger.migrate(conn)
+    except psycopg.Error as err:
+        raise click.ClickException(f"cannot migrate: {str(err).strip()}") from err
+    except RunledgerError as err:
+        raise click.ClickException(str(err)) from err
+    if applied:
+        click.echo(f"applied migrations {', '.join(map(str, applied))}; schema at {applied[-1]}")
+    else:
+        click.echo(f"schema already at version {latest_version()}; nothing to apply")
+
+
+@cli.command("worker")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Handlers running at once (default: RUNLEDGER_CONCURRENCY, else 8).",
+)
+@click.option(
+    "--queues",
+    default=None,
+    help="Comma-separated queues to take jobs from (default: RUNLEDGER_QUEUES, else default).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+def worker_command(concurrency: int | None, queues: str | None, log_level: str) -> None:
+    """Run the app's jobs, schedules and reaper until SIGTERM or SIGINT.
+
+    Stops gracefully: claims nothing more, waits for running handlers up to
+    RUNLEDGER_SHUTDOWN_TIMEOUT seconds, hands back the rest, and exits 0.
+    """
+    ext = _extension()
+    overrides: dict[str, Any] = {}
+    if concurrency is not None:
+        overrides["concurrency"] = concurrency
+    if queues is not None:
+        names = [q.strip() for q in queues.split(",") if q.strip()]
+        if not names:
+            raise click.BadParameter("give at least one queue name", param_hint="--queues")
+        overrides["queues"] = names
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+    )
+    if not ext.registry.job_types():
+        _logger.warning("the registry has no handlers: this worker will run no jobs")
+    try:
+        runtime = ext.create_runtime(**overrides)
+    except SchemaNotMigrated as err:
+        raise click.ClickException(f"{err}, or `flask runledger migrate`") from err
+    except RunledgerError as err:
+        raise click.ClickException(str(err)) from err
+    # Only this command's own runtime: the in-process one, if configured, serves requests.
+    runtime.run()
