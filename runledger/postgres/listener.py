@@ -18,6 +18,11 @@ LISTEN = sql.SQL("listen {}")
 """Subscribes the session to a channel, given as a ``sql.Identifier``."""
 
 
+STOP_CHECK = 0.2
+"""Seconds between looks at the stop flag while no notification comes: a runtime's stop
+waits for the listener no longer than this."""
+
+
 def subscribe(conn: psycopg.Connection[Any], channels: Sequence[str]) -> None:
     """LISTEN on each of ``channels`` (names of ``runledger.postgres.channels``).
 
@@ -73,7 +78,7 @@ class Listener:
         self.connected = threading.Event()
 
     def serve(self, stop: threading.Event) -> None:
-        """Listen until ``stop`` is set (checked at least once a second)."""
+        """Listen until ``stop`` is set (checked every ``STOP_CHECK`` seconds)."""
         backoff = 1.0
         while not stop.is_set():
             try:
@@ -85,7 +90,7 @@ class Listener:
                     self._on_reconnect()
                     backoff = 1.0
                     while not stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
+                        for note in conn.notifies(timeout=STOP_CHECK):
                             self._on_notify(note.channel, note.payload)
             except psycopg.Error as err:
                 self.connected.clear()

@@ -53,8 +53,9 @@ def is_alive(conn: Conn) -> bool:
     return True
 
 
-def take(pool: ConnectionPool[Any]) -> Conn:
-    """A live connection from ``pool`` (``pool.getconn()``, blocking up to the pool's timeout).
+def take(pool: ConnectionPool[Any], timeout: float | None = None) -> Conn:
+    """A live connection from ``pool`` (``pool.getconn()``, blocking up to ``timeout``
+    seconds, by default the pool's).
 
     Connections the server closed while they sat in the pool are discarded on the way (the
     pool opens replacements in the background), at most one pool's worth of them.
@@ -63,20 +64,20 @@ def take(pool: ConnectionPool[Any]) -> Conn:
         psycopg_pool.PoolTimeout: no connection could be had in the pool's timeout.
     """
     for _ in range(pool.max_size + 1):
-        conn: Conn = pool.getconn()
+        conn: Conn = pool.getconn(timeout)
         if is_alive(conn):
             return conn
         conn.close()
         pool.putconn(conn)  # a closed connection is dropped and replaced by the pool
-    conn = pool.getconn()
+    conn = pool.getconn(timeout)
     return conn
 
 
 @contextlib.contextmanager
-def connection(pool: ConnectionPool[Any]) -> Iterator[Conn]:
+def connection(pool: ConnectionPool[Any], timeout: float | None = None) -> Iterator[Conn]:
     """``pool.connection()`` with ``take``: a live connection, returned after the block
     (rolled back first if the block left a transaction open, as the pool does)."""
-    conn = take(pool)
+    conn = take(pool, timeout)
     try:
         with conn:
             yield conn

@@ -66,25 +66,27 @@ class Store:
         return info() if callable(info) else info
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[Conn]:
-        """A pooled connection for the block; blocks up to the pool timeout for one.
+    def connection(self, timeout: float | None = None) -> Iterator[Conn]:
+        """A pooled connection for the block; blocks up to ``timeout`` seconds for one (by
+        default the pool's timeout).
 
         Connections the server closed while they sat in the pool are skipped
         (``runledger.postgres.liveness``).
         """
         try:
-            with liveness.connection(self._pool) as conn:
+            with liveness.connection(self._pool, timeout) as conn:
                 yield conn
         except psycopg.OperationalError as err:
             raise ConnectionNotUsable(reason=f"cannot reach the database: {err}") from err
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Conn]:
-        """A pooled connection inside a transaction that commits when the block ends.
+    def transaction(self, timeout: float | None = None) -> Iterator[Conn]:
+        """A pooled connection inside a transaction that commits when the block ends; waits
+        up to ``timeout`` for the connection, as ``connection`` does.
 
         An exception in the block rolls the transaction back and propagates.
         """
-        with self.connection() as conn, conn.transaction():
+        with self.connection(timeout) as conn, conn.transaction():
             yield conn
 
     def migrate(self) -> list[int]:

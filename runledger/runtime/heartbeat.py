@@ -74,7 +74,7 @@ class Heartbeat:
             flight.ctx.logger.warning("job %s lost its lease (%s)", job_id, status)
             if status == "cancelled":
                 events.append(cancelled_event(flight))
-        self._registry.hooks.emit(events)
+        self._pool.events.emit(events)
 
     def touch(self) -> None:
         """Mark this runtime's workers row seen now. A failure is logged, not raised: it must

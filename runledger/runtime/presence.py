@@ -77,7 +77,7 @@ class Presence:
             self._started_at = register_worker(conn, self.info(), started_at=self._started_at)
         _logger.warning("worker %s: its workers row was gone; registered it again", self.worker_id)
 
-    def withdraw(self) -> None:
-        """Delete the row (at a clean stop)."""
-        with self._store.transaction() as conn:
+    def withdraw(self, timeout: float | None = None) -> None:
+        """Delete the row (at a clean stop), waiting up to ``timeout`` for a connection."""
+        with self._store.transaction(timeout) as conn:
             delete_worker(conn, self.worker_id)

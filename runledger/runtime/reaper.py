@@ -16,13 +16,14 @@ from collections.abc import Callable
 
 from runledger.core.retry import DEFAULT_RETRY_POLICY
 from runledger.core.status import AttemptOutcome
+from runledger.errors import LeaseExpired, TimedOut
 from runledger.postgres.attempts import AttemptResult, Expired, finish, lock_expired
 from runledger.postgres.maintenance import vacuum_jobs_if_needed
 from runledger.postgres.store import Store
 from runledger.postgres.workers import GONE_AFTER_LEASES, delete_gone_workers
 from runledger.runtime import outcome
+from runledger.runtime.events import EventStream, report_events
 from runledger.runtime.registry import Registry
-from runledger.runtime.worker import TimedOut, report_events
 
 _logger = logging.getLogger("runledger.reaper")
 
@@ -51,10 +52,6 @@ within milliseconds of starting (before the runtime marks it started) would othe
 forever."""
 
 
-class LeaseExpired(Exception):
-    """The worker running the attempt stopped renewing its lease (it died or hung)."""
-
-
 class Reaper:
     """Reaps expired and timed-out attempts every ``interval`` seconds, and vacuums the jobs
     table when dead rows pile up faster than autovacuum visits (``vacuum=False`` to leave
@@ -68,9 +65,11 @@ class Reaper:
         interval: float,
         on_reaped: Callable[[uuid.UUID], object] = lambda token: None,
         vacuum: bool = True,
+        events: EventStream | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
+        self._events = events if events is not None else EventStream([registry.hooks.emit])
         self.interval = interval
         self._on_reaped = on_reaped
         self.vacuum = vacuum
@@ -128,7 +127,7 @@ class Reaper:
                     e.id,
                 )
             self._on_reaped(e.lease_token)  # a handler of this process learns it at once
-        self._registry.hooks.emit(report_events(report, {r.lease_token: r for r in results}))
+        self._events.emit(report_events(report, {r.lease_token: r for r in results}))
         return len(expired)
 
     def _result(self, expired: Expired) -> AttemptResult:

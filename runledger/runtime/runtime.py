@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -22,6 +23,7 @@ from runledger.postgres.channels import JOBS as NOTIFY_CHANNEL
 from runledger.postgres.listener import Listener
 from runledger.postgres.store import Store
 from runledger.runtime.config import settings_from_env
+from runledger.runtime.events import EventStream
 from runledger.runtime.heartbeat import Heartbeat, cancelled_event
 from runledger.runtime.loop import Loop
 from runledger.runtime.presence import Presence
@@ -31,6 +33,10 @@ from runledger.runtime.scheduler import Scheduler
 from runledger.runtime.worker import WorkerPool
 
 _logger = logging.getLogger("runledger.runtime")
+
+FLUSH_SECONDS = 1.0
+"""How long a stop gives, after its timeout for the handlers, to writing their outcomes and
+joining its threads."""
 
 
 class Runtime:
@@ -119,6 +125,8 @@ class Runtime:
         self.registry = registry
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.shutdown_timeout = shutdown_timeout
+        # Every transition the runtime commits goes through this one stream; hooks read it.
+        self.events = EventStream([registry.hooks.emit])
         self.pool = WorkerPool(
             self._store,
             registry,
@@ -130,6 +138,7 @@ class Runtime:
             prefetch=prefetch,
             handler_context=handler_context,
             session_settings=listen,
+            events=self.events,
         )
         self._presence = Presence(
             self._store,
@@ -150,6 +159,7 @@ class Runtime:
                 interval=reap_interval,
                 on_reaped=self.pool.mark_lost,
                 vacuum=vacuum,
+                events=self.events,
             )
             loops.append(Loop("runledger-reaper-0", self._reaper.step))
         else:
@@ -227,7 +237,8 @@ class Runtime:
         _logger.info("runtime %s started", self.worker_id)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Shut down gracefully; idempotent. Blocks up to about ``timeout`` seconds.
+        """Shut down gracefully; idempotent. Blocks up to ``timeout`` + ``FLUSH_SECONDS``
+        seconds: one deadline shared by every stage below.
 
         Stops claiming, waits for running handlers up to ``timeout`` (default
         ``shutdown_timeout``), hands back claimed jobs that never started without counting
@@ -245,24 +256,34 @@ class Runtime:
                     self._store.close()
                 return
         timeout = self.shutdown_timeout if timeout is None else timeout
+        # One deadline for every stage: the handlers have ``timeout``, then writing what
+        # they left and joining the threads share FLUSH_SECONDS more.
+        drained_by = time.monotonic() + timeout
+        deadline = drained_by + FLUSH_SECONDS
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.01)
+
         # Each stage runs whatever the one before it raised (the database may be away), so
         # every thread is stopped and joined.
-        self._supervisor.stop(5)
+        self._supervisor.signal_stop()
         try:
-            still_running = self.pool.drain(timeout)
+            still_running = self.pool.drain(max(drained_by - time.monotonic(), 0.0))
             if still_running:
                 _logger.warning("%d handlers still running at shutdown", len(still_running))
-                self.pool.expire_running(still_running)
+                self.pool.expire_running(still_running, timeout=left())
         except Exception:
             _logger.exception("error while draining the worker pool")
         try:
-            self.pool.stop(timeout=5)
+            self.pool.stop(timeout=left())
         except Exception:
             _logger.exception("error while stopping the worker pool")
         for loop in self._loops:
-            loop.stop(5)
+            loop.signal_stop()  # all at once: their joins overlap
+        for loop in [*self._loops, self._supervisor]:
+            loop.stop(left())
         try:
-            self._presence.withdraw()
+            self._presence.withdraw(timeout=left())
         except Exception:
             # Best effort: a row left behind shows as stale and a reaper deletes it later.
             _logger.exception("could not delete the workers row of %s", self.worker_id)
@@ -318,7 +339,7 @@ class Runtime:
             for flight in self.pool.of_job(job_id):
                 if self.pool.mark_lost(flight.job.lease_token) is not None:
                     events.append(cancelled_event(flight))
-            self.registry.hooks.emit(events)
+            self.events.emit(events)
 
     def _supervise(self, stop: threading.Event) -> None:
         for loop in self._loops:

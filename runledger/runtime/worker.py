@@ -165,17 +165,17 @@ class WorkerPool:
             # Threads of handlers stuck in user code cannot be joined; do not wait for them.
             thread.join(0.05 if stuck else max(deadline - time.monotonic(), 0.01))
 
-    def expire_running(self, flights: Sequence[InFlight]) -> None:
+    def expire_running(self, flights: Sequence[InFlight], timeout: float | None = None) -> None:
         """Give up the leases of handlers still running at shutdown, so any runtime's reaper
         re-runs them at once. The heartbeat stops renewing them; a handler that returns
         before a reaper takes its job still records its outcome, one that returns after is
-        fenced out."""
+        fenced out. Waits up to ``timeout`` for a connection (default: the pool's)."""
         if not flights:
             return
         for flight in flights:
             self.table.mark_lost(flight.job.lease_token)
         try:
-            with self._store.transaction() as conn:
+            with self._store.transaction(timeout) as conn:
                 renew_leases(
                     conn,
                     [(f.job.id, f.job.lease_token, None) for f in flights],

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 import runledger
 from runledger import AttemptOutcome, JobStatus, RetryPolicy
+from runledger.runtime.runtime import FLUSH_SECONDS
 
 RuntimeFactory = Callable[..., runledger.Runtime]
 WaitUntil = Callable[..., None]
@@ -169,3 +172,48 @@ def test_a_job_abandoned_at_stop_is_rerun_by_another_runtimes_reaper(
     stuck.release.set()
     wait_until(lambda: stuck.cancelled_seen, 5, "the stuck handler to return")
     assert stuck.cancelled_seen == [True]  # stop() had told it, through ctx.cancelled
+
+
+def test_stop_returns_within_its_deadline_when_a_handler_ignores_cancel(
+    autocommit_conn: psycopg.Connection[Any], runtime: RuntimeFactory, stuck: Stuck
+) -> None:
+    registry = runledger.Registry()
+    registry.handler("stubborn")(stuck)
+    rt = runtime(registry, concurrency=1, listen=True, lease_seconds=2.0)
+    runledger.enqueue(autocommit_conn, "stubborn")
+    assert stuck.started.wait(5)
+
+    started = time.monotonic()
+    rt.stop(timeout=1.0)
+    took = time.monotonic() - started
+
+    assert took < 1.0 + FLUSH_SECONDS + 0.3, f"stop(timeout=1.0) took {took:.1f} s"
+
+
+def test_stop_keeps_its_deadline_while_the_database_is_away(
+    dsn: str, autocommit_conn: psycopg.Connection[Any], runtime: RuntimeFactory, stuck: Stuck
+) -> None:
+    """Every stage used to wait on its own (handlers, then 5 s for outcomes that could not
+    be written, then 5 s per loop blocked on a connection): stop took seconds past its
+    timeout. Now the stages share one deadline."""
+    registry = runledger.Registry()
+    registry.handler("stubborn")(stuck)
+    # One handler runs, one job waits in prefetch: stop must hand it back, and cannot.
+    rt = runtime(registry, concurrency=1, prefetch=1, lease_seconds=2.0)
+    runledger.enqueue_many(autocommit_conn, [runledger.Job("stubborn")] * 2)
+    assert stuck.started.wait(5)
+    name = autocommit_conn.info.dbname
+    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as admin:
+        admin.execute(f'alter database "{name}" allow_connections false')
+        try:
+            admin.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s",
+                (name,),
+            )
+            started = time.monotonic()
+            rt.stop(timeout=1.0)
+            took = time.monotonic() - started
+        finally:
+            admin.execute(f'alter database "{name}" allow_connections true')
+
+    assert took < 1.0 + FLUSH_SECONDS + 0.5, f"stop(timeout=1.0) took {took:.1f} s"
