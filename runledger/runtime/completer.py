@@ -160,8 +160,9 @@ class Completer:
         for flight, _ in batch:
             self._table.forget(flight)
         for job_id in report.lost:
-            _logger.info("job %s: lease lost before its outcome was written; dropped", job_id)
-        self._events.emit(report_events(report, results))
+            _logger.warning("job %s: lease lost before its outcome was written; dropped", job_id)
+        flights = {flight.job.lease_token: flight for flight, _ in batch}
+        self._events.emit(report_events(report, results, flights))
 
     def _write_one_by_one(self) -> None:
         """Write a refused batch's outcomes alone: one the database cannot take is replaced

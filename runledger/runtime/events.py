@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from runledger.core.status import AttemptOutcome, EventKind, JobStatus
 from runledger.postgres.attempts import AttemptResult, ClaimedJob, FinishReport
 from runledger.runtime.hooks import LifecycleEvent
+from runledger.runtime.inflight import InFlight
 
 _logger = logging.getLogger("runledger.events")
 
@@ -42,10 +43,12 @@ class EventStream:
 
 
 def report_events(
-    report: FinishReport, results: dict[uuid.UUID, AttemptResult]
+    report: FinishReport,
+    results: dict[uuid.UUID, AttemptResult],
+    flights: Mapping[uuid.UUID, InFlight] | None = None,
 ) -> list[LifecycleEvent]:
-    """The events of a written ``finish`` (``results`` by lease token): jobs, then steps,
-    then runs."""
+    """The events of a written ``finish`` (``results`` and ``flights`` by lease token):
+    jobs, then steps, then runs. A job's ``flights`` entry gives its queue and duration."""
     events: list[LifecycleEvent] = []
     for done in report.finished:
         result = results.get(done.lease_token)
@@ -61,12 +64,17 @@ def report_events(
         error = None
         if result is not None and result.error_type is not None:
             error = f"{result.error_type}: {result.error_message}"
+        flight = flights.get(done.lease_token) if flights is not None else None
         events.append(
             LifecycleEvent(
                 kind=kind, job_id=done.job_id, job_type=done.job_type, attempt=done.attempt,
                 workflow_run_id=done.workflow_run_id, step_key=done.step_key, error=error,
                 retry_at=done.run_at if done.status is JobStatus.QUEUED else None,
                 output=result.output if result is not None else None,
+                queue=flight.job.queue if flight is not None else None,
+                max_attempts=flight.job.max_attempts if flight is not None else None,
+                duration=flight.duration if flight is not None else None,
+                traceback=result.traceback if result is not None and error else None,
             )
         )  # fmt: skip
     events.extend(workflow_events(report))
@@ -103,4 +111,6 @@ def started_event(job: ClaimedJob) -> LifecycleEvent:
         attempt=job.attempt,
         workflow_run_id=job.workflow_run_id,
         step_key=job.step_key,
+        queue=job.queue,
+        max_attempts=job.max_attempts,
     )

@@ -93,8 +93,10 @@ class Executor:
                 # Not after shutdown began, nor for an attempt already reaped or cancelled.
                 start = self.starting and not flight.lost
                 flight.started = start
-                if start and flight.job.timeout_seconds is not None:
-                    flight.deadline = time.monotonic() + flight.job.timeout_seconds
+                if start:
+                    flight.started_at = now = time.monotonic()
+                    if flight.job.timeout_seconds is not None:
+                        flight.deadline = now + flight.job.timeout_seconds
             try:
                 if start:
                     if not flight.marked:
@@ -138,6 +140,8 @@ class Executor:
                 )
             except BaseException as err:
                 result = outcome.failure(job, err, policy, tb=traceback.format_exc())
+        if flight.started_at is not None:
+            flight.duration = time.monotonic() - flight.started_at
         if flight.deadline is not None and time.monotonic() > flight.deadline:
             flight.timed_out = True
             result = outcome.failure(
@@ -196,7 +200,8 @@ class Executor:
                 self._table.forget(flight)
                 return
             self._table.forget(flight)
-            self._events.emit(report_events(report, {result.lease_token: result}))
+            token = result.lease_token
+            self._events.emit(report_events(report, {token: result}, {token: flight}))
         finally:
             self._pool.putconn(conn)
 

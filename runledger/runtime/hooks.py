@@ -27,6 +27,10 @@ class LifecycleEvent:
         error: the error text for failures and retries.
         retry_at: when a retried job runs next.
         output: what a successful job returned.
+        queue, max_attempts: the job's queue and attempts allowed, when the runtime that
+            ran it knows them.
+        duration: seconds the handler ran, for outcomes of a handler run by this runtime.
+        traceback: the failure's traceback, for failures and retries.
     """
 
     kind: EventKind
@@ -38,6 +42,10 @@ class LifecycleEvent:
     error: str | None = None
     retry_at: datetime.datetime | None = None
     output: object = None
+    queue: str | None = None
+    max_attempts: int | None = None
+    duration: float | None = None
+    traceback: str | None = None
 
 
 Hook = Callable[[LifecycleEvent], object]

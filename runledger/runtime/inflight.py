@@ -26,6 +26,8 @@ class InFlight:
     to the handler's own transaction): that write finds out itself whether the lease held.
     ``marked`` is true once the ledger says the handler started (``handler_started_at``):
     set by the claim for a job an idle thread runs at once, else written by the completer.
+    ``started_at`` (``time.monotonic()``) is set when the handler starts and ``duration``
+    when it returns (for the log lines and other readers of the event stream).
     """
 
     job: ClaimedJob
@@ -37,6 +39,8 @@ class InFlight:
     timed_out: bool = False
     writing: bool = False
     marked: bool = False
+    started_at: float | None = None
+    duration: float | None = None
 
 
 class InFlightTable:

@@ -25,8 +25,9 @@ from runledger.postgres.store import Store
 from runledger.runtime.config import settings_from_env
 from runledger.runtime.events import EventStream
 from runledger.runtime.heartbeat import Heartbeat, cancelled_event
+from runledger.runtime.logs import JobLog, log_start, log_stop
 from runledger.runtime.loop import Loop
-from runledger.runtime.presence import Presence
+from runledger.runtime.presence import Presence, runledger_version
 from runledger.runtime.reaper import Reaper
 from runledger.runtime.registry import Registry
 from runledger.runtime.scheduler import Scheduler
@@ -126,7 +127,11 @@ class Runtime:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.shutdown_timeout = shutdown_timeout
         # Every transition the runtime commits goes through this one stream; hooks read it.
-        self.events = EventStream([registry.hooks.emit])
+        self.events = EventStream([registry.hooks.emit, JobLog()])
+        self._queues = tuple(queues)
+        self._concurrency = concurrency
+        self._prefetch = concurrency if prefetch is None else max(prefetch, 0)
+        self._listen = listen
         self.pool = WorkerPool(
             self._store,
             registry,
@@ -234,7 +239,11 @@ class Runtime:
         for loop in self._loops:
             loop.start()
         self._supervisor.start()
-        _logger.info("runtime %s started", self.worker_id)
+        log_start(
+            version=runledger_version(), worker_id=self.worker_id, queues=self._queues,
+            registry=self.registry, concurrency=self._concurrency, prefetch=self._prefetch,
+            listen=self._listen, conninfo=self._store.conninfo,
+        )  # fmt: skip
 
     def stop(self, timeout: float | None = None) -> None:
         """Shut down gracefully; idempotent. Blocks up to ``timeout`` + ``FLUSH_SECONDS``
@@ -289,7 +298,12 @@ class Runtime:
             _logger.exception("could not delete the workers row of %s", self.worker_id)
         if self._owns_store:
             self._store.close()
-        _logger.info("runtime %s stopped", self.worker_id)
+        log_stop(
+            self.worker_id,
+            drained=self.pool.drained,
+            released=self.pool.released,
+            abandoned=self.pool.abandoned,
+        )
 
     def __enter__(self) -> Runtime:
         self.start()

@@ -106,6 +106,11 @@ class WorkerPool:
         self.claimer: Loop = self._claimer.loop
         self.completer: Loop = self._completer.loop
         self._started = False
+        # What the shutdown did, for its log line: handlers that finished during ``drain``,
+        # prefetched attempts ``stop`` handed back, running ones ``expire_running`` gave up.
+        self.drained = 0
+        self.released = 0
+        self.abandoned = 0
 
     # --- service ----------------------------------------------------------------------------
 
@@ -135,16 +140,20 @@ class WorkerPool:
         self.claimer.stop(timeout)
         self._executor.stop_starting()
         with self.table.changed:
+            running = len(self.table.running())
             self.table.changed.wait_for(
                 lambda: not self.table.running(), timeout=max(deadline - time.monotonic(), 0)
             )
-            return self.table.running()
+            still = self.table.running()
+            self.drained += max(running - len(still), 0)
+            return still
 
     def stop(self, timeout: float = 5.0) -> None:
         """Release what never started, flush outcomes and stop every thread it owns."""
         self.stop_claiming()
         self._executor.stop_starting()
         never_started = [f for f in self.table.flights() if not f.started]
+        self.released += len(never_started)
         for flight in never_started:
             self._completer.queue_outcome(flight, outcome.released(flight.job))
         threads = self._executor.threads
@@ -172,6 +181,7 @@ class WorkerPool:
         fenced out. Waits up to ``timeout`` for a connection (default: the pool's)."""
         if not flights:
             return
+        self.abandoned += len(flights)
         for flight in flights:
             self.table.mark_lost(flight.job.lease_token)
         try:
