@@ -43,12 +43,15 @@ def _load_registry(spec: str) -> Any:
 
 def _worker(args: argparse.Namespace) -> int:
     from runledger.runtime.config import settings_from_env
+    from runledger.runtime.logs import check_log_format, configure_logging, log_format_from_env
     from runledger.runtime.runtime import Runtime
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+    log_format = (
+        check_log_format(args.log_format)
+        if args.log_format is not None
+        else log_format_from_env() or "text"
     )
+    configure_logging(getattr(logging, args.log_level.upper(), logging.INFO), log_format)
     settings = settings_from_env()
     options = settings.runtime_kwargs()
     if args.concurrency is not None:
@@ -90,4 +93,10 @@ def add_commands(commands: Subcommands, database: argparse.ArgumentParser) -> No
         help="claimed jobs that may wait for a thread (default: concurrency)",
     )
     work.add_argument("--log-level", default="info")
+    work.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line for log shippers "
+        "(default: RUNLEDGER_LOG_FORMAT, else text)",
+    )
     work.set_defaults(func=_worker)

@@ -32,7 +32,8 @@ class JobContext:
             should check it (``ctx.cancelled.is_set()`` or ``ctx.cancelled.wait(seconds)``)
             and return early: Python threads cannot be killed, and whatever a handler returns
             after losing its lease is discarded.
-        logger: a logger whose records carry the job id, type and attempt.
+        logger: a logger whose records carry the job id, type, queue, attempt, run id and
+            step key (``runledger.runtime.logs.JOB_FIELDS``; the JSON log format writes them).
 
     One context per attempt; only the handler's thread should use ``conn``.
     """
@@ -67,7 +68,15 @@ class JobContext:
         self.scheduled_at = scheduled_at
         self.cancelled = threading.Event()
         self.logger = logging.LoggerAdapter(
-            _logger, {"job_id": str(job_id), "job_type": job_type, "attempt": attempt}
+            _logger,
+            {
+                "job_id": str(job_id),
+                "job_type": job_type,
+                "queue": queue,
+                "attempt": attempt,
+                "run_id": None if workflow_run_id is None else str(workflow_run_id),
+                "step_key": step_key,
+            },
         )
         self._pool = pool
         self._heartbeat = heartbeat
