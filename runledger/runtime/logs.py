@@ -242,16 +242,19 @@ def check_log_format(value: str, *, name: str = "--log-format") -> str:
     return lowered
 
 
-def log_format_from_env(env: Mapping[str, str] | None = None) -> str | None:
-    """``RUNLEDGER_LOG_FORMAT`` (``text`` or ``json``), or None if unset.
+def log_format_from_env(env: Mapping[str, Any] | None = None) -> str | None:
+    """``RUNLEDGER_LOG_FORMAT`` (``text`` or ``json``) of ``env`` (default: the environment;
+    a Flask config or Django settings mapping works too), or None if unset.
+
+    Not a ``Runtime`` argument: the worker commands read it beside ``RUNTIME_VARIABLES``.
 
     Raises:
         ConfigError: another value.
     """
     raw = (os.environ if env is None else env).get("RUNLEDGER_LOG_FORMAT")
-    if not raw:
+    if raw is None or raw == "":
         return None
-    return check_log_format(raw, name="RUNLEDGER_LOG_FORMAT")
+    return check_log_format(str(raw), name="RUNLEDGER_LOG_FORMAT")
 
 
 def configure_logging(level: int | str, log_format: str = "text") -> None:
@@ -261,9 +264,14 @@ def configure_logging(level: int | str, log_format: str = "text") -> None:
         level = logging.getLevelName(level.upper())
         if not isinstance(level, int):
             level = logging.INFO
+    logging.basicConfig(level=level, handlers=[stream_handler(log_format)])
+
+
+def stream_handler(log_format: str = "text") -> logging.Handler:
+    """A stderr handler writing ``log_format`` (``text`` or ``json``)."""
     handler = logging.StreamHandler()
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=level, handlers=[handler])
+    return handler

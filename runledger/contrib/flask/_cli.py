@@ -14,6 +14,7 @@ import runledger
 from runledger.contrib.flask._extension import EXTENSION_KEY, Runledger
 from runledger.errors import RunledgerError, SchemaNotMigrated
 from runledger.postgres.migrate import latest_version
+from runledger.runtime.logs import configure_logging, log_format_from_env
 
 _logger = logging.getLogger("runledger.flask")
 
@@ -63,7 +64,16 @@ def migrate_command() -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
-def worker_command(concurrency: int | None, queues: str | None, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    default=None,
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    help="Text lines, or one JSON object per line for log shippers "
+    "(default: RUNLEDGER_LOG_FORMAT of the app's config or the environment, else text).",
+)
+def worker_command(
+    concurrency: int | None, queues: str | None, log_level: str, log_format: str | None
+) -> None:
     """Run the app's jobs, schedules and reaper until SIGTERM or SIGINT.
 
     Stops gracefully: claims nothing more, waits for running handlers up to
@@ -78,10 +88,13 @@ def worker_command(concurrency: int | None, queues: str | None, log_level: str) 
         if not names:
             raise click.BadParameter("give at least one queue name", param_hint="--queues")
         overrides["queues"] = names
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
-    )
+    try:
+        chosen = (
+            log_format or log_format_from_env(current_app.config) or log_format_from_env() or "text"
+        )
+    except RunledgerError as err:
+        raise click.ClickException(str(err)) from err
+    configure_logging(getattr(logging, log_level.upper()), chosen.lower())
     if not ext.registry.job_types():
         _logger.warning("the registry has no handlers: this worker will run no jobs")
     try:

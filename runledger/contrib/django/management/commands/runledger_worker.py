@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import psycopg
@@ -15,6 +16,7 @@ from runledger.contrib.django.jobs import registry
 from runledger.errors import RunledgerError, SchemaNotMigrated
 from runledger.postgres.migrate import check_schema
 from runledger.runtime.config import settings_from_env
+from runledger.runtime.logs import check_log_format, log_format_from_env, stream_handler
 from runledger.runtime.runtime import Runtime
 
 
@@ -28,12 +30,17 @@ class Command(BaseCommand):
     as ``{"concurrency": 8, "queues": ["default", "mail"]}``), then the ``RUNLEDGER_*``
     environment variables. SIGTERM or SIGINT stops claiming, waits for running handlers up
     to ``shutdown_timeout`` and exits 0.
+
+    Logging follows Django's ``LOGGING`` unless a format is chosen (``--log-format``, else
+    ``settings.RUNLEDGER_LOG_FORMAT``, else the ``RUNLEDGER_LOG_FORMAT`` variable): then the
+    ``runledger`` loggers write to stderr in it (``text``, or ``json`` for log shippers), at
+    INFO, and do not propagate.
     """
 
     help = "Run runledger workers for this project's jobs until SIGTERM or SIGINT."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        """``--concurrency``, ``--queues``, ``--database``, ``--no-listen``."""
+        """``--concurrency``, ``--queues``, ``--database``, ``--no-listen``, ``--log-format``."""
         parser.add_argument("--concurrency", type=int, help="Handlers running at once.")
         parser.add_argument(
             "--queues", help='Comma-separated queues to take jobs from (default: "default").'
@@ -48,13 +55,25 @@ class Command(BaseCommand):
             action="store_true",
             help="Poll only, without LISTEN (for PgBouncer in transaction pooling mode).",
         )
+        parser.add_argument(
+            "--log-format",
+            choices=["text", "json"],
+            help="Write runledger's logs to stderr as text lines or JSON objects "
+            "(default: settings.RUNLEDGER_LOG_FORMAT, else Django's LOGGING).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Check the schema, then run the runtime until a signal stops it."""
         try:
             runtime_options = self._runtime_options(options)
+            log_format = self._log_format(options)
         except (RunledgerError, TypeError, ValueError) as err:
             raise CommandError(str(err)) from err
+        if log_format is not None:
+            runledger_logger = logging.getLogger("runledger")
+            runledger_logger.addHandler(stream_handler(log_format))
+            runledger_logger.setLevel(logging.INFO)
+            runledger_logger.propagate = False
         dsn = database_dsn(options["database"])
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
@@ -85,6 +104,14 @@ class Command(BaseCommand):
         self.stdout.flush()
         runtime.run()
         self.stdout.write(f"runledger worker {runtime.worker_id} stopped.")
+
+    def _log_format(self, options: dict[str, Any]) -> str | None:
+        if options.get("log_format"):
+            return check_log_format(options["log_format"])
+        configured = getattr(settings, "RUNLEDGER_LOG_FORMAT", None)
+        if configured:
+            return check_log_format(str(configured), name="RUNLEDGER_LOG_FORMAT")
+        return log_format_from_env()
 
     def _runtime_options(self, options: dict[str, Any]) -> dict[str, Any]:
         merged = settings_from_env().runtime_kwargs()
