@@ -278,8 +278,8 @@ def enqueue(
         UnknownJobType: ``registry`` has no handler for ``job_type``.
         IdempotencyConflict: the key already belongs to a different request.
         TransactionAborted / ConnectionNotUsable: ``conn`` cannot take writes.
-        SchemaNotMigrated: the ``runledger`` schema is not installed; the failed statement
-            leaves the caller's transaction aborted (roll it back and run ``migrate``).
+        SchemaNotMigrated: the ``runledger`` schema is not installed (told by a read before
+            anything is written: the caller's transaction stays usable).
         DatabaseError: the database refused the write.
     """
     job = Job(
