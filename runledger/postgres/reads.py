@@ -87,8 +87,8 @@ def get_job(conn: Conn, job_id: uuid.UUID) -> JobRecord:
         InvalidId: ``job_id`` is not a UUID (or its text); nothing was sent.
         JobNotFound: there is none (or it was enqueued in a transaction not yet committed
             and not this one).
-        SchemaNotMigrated: the schema is not installed (the caller's transaction is left
-            aborted, as by any failed statement).
+        SchemaNotMigrated: the schema is not installed (told before the query: the caller's
+            transaction stays usable).
     """
     job_id = parse_id(job_id, field="job_id")
     with reading(conn), conn.cursor(row_factory=class_row(JobRecord)) as cur:
