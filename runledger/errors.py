@@ -79,6 +79,7 @@ __all__ = [
     "JobOptionError",
     "LeaseExpired",
     "MigrationError",
+    "MissingExtra",
     "MissingJobType",
     "NaiveRunAt",
     "NotAnExternalStep",
@@ -372,6 +373,23 @@ class ConfigError(RunledgerError, ValueError):
         self.value = value
         self.expected = expected
         super().__init__(f"{name}={value!r}: expected {expected}")
+
+
+class MissingExtra(RunledgerError, ImportError):
+    """A feature needs an optional dependency that is not installed.
+
+    Attributes:
+        extra: the extra that installs it (``pip install 'runledger-pg[<extra>]'``).
+        package: the distribution missing.
+    """
+
+    def __init__(self, *, extra: str, package: str) -> None:
+        self.extra = extra
+        self.package = package
+        super().__init__(
+            f"{package} is not installed: install the {extra!r} extra "
+            f"(pip install 'runledger-pg[{extra}]')"
+        )
 
 
 class AttemptError(RunledgerError):

@@ -68,6 +68,10 @@ def _worker(args: argparse.Namespace) -> int:
         if args.prefetch < 0:
             raise CliError(f"--prefetch must be 0 or more, got {args.prefetch}")
         options["prefetch"] = args.prefetch
+    if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            raise CliError(f"--metrics-port must be from 0 to 65535, got {args.metrics_port}")
+        options["metrics_port"] = args.metrics_port
     registry = _load_registry(args.app)
     with connect(args) as conn:
         check_schema(conn)
@@ -91,6 +95,11 @@ def add_commands(commands: Subcommands, database: argparse.ArgumentParser) -> No
         "--prefetch",
         type=int,
         help="claimed jobs that may wait for a thread (default: concurrency)",
+    )
+    work.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on /metrics at this port (needs the metrics extra)",
     )
     work.add_argument("--log-level", default="info")
     work.add_argument(

@@ -27,6 +27,7 @@ from runledger.runtime.events import EventStream
 from runledger.runtime.heartbeat import Heartbeat, cancelled_event
 from runledger.runtime.logs import JobLog, log_start, log_stop
 from runledger.runtime.loop import Loop
+from runledger.runtime.metrics import Metrics
 from runledger.runtime.presence import Presence, runledger_version
 from runledger.runtime.reaper import Reaper
 from runledger.runtime.registry import Registry
@@ -72,6 +73,9 @@ class Runtime:
             transaction mode before 1.21). Ignored when ``target`` is a pool or a store.
         vacuum: let the reaper VACUUM ``runledger.jobs`` when dead rows pile up between
             autovacuum's visits (one runtime at a time; see runledger.postgres.maintenance).
+        metrics_port: serve Prometheus metrics on ``/metrics`` at this port (0 picks a free
+            one, see ``metrics.port``) while started; needs the ``metrics`` extra. None (the
+            default) imports nothing of it.
     """
 
     def __init__(
@@ -94,9 +98,11 @@ class Runtime:
         handler_context: Callable[[], AbstractContextManager[Any]] | None = None,
         prepare_threshold: int | None = 5,
         vacuum: bool = True,
+        metrics_port: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigError(name="concurrency", value=concurrency, expected="an integer >= 1")
+        Metrics.check(metrics_port)  # before the store opens a pool
         given_queues = queues
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
@@ -145,6 +151,8 @@ class Runtime:
             session_settings=listen,
             events=self.events,
         )
+        # Metrics, when asked for, read the same stream (and import prometheus_client).
+        self.metrics = Metrics.subscribed(self.events, self.pool.table, self._store, metrics_port)
         self._presence = Presence(
             self._store,
             worker_id=self.worker_id,
@@ -229,11 +237,18 @@ class Runtime:
         with self._lock:
             if self._started:
                 return
-            # Checked before anything starts, so a refused start leaves nothing running and
-            # can be retried once the schema is migrated.
-            self._store.check_schema()
-            self._scheduler.sync()
-            self._presence.register()
+            if self.metrics is not None:
+                self.metrics.start()  # first: a port in use refuses the start cleanly
+            try:
+                # Checked before anything starts, so a refused start leaves nothing running
+                # and can be retried once the schema is migrated.
+                self._store.check_schema()
+                self._scheduler.sync()
+                self._presence.register()
+            except BaseException:
+                if self.metrics is not None:
+                    self.metrics.stop()
+                raise
             self._started = True
         self.pool.start()
         for loop in self._loops:
@@ -261,6 +276,8 @@ class Runtime:
                 return
             self._stopped = True
             if not self._started:
+                if self.metrics is not None:
+                    self.metrics.stop()
                 if self._owns_store:
                     self._store.close()
                 return
@@ -296,6 +313,11 @@ class Runtime:
         except Exception:
             # Best effort: a row left behind shows as stale and a reaper deletes it later.
             _logger.exception("could not delete the workers row of %s", self.worker_id)
+        if self.metrics is not None:
+            try:
+                self.metrics.stop(timeout=left())
+            except Exception:
+                _logger.exception("error while stopping the metrics server")
         if self._owns_store:
             self._store.close()
         log_stop(

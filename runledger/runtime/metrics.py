@@ -1,0 +1,236 @@
+"""Prometheus metrics of one runtime, served on ``/metrics`` (the ``metrics`` extra).
+
+``Metrics`` is a subscriber of the runtime's ``EventStream``: it counts job outcomes and times
+handlers from the events. The in-flight gauges are read from the worker pool's table, and the
+queue depth from the database, only when Prometheus scrapes: no cost per job beyond a counter
+and a histogram update. Each runtime has a registry of its own, so several runtimes in one
+process (tests) do not clash; several worker processes on one host each serve their own port.
+``prometheus_client`` is imported only here, when a runtime is asked for metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from runledger.core.status import EventKind
+from runledger.errors import ConfigError, MissingExtra
+from runledger.postgres.overview import queue_status
+from runledger.postgres.store import Store
+from runledger.runtime.events import EventStream
+from runledger.runtime.hooks import LifecycleEvent
+from runledger.runtime.inflight import InFlightTable
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+_logger = logging.getLogger("runledger.metrics")
+
+DEPTH_INTERVAL = 15.0
+"""Seconds between two reads of the queue depth from the database, however often scraped."""
+
+OUTCOMES = {
+    EventKind.JOB_SUCCEEDED: "succeeded",
+    EventKind.JOB_RETRYING: "retrying",
+    EventKind.JOB_FAILED: "failed",
+    EventKind.JOB_CANCELLED: "cancelled",
+}
+"""The ``outcome`` label of ``runledger_jobs_total`` by event kind."""
+
+LEASE_EXPIRED_PREFIX = "LeaseExpired:"
+
+
+def _client() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as err:
+        raise MissingExtra(extra="metrics", package="prometheus-client") from err
+    return prometheus_client
+
+
+class _ScrapeCollector:
+    """The gauges read when Prometheus scrapes: attempts held by this runtime, and the jobs
+    queued and running per queue (from the database, at most once every ``interval``)."""
+
+    def __init__(self, table: InFlightTable, store: Store, interval: float) -> None:
+        self._table = table
+        self._store = store
+        self._interval = interval
+        self._lock = threading.Lock()  # one scrape at a time reads the database
+        self._read_at: float | None = None
+        self._depth: list[tuple[Any, ...]] = []
+
+    def describe(self) -> list[Metric]:
+        return []  # generated at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        with self._table.lock:
+            flights = list(self._table.by_token.values())
+        running = sum(1 for f in flights if f.started and not f.done)
+        prefetched = sum(1 for f in flights if not f.started)
+        yield GaugeMetricFamily(
+            "runledger_jobs_running", "Handlers of this runtime running now.", value=running
+        )
+        yield GaugeMetricFamily(
+            "runledger_jobs_prefetched",
+            "Jobs this runtime claimed that wait for a free thread.",
+            value=prefetched,
+        )
+        depth = GaugeMetricFamily(
+            "runledger_queue_jobs",
+            "Jobs queued and running in the database, by queue and status.",
+            labels=["queue", "status"],
+        )
+        oldest = GaugeMetricFamily(
+            "runledger_queue_oldest_due_seconds",
+            "How long the oldest due queued job of each queue has waited.",
+            labels=["queue"],
+        )
+        for queue, status, jobs, oldest_due, _types in self._queue_depth():
+            if status in ("queued", "running"):
+                depth.add_metric([queue, str(status)], float(jobs))
+            if status == "queued":
+                oldest.add_metric([queue], float(oldest_due or 0.0))
+        yield depth
+        yield oldest
+
+    def _queue_depth(self) -> list[tuple[Any, ...]]:
+        with self._lock:
+            now = time.monotonic()
+            if self._read_at is None or now - self._read_at >= self._interval:
+                self._read_at = now  # a failed read is not retried before the interval
+                try:
+                    with self._store.pool.connection() as conn:
+                        self._depth = queue_status(conn)
+                except Exception:
+                    _logger.exception("could not read the queue depth for /metrics")
+            return self._depth
+
+
+class Metrics:
+    """A runtime's Prometheus metrics and the HTTP server that serves them.
+
+    Call it with each batch of the ``EventStream`` (subscribe it); ``start()`` serves
+    ``/metrics`` on ``port`` (0 picks a free one) in a daemon thread and ``stop()`` shuts
+    that server down.
+
+    Raises:
+        MissingExtra: ``prometheus-client`` is not installed (``pip install
+            'runledger-pg[metrics]'``).
+    """
+
+    def __init__(
+        self,
+        table: InFlightTable,
+        store: Store,
+        *,
+        port: int,
+        addr: str = "0.0.0.0",
+        depth_interval: float = DEPTH_INTERVAL,
+    ) -> None:
+        client = self.check(port)
+        self._port = port
+        self._addr = addr
+        self.registry = client.CollectorRegistry()
+        self._jobs = client.Counter(
+            "runledger_jobs_total",
+            "Job outcomes written by this runtime (and its reaper), by queue, type and outcome.",
+            ["queue", "job_type", "outcome"],
+            registry=self.registry,
+        )
+        self._duration = client.Histogram(
+            "runledger_job_duration_seconds",
+            "Seconds the handlers of this runtime ran, by queue and type.",
+            ["queue", "job_type"],
+            registry=self.registry,
+        )
+        self._expired = client.Counter(
+            "runledger_leases_expired_total",
+            "Expired leases this runtime's reaper took back (a worker stopped renewing).",
+            ["job_type"],
+            registry=self.registry,
+        )
+        self.registry.register(_ScrapeCollector(table, store, depth_interval))
+        self._client = client
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def check(port: int | None) -> Any:
+        """Refuse a bad ``port`` or a missing extra before anything is built; the client
+        module (None when ``port`` is None: nothing imported).
+
+        Raises:
+            ConfigError: ``port`` is not from 0 to 65535.
+            MissingExtra: ``prometheus-client`` is not installed.
+        """
+        if port is None:
+            return None
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(name="metrics_port", value=port, expected="a port from 0 to 65535")
+        return _client()
+
+    @classmethod
+    def subscribed(
+        cls, events: EventStream, table: InFlightTable, store: Store, port: int | None
+    ) -> Metrics | None:
+        """The metrics of a runtime, subscribed to its ``events``; None when ``port`` is."""
+        if port is None:
+            return None
+        metrics = cls(table, store, port=port)
+        events.subscribe(metrics)
+        return metrics
+
+    def __call__(self, events: list[LifecycleEvent]) -> None:
+        for event in events:
+            outcome = OUTCOMES.get(event.kind)
+            if outcome is None:
+                continue
+            queue = event.queue or ""
+            job_type = event.job_type or ""
+            self._jobs.labels(queue, job_type, outcome).inc()
+            if event.duration is not None:
+                self._duration.labels(queue, job_type).observe(event.duration)
+            if event.duration is None and (event.error or "").startswith(LEASE_EXPIRED_PREFIX):
+                self._expired.labels(job_type).inc()
+
+    @property
+    def port(self) -> int | None:
+        """The port ``/metrics`` is served on (the one chosen when started with 0)."""
+        return None if self._server is None else int(self._server.server_port)
+
+    def start(self) -> None:
+        """Serve ``/metrics``; idempotent.
+
+        Raises:
+            ConfigError: the port is taken (or may not be bound).
+        """
+        if self._server is not None:
+            return
+        try:
+            self._server, self._thread = self._client.start_http_server(
+                self._port, addr=self._addr, registry=self.registry
+            )
+        except OSError as err:
+            raise ConfigError(
+                name="metrics_port",
+                value=self._port,
+                expected=f"a port free to listen on ({err.strerror or err})",
+            ) from err
+        if self._thread is not None:
+            self._thread.name = "runledger-metrics-0"
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop serving; idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout)
