@@ -157,6 +157,10 @@ class Metrics:
         )
         self.registry.register(_ScrapeCollector(table, store, depth_interval))
         self._client = client
+        # The labelled children by label values; emit runs in several threads, and two that
+        # race here get the same child from labels().
+        self._counters: dict[tuple[str, ...], Any] = {}
+        self._histograms: dict[tuple[str, ...], Any] = {}
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -193,9 +197,16 @@ class Metrics:
                 continue
             queue = event.queue or ""
             job_type = event.job_type or ""
-            self._jobs.labels(queue, job_type, outcome).inc()
+            key = (queue, job_type, outcome)
+            counter = self._counters.get(key)
+            if counter is None:  # labels() takes a lock and checks its arguments: once
+                counter = self._counters[key] = self._jobs.labels(*key)
+            counter.inc()
             if event.duration is not None:
-                self._duration.labels(queue, job_type).observe(event.duration)
+                histogram = self._histograms.get(key[:2])
+                if histogram is None:
+                    histogram = self._histograms[key[:2]] = self._duration.labels(*key[:2])
+                histogram.observe(event.duration)
             if event.duration is None and (event.error or "").startswith(LEASE_EXPIRED_PREFIX):
                 self._expired.labels(job_type).inc()
 
