@@ -85,7 +85,8 @@ claimed as (
     where j.id = any(array(select c.id from candidates as c))
     returning j.id, j.job_type, j.queue, j.payload, j.priority, j.attempt, j.max_attempts,
               j.timeout_seconds, j.lease_token, j.workflow_run_id, j.step_id, j.step_key,
-              j.started_at, j.scheduled_at, j.handler_started_at is not null as started
+              j.started_at, j.scheduled_at, j.handler_started_at is not null as started,
+              j.trace_context
 ),
 attempts as (
     insert into runledger.job_attempts (job_id, attempt, worker, lease_token, started_at)
@@ -116,7 +117,8 @@ select c.id, c.job_type, c.queue, c.payload, c.priority, c.attempt, c.max_attemp
            join runledger.workflow_step_runs as p on p.id = d.prerequisite_id
            where d.step_id = c.step_id
        ) end as upstream,
-       c.started
+       c.started,
+       c.trace_context
 from claimed as c
 order by c.priority desc, c.id
 """
@@ -320,6 +322,8 @@ class ClaimedJob:
     started: bool = False
     """Marked started by the claim itself (an idle thread runs it at once); otherwise the
     runtime marks it with ``mark_started`` once its handler starts."""
+    trace_context: Mapping[str, str] | None = None
+    """The W3C trace context stored at enqueue (``traceparent``...), or None."""
 
 
 def claim_params(
@@ -407,6 +411,7 @@ def claim(
             scheduled_at=row[14],
             upstream=row[15] or {},
             started=row[16],
+            trace_context=row[17],
         )
         for row in rows
     ]

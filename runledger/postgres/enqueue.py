@@ -19,7 +19,7 @@ import attrs
 
 from runledger.core.handler import HandlerCatalog, HandlerDefaults
 from runledger.core.job import DEFAULT_PRIORITY, DEFAULT_QUEUE, Job, fingerprint
-from runledger.core.payload import MAX_PAYLOAD_BYTES, JsonValue, dumps_within
+from runledger.core.payload import MAX_PAYLOAD_BYTES, JsonValue, dumps, dumps_within
 from runledger.core.status import StepKind, StepStatus
 from runledger.core.workflow import Workflow
 from runledger.errors import ConfigError, IdempotencyConflict, UnknownJobType
@@ -27,6 +27,7 @@ from runledger.postgres.channels import JOBS
 from runledger.postgres.connection import Conn, savepoint, writing
 from runledger.postgres.copytext import copy_int, copy_json_text, copy_text
 from runledger.postgres.ids import new_id, new_ids
+from runledger.postgres.tracecontext import current_trace_context
 
 NOTIFY_CHANNEL = JOBS
 """Enqueue notifies this channel with the queue name as payload; workers LISTEN on it.
@@ -75,7 +76,7 @@ def payload_limit(max_payload_bytes: int | None) -> int:
 
 # Payloads travel as one JSON array (unpacked by position) rather than a jsonb[] parameter:
 # adapting a jsonb[] escapes every element again and costs more than the rest of the row.
-INSERT_JOBS = f"""
+_insert_jobs_template = """
 with input as (
     select t.*, p.payload
     from unnest(
@@ -91,10 +92,10 @@ with input as (
 inserted as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at,
-        idempotency_key, request_fingerprint)
+        idempotency_key, request_fingerprint{trace_column})
     select id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
            coalesce(run_at, now() + make_interval(secs => coalesce(delay, 0))),
-           idempotency_key, request_fingerprint
+           idempotency_key, request_fingerprint{trace_value}
     from input
     -- A fixed order, so two batches sharing keys wait for each other instead of deadlocking.
     order by job_type, idempotency_key, id
@@ -106,7 +107,7 @@ events as (
     select 'job.enqueued', id from inserted
 )
 select (select array_agg(id) from inserted) as ids,
-       (select count(pg_notify('{JOBS}', queue))
+       (select count(pg_notify('{jobs}', queue))
         from (select distinct queue from inserted) as q) as notified
 """
 
@@ -117,13 +118,13 @@ where (job_type, idempotency_key) in (
     select * from unnest(%(job_types)s::text[], %(keys)s::text[]))
 """
 
-INSERT_RUN = """
+_insert_run_template = """
 insert into runledger.workflow_runs (
     id, name, idempotency_key, request_fingerprint, input, result_step, status,
-    steps_total, steps_open, steps_active)
+    steps_total, steps_open, steps_active{trace_column})
 values (
     %(id)s, %(name)s, %(key)s, %(fingerprint)s, %(input)s::jsonb, %(result_step)s,
-    %(status)s, %(steps)s, %(steps)s, %(active)s)
+    %(status)s, %(steps)s, %(steps)s, %(active)s{trace_value})
 on conflict on constraint workflow_runs_idempotency_key do nothing
 returning id
 """
@@ -135,7 +136,7 @@ where name = %(name)s and idempotency_key = %(key)s
 
 # Steps are inserted in topological order (ORDER BY ord), so identity ids grow from
 # prerequisites to dependents: the lock order relies on it.
-INSERT_RUN_STEPS = f"""
+_insert_run_steps_template = """
 with step_input as (
     select *
     from unnest(
@@ -167,9 +168,9 @@ edges as (
 jobs as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
-        workflow_run_id, step_id, step_key)
+        workflow_run_id, step_id, step_key{trace_column})
     select s.job_id, i.queue, i.job_type, i.payload, i.priority, i.max_attempts,
-           i.timeout_seconds, %(run_id)s, s.id, s.step_key
+           i.timeout_seconds, %(run_id)s, s.id, s.step_key{trace_value}
     from steps as s
     join step_input as i using (step_key)
     where s.job_id is not null
@@ -185,9 +186,25 @@ events as (
     select 'job.enqueued', j.id, %(run_id)s, j.step_key, '{{}}'::jsonb
     from jobs as j
 )
-select count(pg_notify('{JOBS}', queue))
+select count(pg_notify('{jobs}', queue))
 from (select distinct queue from jobs) as q
 """
+
+# Each statement that writes jobs or runs comes in two spellings: without trace_context (no
+# span active at enqueue; also works on a schema before version 4) and with it. The templates
+# are in lower case: they are not SQL constants.
+_UNTRACED = {"jobs": JOBS, "trace_column": "", "trace_value": ""}
+_TRACED = {
+    "jobs": JOBS,
+    "trace_column": ", trace_context",
+    "trace_value": ", %(trace_context)s::jsonb",
+}
+INSERT_JOBS = _insert_jobs_template.format(**_UNTRACED)
+INSERT_TRACED_JOBS = _insert_jobs_template.format(**_TRACED)
+INSERT_RUN = _insert_run_template.format(**_UNTRACED)
+INSERT_TRACED_RUN = _insert_run_template.format(**_TRACED)
+INSERT_RUN_STEPS = _insert_run_steps_template.format(**_UNTRACED)
+INSERT_TRACED_RUN_STEPS = _insert_run_steps_template.format(**_TRACED)
 
 
 @attrs.frozen(kw_only=True)
@@ -239,6 +256,12 @@ def _resolve(job: Job, registry: HandlerCatalog | None, job_id: uuid.UUID) -> _R
         job=job, id=job_id, queue=queue, max_attempts=max_attempts,
         timeout_seconds=timeout_seconds,
     )  # fmt: skip
+
+
+def _trace_context_json() -> str | None:
+    """The active span's W3C trace context as JSON text, stored with the rows written."""
+    carrier = current_trace_context()
+    return None if carrier is None else dumps(carrier)
 
 
 def enqueue(
@@ -324,18 +347,19 @@ def _enqueue_jobs(
         return []
     # Every payload is encoded and measured before anything is sent.
     payloads = [dumps_within(job.stored_payload, limit=limit) for job in jobs]
+    trace_context = _trace_context_json()
     if len(jobs) >= COPY_THRESHOLD and all(job.idempotency_key is None for job in jobs):
         # Every job type is checked against the registry before anything is written.
         defaults = {t: _defaults(registry, t) for t in dict.fromkeys(j.job_type for j in jobs)}
         with writing(conn):
-            return _copy_jobs(conn, jobs, payloads, defaults)
+            return _copy_jobs(conn, jobs, payloads, defaults, trace_context)
     resolved = [_resolve(job, registry, i) for job, i in zip(jobs, new_ids(len(jobs)), strict=True)]
     keyed = any(r.job.idempotency_key is not None for r in resolved)
     with writing(conn):
         if keyed and len(resolved) > 1:
             with savepoint(conn, "runledger_enqueue"):
-                return _insert_jobs(conn, resolved, payloads)
-        return _insert_jobs(conn, resolved, payloads)
+                return _insert_jobs(conn, resolved, payloads, trace_context)
+        return _insert_jobs(conn, resolved, payloads, trace_context)
 
 
 # Bulk path for batches without idempotency keys (nothing can conflict): COPY is about twice
@@ -346,6 +370,12 @@ def _enqueue_jobs(
 COPY_JOBS = """
 copy runledger.jobs (
     id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at)
+from stdin
+"""
+COPY_TRACED_JOBS = """
+copy runledger.jobs (
+    id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at,
+    trace_context)
 from stdin
 """
 COPY_ENQUEUED_EVENTS = "copy runledger.events (kind, job_id) from stdin"
@@ -362,6 +392,7 @@ def _copy_jobs(
     jobs: Sequence[Job],
     payloads: Sequence[str],
     defaults: dict[str, HandlerDefaults | None],
+    trace_context: str | None,
 ) -> list[uuid.UUID]:
     now_row = conn.execute(TRANSACTION_NOW).fetchone()
     assert now_row is not None
@@ -369,8 +400,10 @@ def _copy_jobs(
     now_text = now.isoformat()
     ids = new_ids(len(jobs))
     queues: set[str] = set()
+    # One trace context for the whole call: a column only when there is one.
+    trace_text = "" if trace_context is None else f"\t{copy_json_text(trace_context)}"
     with conn.cursor() as cur:
-        with cur.copy(COPY_JOBS) as copy:
+        with cur.copy(COPY_JOBS if trace_context is None else COPY_TRACED_JOBS) as copy:
             for start in range(0, len(jobs), COPY_CHUNK):
                 lines = []
                 for job, job_id, payload in zip(
@@ -391,7 +424,8 @@ def _copy_jobs(
                     lines.append(
                         f"{job_id}\t{copy_text(queue)}\t{copy_text(job.job_type)}\t"
                         f"{copy_json_text(payload)}\t{job.priority}\t"
-                        f"{copy_int(max_attempts)}\t{copy_int(timeout_seconds)}\t{run_at}\n"
+                        f"{copy_int(max_attempts)}\t{copy_int(timeout_seconds)}\t{run_at}"
+                        f"{trace_text}\n"
                     )
                 copy.write("".join(lines))
         with cur.copy(COPY_ENQUEUED_EVENTS) as copy:
@@ -401,12 +435,14 @@ def _copy_jobs(
     return ids
 
 
-def _insert_jobs(conn: Conn, resolved: list[_Resolved], payloads: list[str]) -> list[uuid.UUID]:
+def _insert_jobs(
+    conn: Conn, resolved: list[_Resolved], payloads: list[str], trace_context: str | None
+) -> list[uuid.UUID]:
     inserted: set[uuid.UUID] = set()
     for start in range(0, len(resolved), BATCH_SIZE):
         batch = resolved[start : start + BATCH_SIZE]
         row = conn.execute(
-            INSERT_JOBS,
+            INSERT_JOBS if trace_context is None else INSERT_TRACED_JOBS,
             {
                 "ids": [r.id for r in batch],
                 "queues": [r.queue for r in batch],
@@ -421,6 +457,7 @@ def _insert_jobs(conn: Conn, resolved: list[_Resolved], payloads: list[str]) -> 
                 "fingerprints": [
                     r.fingerprint() if r.job.idempotency_key is not None else None for r in batch
                 ],
+                "trace_context": trace_context,
             },
         ).fetchone()
         if row is not None and row[0] is not None:
@@ -517,9 +554,10 @@ def enqueue_workflow(
         found = defaults.get(key)
         return given or (found and getattr(found, field)) or None
 
+    trace_context = _trace_context_json()
     with writing(conn), savepoint(conn, "runledger_enqueue_workflow"):
         row = conn.execute(
-            INSERT_RUN,
+            INSERT_RUN if trace_context is None else INSERT_TRACED_RUN,
             {
                 "id": run_id,
                 "name": workflow.name,
@@ -530,6 +568,7 @@ def enqueue_workflow(
                 "status": "running" if active else "waiting",
                 "steps": len(steps),
                 "active": active,
+                "trace_context": trace_context,
             },
         ).fetchone()
         if row is None:
@@ -548,7 +587,7 @@ def enqueue_workflow(
             return existing[0]  # type: ignore[no-any-return]
         is_job = [s.kind is StepKind.JOB for s in steps]
         conn.execute(
-            INSERT_RUN_STEPS,
+            INSERT_RUN_STEPS if trace_context is None else INSERT_TRACED_RUN_STEPS,
             {
                 "run_id": run_id,
                 "name": workflow.name,
@@ -572,6 +611,7 @@ def enqueue_workflow(
                 "edge_steps": [s.key for s in steps for _ in s.dependencies],
                 "edge_prerequisites": [d.prerequisite for s in steps for d in s.dependencies],
                 "edge_modes": [str(d.mode) for s in steps for d in s.dependencies],
+                "trace_context": trace_context,
             },
         )
     return run_id

@@ -127,9 +127,12 @@ with input as (
 inserted as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
-        workflow_run_id, step_id, step_key)
+        workflow_run_id, step_id, step_key, trace_context)
     select id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
-           workflow_run_id, step_id, step_key
+           workflow_run_id, step_id, step_key,
+           -- the trace of enqueue_workflow continues in every step (read, not locked)
+           (select r.trace_context from runledger.workflow_runs as r
+            where r.id = input.workflow_run_id)
     from input
     returning id, queue, workflow_run_id, step_key
 ),

@@ -26,6 +26,7 @@ from runledger.runtime.completer import Completer
 from runledger.runtime.events import EventStream, report_events, started_event
 from runledger.runtime.inflight import InFlight, InFlightTable
 from runledger.runtime.registry import Registry
+from runledger.runtime.tracing import job_span
 
 _logger = logging.getLogger("runledger.worker")
 
@@ -124,32 +125,31 @@ class Executor:
         handler = self._registry.get(job.job_type)
         policy = handler.retry if handler is not None else DEFAULT_RETRY_POLICY
         result: AttemptResult
-        if handler is None:  # the claim only takes registered types; kept for safety
-            result = outcome.failure(job, LookupError(f"no handler for {job.job_type}"), policy)
-        else:
-            try:
-                with self._handler_context():
-                    output = handler.fn(ctx, job.payload)
-                check_json(output, root="$output")
-                result = outcome.success(job, output)
-            except PayloadNotSerializable as err:
-                result = outcome.failure(
-                    job,
-                    TypeError(f"the handler returned a value that is not JSON: {err}"),
-                    policy,
-                )
-            except BaseException as err:
-                result = outcome.failure(job, err, policy, tb=traceback.format_exc())
-        if flight.started_at is not None:
-            flight.duration = time.monotonic() - flight.started_at
-        if flight.deadline is not None and time.monotonic() > flight.deadline:
-            flight.timed_out = True
-            result = outcome.failure(
-                job,
-                TimedOut(f"the attempt ran past its timeout of {job.timeout_seconds} s"),
-                policy,
-                outcome=AttemptOutcome.TIMED_OUT,
-            )
+        error: BaseException | None = None
+        # The span continues the enqueuer's trace (a no-op without a stored trace context).
+        with job_span(job) as span:
+            if handler is None:  # the claim only takes registered types; kept for safety
+                error = LookupError(f"no handler for {job.job_type}")
+                result = outcome.failure(job, error, policy)
+            else:
+                try:
+                    with self._handler_context():
+                        output = handler.fn(ctx, job.payload)
+                    check_json(output, root="$output")
+                    result = outcome.success(job, output)
+                except PayloadNotSerializable as err:
+                    error = TypeError(f"the handler returned a value that is not JSON: {err}")
+                    result = outcome.failure(job, error, policy)
+                except BaseException as err:
+                    error = err
+                    result = outcome.failure(job, err, policy, tb=traceback.format_exc())
+            if flight.started_at is not None:
+                flight.duration = time.monotonic() - flight.started_at
+            if flight.deadline is not None and time.monotonic() > flight.deadline:
+                flight.timed_out = True
+                error = TimedOut(f"the attempt ran past its timeout of {job.timeout_seconds} s")
+                result = outcome.failure(job, error, policy, outcome=AttemptOutcome.TIMED_OUT)
+            span.outcome(result, error)
         conn = ctx.take_conn()
         if conn is not None:
             self._finish_in_handler_conn(flight, result, conn, policy)

@@ -131,3 +131,36 @@ def test_upgrading_a_populated_version_2_database_adds_the_workers_table(
         [attempt] = runledger.list_attempts(conn, queued)
         assert attempt.worker == rt.worker_id
         assert conn.execute("select count(*) from runledger.workers").fetchone() == (0,)
+
+
+def test_upgrading_a_populated_version_3_database_adds_the_trace_context_columns(
+    empty_database: str,
+) -> None:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        install_version(conn, 3)
+        assert runledger.schema_version(conn) == 3
+        # Enqueue without an active span writes no trace_context: it works on version 3.
+        queued = runledger.enqueue(conn, "upgrade.later", {"n": 5})
+
+        assert runledger.migrate(conn) == [v for v in range(4, latest_version() + 1)]
+        runledger.check_schema(conn)
+        row = conn.execute(
+            "select trace_context from runledger.jobs where id = %s", (queued,)
+        ).fetchone()
+        assert row == (None,)
+
+        registry = runledger.Registry()
+
+        @registry.handler("upgrade.later")
+        def later(ctx: runledger.JobContext, payload: Any) -> Any:
+            return payload["n"]
+
+        with runledger.Runtime(
+            empty_database, registry, concurrency=1, poll_interval=0.05, listen=False
+        ):
+            deadline_polls = 500
+            while runledger.get_job(conn, queued).status != JobStatus.SUCCEEDED:
+                deadline_polls -= 1
+                assert deadline_polls > 0, "the queued job never ran after the upgrade"
+                conn.execute("select pg_sleep(0.02)")
+        assert runledger.get_job(conn, queued).output == 5

@@ -35,7 +35,7 @@ def other(django_project: Any) -> Iterator[str]:
     ContentType.objects.clear_cache()
 
 
-DJANGO_MIGRATIONS = ["0001_initial", "0002_handler_started", "0003_workers"]
+DJANGO_MIGRATIONS = ["0001_initial", "0002_handler_started", "0003_workers", "0004_trace_context"]
 
 
 def schema_version(dsn: str) -> int | None:
