@@ -86,7 +86,7 @@ claimed as (
     returning j.id, j.job_type, j.queue, j.payload, j.priority, j.attempt, j.max_attempts,
               j.timeout_seconds, j.lease_token, j.workflow_run_id, j.step_id, j.step_key,
               j.started_at, j.scheduled_at, j.handler_started_at is not null as started,
-              j.trace_context
+              j.trace_context, j.run_at
 ),
 attempts as (
     insert into runledger.job_attempts (job_id, attempt, worker, lease_token, started_at)
@@ -118,7 +118,8 @@ select c.id, c.job_type, c.queue, c.payload, c.priority, c.attempt, c.max_attemp
            where d.step_id = c.step_id
        ) end as upstream,
        c.started,
-       c.trace_context
+       c.trace_context,
+       c.run_at
 from claimed as c
 order by c.priority desc, c.id
 """
@@ -323,6 +324,9 @@ class ClaimedJob:
     """Marked started by the claim itself (an idle thread runs it at once); otherwise the
     runtime marks it with ``mark_started`` once its handler starts."""
     trace_context: Mapping[str, str] | None = None
+    run_at: datetime.datetime | None = None
+    """When the job was due (its enqueue time unless delayed): ``started_at - run_at`` is
+    how long it waited in the queue."""
     """The W3C trace context stored at enqueue (``traceparent``...), or None."""
 
 
@@ -412,6 +416,7 @@ def claim(
             upstream=row[15] or {},
             started=row[16],
             trace_context=row[17],
+            run_at=row[18],
         )
         for row in rows
     ]

@@ -98,6 +98,7 @@ class Completer:
                 self._pending = []
         except Exception as err:
             self._failures += 1
+            self.loop.note_error(err)
             if self._pending and refused(err):
                 _logger.error(
                     "the database refused a batch of %d outcomes (%s); writing them one by one",

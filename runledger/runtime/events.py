@@ -113,4 +113,7 @@ def started_event(job: ClaimedJob) -> LifecycleEvent:
         step_key=job.step_key,
         queue=job.queue,
         max_attempts=job.max_attempts,
+        queue_wait=None
+        if job.run_at is None
+        else max((job.started_at - job.run_at).total_seconds(), 0.0),
     )

@@ -31,6 +31,8 @@ class LifecycleEvent:
             ran it knows them.
         duration: seconds the handler ran, for outcomes of a handler run by this runtime.
         traceback: the failure's traceback, for failures and retries.
+        queue_wait: seconds from when the job was due (``run_at``) to its claim, for
+            ``job.started``.
     """
 
     kind: EventKind
@@ -46,6 +48,7 @@ class LifecycleEvent:
     max_attempts: int | None = None
     duration: float | None = None
     traceback: str | None = None
+    queue_wait: float | None = None
 
 
 Hook = Callable[[LifecycleEvent], object]

@@ -44,6 +44,8 @@ class Loop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.restarts = 0
+        # Told of every error of a step (after it is logged); for the runtime's metrics.
+        self.on_error: Callable[[BaseException], object] | None = None
 
     def start(self) -> None:
         """Start the thread if it is not running."""
@@ -61,6 +63,7 @@ class Loop:
                     failures = 0
                 except Exception as err:
                     failures += 1
+                    self.note_error(err)
                     if failures <= IMMEDIATE_RETRIES and connection_broke(err):
                         _logger.warning(
                             "%s: its database connection broke (%s); going on at once",
@@ -76,6 +79,14 @@ class Loop:
                     self._on_exit()
                 except Exception:
                     _logger.exception("%s: releasing its resources failed", self.name)
+
+    def note_error(self, err: BaseException) -> None:
+        """Tell ``on_error`` of an error of this loop's work; never raises."""
+        if self.on_error is not None:
+            try:
+                self.on_error(err)
+            except Exception:
+                _logger.exception("%s: its error callback failed", self.name)
 
     def alive(self) -> bool:
         """True while the thread runs."""

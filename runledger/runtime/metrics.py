@@ -10,19 +10,23 @@ process (tests) do not clash; several worker processes on one host each serve th
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from runledger.core.status import EventKind
-from runledger.errors import ConfigError, MissingExtra
+from runledger.errors import ConfigError, DatabaseError, MissingExtra
 from runledger.postgres.overview import queue_status
 from runledger.postgres.store import Store
 from runledger.runtime.events import EventStream
 from runledger.runtime.hooks import LifecycleEvent
 from runledger.runtime.inflight import InFlightTable
+from runledger.runtime.loop import Loop
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -155,6 +159,19 @@ class Metrics:
             ["job_type"],
             registry=self.registry,
         )
+        self._queue_wait = client.Histogram(
+            "runledger_job_queue_wait_seconds",
+            "Seconds from when a job was due (enqueued, or its run_at) to its claim by this "
+            "runtime, by queue and type.",
+            ["queue", "job_type"],
+            registry=self.registry,
+        )
+        self._db_errors = client.Counter(
+            "runledger_database_errors_total",
+            "Database errors this runtime's loops met (each is retried), by loop.",
+            ["loop"],
+            registry=self.registry,
+        )
         self.registry.register(_ScrapeCollector(table, store, depth_interval))
         self._client = client
         # The labelled children by label values; emit runs in several threads, and two that
@@ -192,6 +209,11 @@ class Metrics:
 
     def __call__(self, events: list[LifecycleEvent]) -> None:
         for event in events:
+            if event.kind is EventKind.JOB_STARTED and event.queue_wait is not None:
+                self._queue_wait.labels(event.queue or "", event.job_type or "").observe(
+                    event.queue_wait
+                )
+                continue
             outcome = OUTCOMES.get(event.kind)
             if outcome is None:
                 continue
@@ -209,6 +231,16 @@ class Metrics:
                 histogram.observe(event.duration)
             if event.duration is None and (event.error or "").startswith(LEASE_EXPIRED_PREFIX):
                 self._expired.labels(job_type).inc()
+
+    def database_error(self, loop: str, err: BaseException) -> None:
+        """Count ``err`` if it came from the database (a loop's ``on_error``)."""
+        if isinstance(err, (psycopg.Error, DatabaseError, OSError)):
+            self._db_errors.labels(loop).inc()
+
+    def watch(self, loops: Iterable[Loop]) -> None:
+        """Count the database errors of ``loops``."""
+        for loop in loops:
+            loop.on_error = functools.partial(self.database_error, loop.name)
 
     @property
     def port(self) -> int | None:

@@ -190,6 +190,8 @@ class Runtime:
             )
             loops.append(Loop("runledger-listener-0", self.listener.serve))
         self._loops = loops
+        if self.metrics is not None:
+            self.metrics.watch(loops)
         self._supervisor = Loop("runledger-supervisor-0", self._supervise)
         self._lock = threading.Lock()
         self._started = False

@@ -250,3 +250,51 @@ def test_runledger_worker_metrics_port_serves_metrics(dsn: str, tmp_path: Path) 
             worker.send_signal(signal.SIGTERM)
             _, stderr = worker.communicate(timeout=30)
     assert worker.returncode == 0, stderr
+
+
+def test_queue_wait_is_observed_per_claim_and_database_errors_per_loop(
+    dsn: str,
+    runtime: RuntimeFactory,
+    autocommit_conn: psycopg.Connection[Any],
+    wait_for_job: WaitForJob,
+    wait_until: WaitUntil,
+) -> None:
+    registry = runledger.Registry()
+
+    @registry.handler("metrics.wait")
+    def wait(ctx: runledger.JobContext, payload: Any) -> int:
+        return 1
+
+    rt = runtime(registry, metrics_port=0, poll_interval=0.05)
+    port = rt.metrics.port if rt.metrics is not None else None
+    assert port is not None
+    for job_id in [runledger.enqueue(autocommit_conn, "metrics.wait") for _ in range(3)]:
+        wait_for_job(job_id, "succeeded")
+    samples = scrape(port)
+    labels = {"queue": "default", "job_type": "metrics.wait"}
+    assert value(samples, "runledger_job_queue_wait_seconds_count", **labels) == 3
+    waited = value(samples, "runledger_job_queue_wait_seconds_sum", **labels)
+    assert waited is not None and waited >= 0
+
+    # A claim held on a table lock, its backend terminated while it waits: one error.
+    with psycopg.connect(dsn) as locker:
+        locker.execute("lock table runledger.jobs in access exclusive mode")
+        waiting: list[int] = []
+
+        def claim_waits() -> bool:
+            rows = autocommit_conn.execute(
+                "select pid from pg_stat_activity where datname = current_database() "
+                "and wait_event_type = 'Lock' and query like '%%candidates%%'"
+            ).fetchall()
+            waiting[:] = [row[0] for row in rows]
+            return bool(waiting)
+
+        wait_until(claim_waits, what="the claim to wait for the table lock")
+        autocommit_conn.execute("select pg_terminate_backend(%s)", (waiting[0],))
+        locker.rollback()
+
+    wait_until(
+        lambda: (value(scrape(port), "runledger_database_errors_total", loop="runledger-claimer-0")
+                 or 0) >= 1,
+        what="the claimer's database error to be counted",
+    )  # fmt: skip
