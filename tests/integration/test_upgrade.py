@@ -46,6 +46,24 @@ def install_version(conn: psycopg.Connection[Any], version: int) -> None:
             )
 
 
+def run_on_upgraded_schema(dsn: str, conn: psycopg.Connection[Any], job_id: uuid.UUID) -> Any:
+    """Run a job queued before the upgrade (an ``upgrade.later`` job returning its payload's
+    ``n``) with a runtime on the upgraded schema; return its output."""
+    registry = runledger.Registry()
+
+    @registry.handler("upgrade.later")
+    def later(ctx: runledger.JobContext, payload: Any) -> Any:
+        return payload["n"]
+
+    with runledger.Runtime(dsn, registry, concurrency=1, poll_interval=0.05, listen=False):
+        deadline_polls = 500
+        while runledger.get_job(conn, job_id).status != JobStatus.SUCCEEDED:
+            deadline_polls -= 1
+            assert deadline_polls > 0, "the queued job never ran after the upgrade"
+            conn.execute("select pg_sleep(0.02)")
+    return runledger.get_job(conn, job_id).output
+
+
 def test_upgrading_a_populated_version_1_database_keeps_its_jobs_and_their_accounting(
     empty_database: str,
 ) -> None:
@@ -74,19 +92,7 @@ def test_upgrading_a_populated_version_1_database_keeps_its_jobs_and_their_accou
         assert [a.outcome for a in attempts] == [AttemptOutcome.LEASE_EXPIRED]
 
         # The job queued before the upgrade runs on the upgraded schema.
-        @registry.handler("upgrade.later")
-        def later(ctx: runledger.JobContext, payload: Any) -> Any:
-            return payload["n"]
-
-        with runledger.Runtime(
-            empty_database, registry, concurrency=1, poll_interval=0.05, listen=False
-        ):
-            deadline_polls = 500
-            while runledger.get_job(conn, queued).status != JobStatus.SUCCEEDED:
-                deadline_polls -= 1
-                assert deadline_polls > 0, "the queued job never ran after the upgrade"
-                conn.execute("select pg_sleep(0.02)")
-        assert runledger.get_job(conn, queued).output == 1
+        assert run_on_upgraded_schema(empty_database, conn, queued) == 1
 
 
 def test_upgrading_a_populated_version_2_database_adds_the_workers_table(
@@ -149,18 +155,4 @@ def test_upgrading_a_populated_version_3_database_adds_the_trace_context_columns
         ).fetchone()
         assert row == (None,)
 
-        registry = runledger.Registry()
-
-        @registry.handler("upgrade.later")
-        def later(ctx: runledger.JobContext, payload: Any) -> Any:
-            return payload["n"]
-
-        with runledger.Runtime(
-            empty_database, registry, concurrency=1, poll_interval=0.05, listen=False
-        ):
-            deadline_polls = 500
-            while runledger.get_job(conn, queued).status != JobStatus.SUCCEEDED:
-                deadline_polls -= 1
-                assert deadline_polls > 0, "the queued job never ran after the upgrade"
-                conn.execute("select pg_sleep(0.02)")
-        assert runledger.get_job(conn, queued).output == 5
+        assert run_on_upgraded_schema(empty_database, conn, queued) == 5
