@@ -28,10 +28,28 @@ with claimed as (
 insert into runledger.job_attempts (job_id, attempt, worker, lease_token, started_at)
 select id, attempt, %(worker)s, lease_token, started_at from claimed
 """
+
+
 CLAIM_WAITING = """
 select pid from pg_stat_activity
 where datname = current_database() and wait_event_type = 'Lock' and query like '%%candidates%%'
 """
+
+
+def break_a_waiting_claim(dsn: str, observer: psycopg.Connection[Any]) -> None:
+    """Hold a runtime's next claim on a lock of ``runledger.jobs``, then terminate its backend
+    while it waits: the claim fails with its connection broken (``observer`` is autocommit)."""
+    with psycopg.connect(dsn) as locker:
+        locker.execute("lock table runledger.jobs in access exclusive mode")
+        waiting: list[int] = []
+
+        def claim_waits() -> bool:
+            waiting[:] = [row[0] for row in observer.execute(CLAIM_WAITING).fetchall()]
+            return bool(waiting)
+
+        wait_until(claim_waits, what="the claim to wait for the table lock")
+        observer.execute("select pg_terminate_backend(%s)", (waiting[0],))
+        locker.rollback()
 
 
 def test_jobs_of_a_claim_whose_reply_was_lost_are_released_and_run(
@@ -50,18 +68,7 @@ def test_jobs_of_a_claim_whose_reply_was_lost_are_released_and_run(
     job_id = runledger.enqueue(autocommit_conn, "claim.lost", {}, delay=3600)
     autocommit_conn.execute(ORPHAN, {"id": job_id, "token": uuid.uuid4(), "worker": rt.worker_id})
 
-    # Hold the claim on a lock, then break its connection while it waits.
-    with psycopg.connect(dsn) as locker:
-        locker.execute("lock table runledger.jobs in access exclusive mode")
-        waiting: list[int] = []
-
-        def claim_waits() -> bool:
-            waiting[:] = [row[0] for row in autocommit_conn.execute(CLAIM_WAITING).fetchall()]
-            return bool(waiting)
-
-        wait_until(claim_waits, what="the claim to wait for the table lock")
-        autocommit_conn.execute("select pg_terminate_backend(%s)", (waiting[0],))
-        locker.rollback()
+    break_a_waiting_claim(dsn, autocommit_conn)
 
     job = wait_for_job(job_id, "succeeded", timeout=15)
     assert (job.status, job.attempt, job.output) == (JobStatus.SUCCEEDED, 1, 1)

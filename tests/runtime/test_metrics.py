@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import runledger
 from runledger.errors import ConfigError, MissingExtra
 from tests.runtime.conftest import RuntimeFactory, WaitForJob, WaitUntil
+from tests.runtime.test_interrupted_claim import break_a_waiting_claim
 from tests.runtime.test_reaper import fake_claim
 
 FAST = runledger.RetryPolicy(base=0.0, jitter=0.0)
@@ -277,21 +278,7 @@ def test_queue_wait_is_observed_per_claim_and_database_errors_per_loop(
     assert waited is not None and waited >= 0
 
     # A claim held on a table lock, its backend terminated while it waits: one error.
-    with psycopg.connect(dsn) as locker:
-        locker.execute("lock table runledger.jobs in access exclusive mode")
-        waiting: list[int] = []
-
-        def claim_waits() -> bool:
-            rows = autocommit_conn.execute(
-                "select pid from pg_stat_activity where datname = current_database() "
-                "and wait_event_type = 'Lock' and query like '%%candidates%%'"
-            ).fetchall()
-            waiting[:] = [row[0] for row in rows]
-            return bool(waiting)
-
-        wait_until(claim_waits, what="the claim to wait for the table lock")
-        autocommit_conn.execute("select pg_terminate_backend(%s)", (waiting[0],))
-        locker.rollback()
+    break_a_waiting_claim(dsn, autocommit_conn)
 
     wait_until(
         lambda: (value(scrape(port), "runledger_database_errors_total", loop="runledger-claimer-0")
