@@ -285,6 +285,7 @@ order by id
 LOCK_EXPIRED = """
 select id, lease_token, job_type, attempt, max_attempts,
        case when deadline_at < now() then 'timed_out' else 'lease_expired' end as outcome,
+       queue,
        handler_started_at is not null as started,
        -- how often a crash has released it unstarted already (see UNCOUNTED_RELEASES)
        case when handler_started_at is null then (
@@ -592,6 +593,8 @@ class Expired:
     """False if the attempt's handler never started (it waited in a worker's prefetch)."""
     crash_releases: int = 0
     """How many earlier attempts of the job a crash released before their handler started."""
+    queue: str | None = None
+    """The job's queue (``lock_expired`` always reads it; None only in a hand-made one)."""
 
 
 def lock_expired(conn: Conn, *, limit: int = 100) -> list[Expired]:
@@ -605,8 +608,9 @@ def lock_expired(conn: Conn, *, limit: int = 100) -> list[Expired]:
             attempt=row[3],
             max_attempts=row[4],
             outcome=AttemptOutcome(row[5]),
-            started=row[6],
-            crash_releases=row[7],
+            queue=row[6],
+            started=row[7],
+            crash_releases=row[8],
         )
         for row in rows
     ]

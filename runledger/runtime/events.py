@@ -1,14 +1,21 @@
 """The runtime's one stream of lifecycle events: every committed transition the runtime makes
-is emitted here once, and hooks (and whatever else subscribes: logs, metrics, spans) read it."""
+is emitted here once, and hooks (and whatever else subscribes: logs, metrics, spans) read it.
+
+Beside the transitions, the stream carries lost leases (``LostLease``): no transition of this
+runtime's, and hooks never see them.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import attrs
 
 from runledger.core.status import AttemptOutcome, EventKind, JobStatus
-from runledger.postgres.attempts import AttemptResult, ClaimedJob, FinishReport
+from runledger.postgres.attempts import AttemptResult, ClaimedJob, Expired, FinishReport
 from runledger.runtime.hooks import LifecycleEvent
 from runledger.runtime.inflight import InFlight
 
@@ -17,11 +24,39 @@ _logger = logging.getLogger("runledger.events")
 Subscriber = Callable[[list[LifecycleEvent]], object]
 
 
+@attrs.frozen(kw_only=True)
+class LostLease:
+    """A lease taken from the attempt that held it before its outcome was written.
+
+    ``found_by`` is ``heartbeat`` (this runtime's renewal matched no row: the attempt was
+    taken back, cancelled or claimed again under another lease) or ``reaper`` (this runtime's
+    reaper took back an expired lease, of any worker). ``mine`` says the attempt was this
+    runtime's and that this is the first this runtime learns of it: each of its attempts is
+    reported ``mine`` once, by whichever of the two saw it first (``InFlightTable.mark_lost``
+    decides). ``status`` is the job's status when the heartbeat found the lease gone (None
+    when the job is gone, or for the reaper).
+    """
+
+    job_id: uuid.UUID
+    lease_token: uuid.UUID
+    job_type: str
+    queue: str | None
+    attempt: int
+    max_attempts: int | None = None
+    workflow_run_id: uuid.UUID | None = None
+    step_key: str | None = None
+    found_by: Literal["heartbeat", "reaper"]
+    mine: bool
+    status: str | None = None
+
+
 class EventStream:
     """Fans each batch of events out to its subscribers, in the order they subscribed.
 
     A subscriber that raises is logged and skipped; the others still get the batch.
-    ``subscribe`` is not thread-safe (do it before the runtime starts); ``emit`` is.
+    ``subscribe`` is not thread-safe (do it before the runtime starts); ``emit`` and
+    ``lost`` are. A subscriber that also has a ``lost_leases(list[LostLease])`` method gets
+    lost leases too (hooks do not).
     """
 
     def __init__(self, subscribers: Sequence[Subscriber] = ()) -> None:
@@ -41,14 +76,29 @@ class EventStream:
             except Exception:
                 _logger.exception("event subscriber %r failed; ignored", subscriber)
 
+    def lost(self, leases: list[LostLease]) -> None:
+        """Hand ``leases`` to the subscribers that take lost leases; never raises."""
+        if not leases:
+            return
+        for subscriber in self._subscribers:
+            method = getattr(subscriber, "lost_leases", None)
+            if method is None:
+                continue
+            try:
+                method(leases)
+            except Exception:
+                _logger.exception("event subscriber %r failed on lost leases; ignored", subscriber)
+
 
 def report_events(
     report: FinishReport,
     results: dict[uuid.UUID, AttemptResult],
     flights: Mapping[uuid.UUID, InFlight] | None = None,
+    reaped: Mapping[uuid.UUID, Expired] | None = None,
 ) -> list[LifecycleEvent]:
-    """The events of a written ``finish`` (``results`` and ``flights`` by lease token):
-    jobs, then steps, then runs. A job's ``flights`` entry gives its queue and duration."""
+    """The events of a written ``finish`` (``results``, ``flights`` and ``reaped`` by lease
+    token): jobs, then steps, then runs. A job's ``flights`` entry gives its queue, maximum
+    attempts and duration; a job the reaper took (``reaped``), its queue and maximum."""
     events: list[LifecycleEvent] = []
     for done in report.finished:
         result = results.get(done.lease_token)
@@ -65,14 +115,19 @@ def report_events(
         if result is not None and result.error_type is not None:
             error = f"{result.error_type}: {result.error_message}"
         flight = flights.get(done.lease_token) if flights is not None else None
+        expired = reaped.get(done.lease_token) if reaped is not None else None
+        queue, max_attempts = None, None
+        if flight is not None:
+            queue, max_attempts = flight.job.queue, flight.job.max_attempts
+        elif expired is not None:
+            queue, max_attempts = expired.queue, expired.max_attempts
         events.append(
             LifecycleEvent(
                 kind=kind, job_id=done.job_id, job_type=done.job_type, attempt=done.attempt,
                 workflow_run_id=done.workflow_run_id, step_key=done.step_key, error=error,
                 retry_at=done.run_at if done.status is JobStatus.QUEUED else None,
                 output=result.output if result is not None else None,
-                queue=flight.job.queue if flight is not None else None,
-                max_attempts=flight.job.max_attempts if flight is not None else None,
+                queue=queue, max_attempts=max_attempts,
                 duration=flight.duration if flight is not None else None,
                 traceback=result.traceback if result is not None and error else None,
             )
@@ -116,4 +171,24 @@ def started_event(job: ClaimedJob) -> LifecycleEvent:
         queue_wait=None
         if job.run_at is None
         else max((job.started_at - job.run_at).total_seconds(), 0.0),
+    )
+
+
+def lost_lease(
+    flight: InFlight, *, found_by: Literal["heartbeat", "reaper"], status: str | None = None
+) -> LostLease:
+    """The ``LostLease`` of this runtime's attempt ``flight`` (``mine``)."""
+    job = flight.job
+    return LostLease(
+        job_id=job.id,
+        lease_token=job.lease_token,
+        job_type=job.job_type,
+        queue=job.queue,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        workflow_run_id=job.workflow_run_id,
+        step_key=job.step_key,
+        found_by=found_by,
+        mine=True,
+        status=status,
     )

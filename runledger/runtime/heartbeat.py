@@ -1,15 +1,19 @@
 """The heartbeat: renews every lease this runtime holds in one statement, and marks its
-``runledger.workers`` row seen in another, every lease/3."""
+``runledger.workers`` row seen in another, every lease/3.
+
+A lease it finds lost is reported on the runtime's event stream (``LostLease``)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from runledger.core.status import EventKind
 from runledger.postgres.attempts import renew_leases
 from runledger.postgres.store import Store
 from runledger.postgres.workers import job_statuses
+from runledger.runtime.events import LostLease, lost_lease
 from runledger.runtime.hooks import LifecycleEvent
 from runledger.runtime.presence import Presence
 from runledger.runtime.registry import Registry
@@ -52,15 +56,18 @@ class Heartbeat:
         stop.wait(self.interval)
 
     def renew(self) -> None:
-        """Renew all leases now; flag the lost ones and fire ``job.cancelled`` hooks."""
+        """Renew all leases now; flag the lost ones, fire ``job.cancelled`` hooks for the
+        cancelled ones and report the others as ``LostLease`` on the event stream."""
         leases = self._pool.leases()
         if not leases:
             return
         with self._store.transaction() as conn:
             held = renew_leases(conn, leases, lease_seconds=self._lease_seconds)
-            lost = [job_id for job_id, _, _ in leases if job_id not in held]
-            statuses = job_statuses(conn, lost)
+            gone = [job_id for job_id, _, _ in leases if job_id not in held]
+            statuses = job_statuses(conn, gone)
         events = []
+        lost: list[LostLease] = []
+        now = time.monotonic()
         for job_id, token, _ in leases:
             if job_id in held:
                 continue
@@ -71,10 +78,18 @@ class Heartbeat:
             flight = self._pool.mark_lost(token, unless_writing=status != "cancelled")
             if flight is None:
                 continue  # finished meanwhile, being written, or already known
-            flight.ctx.logger.warning("job %s lost its lease (%s)", job_id, status)
             if status == "cancelled":
+                flight.ctx.logger.warning("job %s lost its lease (%s)", job_id, status)
                 events.append(cancelled_event(flight))
+            elif flight.deadline is not None and now > flight.deadline:
+                # A reaper took it back as timed out (its outcome line says so): no lost lease.
+                flight.ctx.logger.info(
+                    "job %s was taken back after its timeout (%s)", job_id, status
+                )
+            else:
+                lost.append(lost_lease(flight, found_by="heartbeat", status=status))
         self._pool.events.emit(events)
+        self._pool.events.lost(lost)
 
     def touch(self) -> None:
         """Mark this runtime's workers row seen now. A failure is logged, not raised: it must

@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from runledger.core.job import DEFAULT_QUEUE
 from runledger.core.status import EventKind
 from runledger.errors import ConfigError
+from runledger.runtime.events import LostLease
 from runledger.runtime.hooks import LifecycleEvent
 from runledger.runtime.registry import Registry
 
@@ -54,6 +55,17 @@ def _fields(event: LifecycleEvent) -> dict[str, Any]:
     }
 
 
+def _lost_fields(lost: LostLease) -> dict[str, Any]:
+    return {
+        "job_id": str(lost.job_id),
+        "job_type": lost.job_type,
+        "queue": lost.queue,
+        "attempt": lost.attempt,
+        "run_id": None if lost.workflow_run_id is None else str(lost.workflow_run_id),
+        "step_key": lost.step_key,
+    }
+
+
 def _attempt(event: LifecycleEvent) -> str:
     if event.max_attempts is None:
         return f"attempt {event.attempt}"
@@ -67,7 +79,9 @@ class JobLog:
     - ``job.retrying``: WARNING, the error in one line, the attempt and when it runs again
       (ERROR with the traceback when the attempt timed out);
     - ``job.failed`` (dead letter): ERROR, with the traceback;
-    - ``job.cancelled``: WARNING; ``job.started``: DEBUG.
+    - ``job.cancelled``: WARNING; ``job.started``: DEBUG;
+    - a lease of this runtime's attempt that its heartbeat found lost (``lost_leases``):
+      WARNING. One its reaper took back is told by the outcome line of the reaper's write.
 
     The levels are checked once per batch: nothing is built for a disabled level.
     """
@@ -104,6 +118,25 @@ class JobLog:
                     "%s[%s] started (%s)", event.job_type, event.job_id, _attempt(event),
                     extra=_fields(event),
                 )  # fmt: skip
+
+    def lost_leases(self, leases: list[LostLease]) -> None:
+        """One WARNING line per attempt of this runtime whose lease its heartbeat found lost."""
+        if not self._logger.isEnabledFor(logging.WARNING):
+            return
+        for lost in leases:
+            if not lost.mine or lost.found_by != "heartbeat":
+                continue
+            attempt = (
+                f"attempt {lost.attempt}"
+                if lost.max_attempts is None
+                else f"attempt {lost.attempt}/{lost.max_attempts}"
+            )
+            self._logger.warning(
+                "%s[%s] lost its lease (%s; the job is %s now): its handler is told to stop "
+                "(ctx.cancelled) and its outcome will not be written",
+                lost.job_type, lost.job_id, attempt, lost.status or "gone",
+                extra=_lost_fields(lost),
+            )  # fmt: skip
 
     def _succeeded(self, event: LifecycleEvent) -> None:
         if event.duration is None:

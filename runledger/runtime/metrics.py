@@ -1,10 +1,11 @@
 """Prometheus metrics of one runtime, served on ``/metrics`` (the ``metrics`` extra).
 
 ``Metrics`` is a subscriber of the runtime's ``EventStream``: it counts job outcomes and times
-handlers from the events. The in-flight gauges are read from the worker pool's table, and the
-queue depth from the database, only when Prometheus scrapes: no cost per job beyond a counter
-and a histogram update. Each runtime has a registry of its own, so several runtimes in one
-process (tests) do not clash; several worker processes on one host each serve their own port.
+handlers from the events, and counts lost leases from the stream's notices. The in-flight
+gauges are read from the worker pool's table, and the queue depth from the database, only when
+Prometheus scrapes: no cost per job beyond a counter and a histogram update.
+Each runtime has a registry of its own, so several runtimes in one process (tests) do not
+clash; several worker processes on one host each serve their own port.
 ``prometheus_client`` is imported only here, when a runtime is asked for metrics.
 """
 
@@ -23,7 +24,7 @@ from runledger.core.status import EventKind
 from runledger.errors import ConfigError, DatabaseError, MissingExtra
 from runledger.postgres.overview import queue_status
 from runledger.postgres.store import Store
-from runledger.runtime.events import EventStream
+from runledger.runtime.events import EventStream, LostLease
 from runledger.runtime.hooks import LifecycleEvent
 from runledger.runtime.inflight import InFlightTable
 from runledger.runtime.loop import Loop
@@ -43,8 +44,6 @@ OUTCOMES = {
     EventKind.JOB_CANCELLED: "cancelled",
 }
 """The ``outcome`` label of ``runledger_jobs_total`` by event kind."""
-
-LEASE_EXPIRED_PREFIX = "LeaseExpired:"
 
 
 def _client() -> Any:
@@ -155,8 +154,16 @@ class Metrics:
         )
         self._expired = client.Counter(
             "runledger_leases_expired_total",
-            "Expired leases this runtime's reaper took back (a worker stopped renewing).",
-            ["job_type"],
+            "Expired leases this runtime's reaper took back, of any worker (a worker stopped "
+            "renewing), by queue and type.",
+            ["queue", "job_type"],
+            registry=self.registry,
+        )
+        self._lost = client.Counter(
+            "runledger_lost_leases_total",
+            "Attempts of this runtime whose lease was taken before their outcome was written "
+            "(found by its heartbeat or its reaper, each once), by queue and type.",
+            ["queue", "job_type"],
             registry=self.registry,
         )
         self._queue_wait = client.Histogram(
@@ -229,8 +236,16 @@ class Metrics:
                 if histogram is None:
                     histogram = self._histograms[key[:2]] = self._duration.labels(*key[:2])
                 histogram.observe(event.duration)
-            if event.duration is None and (event.error or "").startswith(LEASE_EXPIRED_PREFIX):
-                self._expired.labels(job_type).inc()
+
+    def lost_leases(self, leases: list[LostLease]) -> None:
+        """Count lost leases (the ``EventStream``'s notices): this runtime's own attempts in
+        ``runledger_lost_leases_total``, its reaper's in ``runledger_leases_expired_total``."""
+        for lost in leases:
+            labels = (lost.queue or "", lost.job_type)
+            if lost.mine:
+                self._lost.labels(*labels).inc()
+            if lost.found_by == "reaper":
+                self._expired.labels(*labels).inc()
 
     def database_error(self, loop: str, err: BaseException) -> None:
         """Count ``err`` if it came from the database (a loop's ``on_error``)."""

@@ -22,7 +22,8 @@ from runledger.postgres.maintenance import vacuum_jobs_if_needed
 from runledger.postgres.store import Store
 from runledger.postgres.workers import GONE_AFTER_LEASES, delete_gone_workers
 from runledger.runtime import outcome
-from runledger.runtime.events import EventStream, report_events
+from runledger.runtime.events import EventStream, LostLease, lost_lease, report_events
+from runledger.runtime.inflight import InFlight
 from runledger.runtime.registry import Registry
 
 _logger = logging.getLogger("runledger.reaper")
@@ -55,7 +56,12 @@ forever."""
 class Reaper:
     """Reaps expired and timed-out attempts every ``interval`` seconds, and vacuums the jobs
     table when dead rows pile up faster than autovacuum visits (``vacuum=False`` to leave
-    that to autovacuum alone)."""
+    that to autovacuum alone).
+
+    ``on_reaped(lease_token)`` is called for each attempt taken back; it returns the attempt
+    if this process held it and did not know it lost yet (``WorkerPool.mark_lost``). Each
+    expired lease (not a timeout) is reported to ``events`` as a ``LostLease``, ``mine`` for
+    such an attempt; outcome events carry the job's queue."""
 
     def __init__(
         self,
@@ -117,6 +123,7 @@ class Reaper:
                 return 0
             results = [self._result(e) for e in expired]
             report = finish(conn, results)
+        lost: list[LostLease] = []
         for e in expired:
             if e.started or e.crash_releases >= UNCOUNTED_RELEASES:
                 _logger.warning("reaped job %s (attempt %d): %s", e.id, e.attempt, e.outcome)
@@ -126,9 +133,31 @@ class Reaper:
                     "handler started; the attempt is not counted",
                     e.id,
                 )
-            self._on_reaped(e.lease_token)  # a handler of this process learns it at once
-        self._events.emit(report_events(report, {r.lease_token: r for r in results}))
+            # Tells a handler of this process at once; returns the attempt only if it was ours
+            # and the heartbeat had not found it lost first, so that it is reported once.
+            flight = self._on_reaped(e.lease_token)
+            if e.outcome is AttemptOutcome.LEASE_EXPIRED:
+                lost.append(self._lost(e, flight))
+        results_by_token = {r.lease_token: r for r in results}
+        reaped = {e.lease_token: e for e in expired}
+        self._events.emit(report_events(report, results_by_token, reaped=reaped))
+        self._events.lost(lost)
         return len(expired)
+
+    @staticmethod
+    def _lost(expired: Expired, flight: object) -> LostLease:
+        if isinstance(flight, InFlight):
+            return lost_lease(flight, found_by="reaper")
+        return LostLease(
+            job_id=expired.id,
+            lease_token=expired.lease_token,
+            job_type=expired.job_type,
+            queue=expired.queue,
+            attempt=expired.attempt,
+            max_attempts=expired.max_attempts,
+            found_by="reaper",
+            mine=False,
+        )
 
     def _result(self, expired: Expired) -> AttemptResult:
         handler = self._registry.get(expired.job_type)

@@ -162,10 +162,10 @@ def test_an_expired_lease_reaped_here_is_counted_as_lost(
         what="the retry's success counted",
     )  # fmt: skip
     samples = scrape(port)
-    assert value(samples, "runledger_leases_expired_total", job_type="metrics.reaped") == 1
-    # The reaper does not know the queue of the job it took back.
-    assert value(samples, "runledger_jobs_total", queue="", job_type="metrics.reaped",
-                 outcome="retrying") == 1  # fmt: skip
+    labels = {"queue": "default", "job_type": "metrics.reaped"}
+    assert value(samples, "runledger_leases_expired_total", **labels) == 1
+    assert value(samples, "runledger_lost_leases_total", **labels) is None  # not this worker's
+    assert value(samples, "runledger_jobs_total", outcome="retrying", **labels) == 1
 
 
 def test_a_bad_or_taken_port_and_a_missing_extra_are_refused_before_anything_starts(
