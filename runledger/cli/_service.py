@@ -11,10 +11,41 @@ from typing import Any
 
 from runledger.cli._arguments import Subcommands
 from runledger.cli._database import CliError, connect, dsn
-from runledger.postgres.migrate import check_schema, latest_version, migrate
+from runledger.postgres.migrate import (
+    Migration,
+    check_schema,
+    latest_version,
+    migrate,
+    pending,
+    schema_version,
+)
+
+
+def _pending_sql(todo: tuple[Migration, ...], current: int | None) -> str:
+    """What ``migrate --sql`` prints: each pending file after a comment naming it."""
+    if not todo:
+        return f"-- no pending migrations: the runledger schema is at version {current}\n"
+    return "".join(
+        f"-- runledger migration {m.version}: {m.name}\n{m.sql.rstrip()}\n\n" for m in todo
+    )
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    if args.sql or args.check:
+        with connect(args) as conn:
+            todo = pending(conn)
+            current = schema_version(conn)
+        if args.sql:
+            sys.stdout.write(_pending_sql(todo, current))
+            return 0
+        if todo:
+            at = "not installed" if current is None else f"at version {current}"
+            raise CliError(
+                f"migrations pending: {', '.join(str(m.version) for m in todo)} "
+                f"(schema {at}); run `runledger migrate`"
+            )
+        print(f"schema at version {current}; no migrations pending")
+        return 0
     with connect(args) as conn:
         applied = migrate(conn)
     if applied:
@@ -83,6 +114,17 @@ def add_commands(commands: Subcommands, database: argparse.ArgumentParser) -> No
     """Add ``migrate`` and ``worker``; ``database`` is the parent parser giving ``--dsn``."""
     mig = commands.add_parser(
         "migrate", parents=[database], help="install or upgrade the runledger schema"
+    )
+    dry = mig.add_mutually_exclusive_group()
+    dry.add_argument(
+        "--sql",
+        action="store_true",
+        help="print the SQL of the pending migrations, for review; apply nothing",
+    )
+    dry.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when migrations are pending, 0 when none; apply nothing",
     )
     mig.set_defaults(func=_migrate)
 

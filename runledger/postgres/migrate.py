@@ -127,6 +127,35 @@ def migrate(conn: psycopg.Connection[Any]) -> list[int]:
     return applied_now
 
 
+def pending(conn: psycopg.Connection[Any]) -> tuple[Migration, ...]:
+    """The shipped migrations that ``migrate`` would apply to ``conn``'s database, in order.
+
+    Reads ``runledger.schema_migrations`` and writes nothing: a database without the runledger
+    schema has every migration pending, and no schema is created. Takes no lock, so another
+    migrator may apply some of them right after. Runs in ``conn``'s transaction when it is in
+    one (its own short one in autocommit mode); blocks only on the database. Versions applied
+    by a newer runledger, which this one does not ship, are not reported.
+
+    Raises:
+        MigrationError: an applied migration differs from the file this runledger ships (edited
+            after it was applied, or applied by another version).
+    """
+    shipped = migrations()
+    exists = conn.execute(HAS_TABLE).fetchone()
+    if not exists or not exists[0]:
+        return shipped
+    applied = {row[0]: row[2] for row in conn.execute(APPLIED).fetchall()}
+    for migration in shipped:
+        if migration.version in applied and applied[migration.version] != migration.checksum:
+            raise MigrationError(
+                version=migration.version,
+                name=migration.name,
+                reason="the applied migration differs from the file this runledger ships "
+                "(edited after it was applied, or applied by another version)",
+            )
+    return tuple(m for m in shipped if m.version not in applied)
+
+
 def schema_version(conn: psycopg.Connection[Any]) -> int | None:
     """The newest applied migration, or None when the schema is not installed."""
     exists = conn.execute(HAS_TABLE).fetchone()
