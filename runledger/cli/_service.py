@@ -12,22 +12,13 @@ from typing import Any
 from runledger.cli._arguments import Subcommands
 from runledger.cli._database import CliError, connect, dsn
 from runledger.postgres.migrate import (
-    Migration,
     check_schema,
     latest_version,
     migrate,
     pending,
+    review_script,
     schema_version,
 )
-
-
-def _pending_sql(todo: tuple[Migration, ...], current: int | None) -> str:
-    """What ``migrate --sql`` prints: each pending file after a comment naming it."""
-    if not todo:
-        return f"-- no pending migrations: the runledger schema is at version {current}\n"
-    return "".join(
-        f"-- runledger migration {m.version}: {m.name}\n{m.sql.rstrip()}\n\n" for m in todo
-    )
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -36,7 +27,7 @@ def _migrate(args: argparse.Namespace) -> int:
             todo = pending(conn)
             current = schema_version(conn)
         if args.sql:
-            sys.stdout.write(_pending_sql(todo, current))
+            sys.stdout.write(review_script(todo, current))
             return 0
         if todo:
             at = "not installed" if current is None else f"at version {current}"

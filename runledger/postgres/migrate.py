@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,23 @@ def pending(conn: psycopg.Connection[Any]) -> tuple[Migration, ...]:
                 "(edited after it was applied, or applied by another version)",
             )
     return tuple(m for m in shipped if m.version not in applied)
+
+
+def review_script(todo: Sequence[Migration], current: int | None) -> str:
+    """The SQL of ``todo`` for a person to review: each file after a comment line naming it.
+
+    ``current`` is the database's schema version, named by the one comment line returned when
+    nothing is pending. Run as one script the text builds what ``migrate`` would, but records
+    nothing in ``runledger.schema_migrations``: apply migrations with ``migrate``.
+    """
+    if not todo:
+        return f"-- no pending migrations: the runledger schema is at version {current}\n"
+    return "".join(header(m) + "\n" + m.sql.rstrip() + "\n\n" for m in todo)
+
+
+def header(migration: Migration) -> str:
+    """The SQL comment line that names ``migration`` in a review script."""
+    return f"-- runledger migration {migration.version}: {migration.name}"
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int | None:

@@ -13,7 +13,7 @@ from flask.cli import AppGroup
 import runledger
 from runledger.contrib.flask._extension import EXTENSION_KEY, Runledger
 from runledger.errors import RunledgerError, SchemaNotMigrated
-from runledger.postgres.migrate import latest_version
+from runledger.postgres.migrate import latest_version, pending, review_script, schema_version
 from runledger.runtime.logs import configure_logging, log_format_from_env
 
 _logger = logging.getLogger("runledger.flask")
@@ -30,17 +30,44 @@ def _extension() -> Runledger:
 
 
 @cli.command("migrate")
-def migrate_command() -> None:
+@click.option(
+    "--sql",
+    "show_sql",
+    is_flag=True,
+    help="Print the SQL of the pending migrations, for review; apply nothing.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 1 when migrations are pending, 0 when none; apply nothing.",
+)
+def migrate_command(show_sql: bool, check: bool) -> None:
     """Install or upgrade the runledger schema in the app's database."""
+    if show_sql and check:
+        raise click.UsageError("give --sql or --check, not both")
     dsn = _extension().settings().dsn
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-            applied = runledger.migrate(conn)
+            if show_sql or check:
+                todo = pending(conn)
+                current = schema_version(conn)
+            else:
+                applied = runledger.migrate(conn)
     except psycopg.Error as err:
         raise click.ClickException(f"cannot migrate: {str(err).strip()}") from err
     except RunledgerError as err:
         raise click.ClickException(str(err)) from err
-    if applied:
+    if show_sql:
+        click.echo(review_script(todo, current), nl=False)
+    elif check:
+        if todo:
+            at = "not installed" if current is None else f"at version {current}"
+            raise click.ClickException(
+                f"migrations pending: {', '.join(str(m.version) for m in todo)} "
+                f"(schema {at}); run `flask runledger migrate`"
+            )
+        click.echo(f"schema at version {current}; no migrations pending")
+    elif applied:
         click.echo(f"applied migrations {', '.join(map(str, applied))}; schema at {applied[-1]}")
     else:
         click.echo(f"schema already at version {latest_version()}; nothing to apply")
