@@ -8,7 +8,7 @@ from django.db import router
 from django.db.migrations.operations.base import Operation
 from psycopg import pq
 
-from runledger.postgres.migrate import migrate
+from runledger.postgres.migrate import migrate, pending, review_script, schema_version
 
 from .connection import psycopg_connection
 
@@ -25,7 +25,8 @@ class InstallSchema(Operation):
     """
 
     reversible = True
-    reduces_to_sql = False
+    # sqlmigrate collects the runledger SQL pending on its database (see database_forwards).
+    reduces_to_sql = True
 
     def state_forwards(self, app_label: str, state: Any) -> None:
         """No model state: the tables are runledger's."""
@@ -33,11 +34,28 @@ class InstallSchema(Operation):
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        """Apply the pending SQL migrations on the migrating connection."""
+        """Apply the pending SQL migrations on the migrating connection.
+
+        Under ``manage.py sqlmigrate`` (a schema editor collecting SQL) apply nothing: read
+        which runledger migrations are pending on that database now, and add their SQL to
+        what it prints, each file after a comment naming it.
+
+        Raises:
+            MigrationError: a migration failed, or an applied one differs from the shipped
+                file.
+        """
         wrapper = schema_editor.connection
         if wrapper.vendor != "postgresql" or not router.allow_migrate(wrapper.alias, app_label):
             return
         conn = psycopg_connection(wrapper.alias)
+        if schema_editor.collect_sql:
+            schema_editor.collected_sql.append(
+                f"-- The runledger SQL migrations pending on database {wrapper.alias!r} now.\n"
+                "-- This operation applies every one of them, each in its own transaction."
+            )
+            todo = pending(conn)
+            schema_editor.collected_sql.append(review_script(todo, schema_version(conn)).rstrip())
+            return
         if not conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
             # Inside Django's atomic block with nothing executed yet: psycopg would treat
             # migrate's transaction blocks as the outermost one and commit them. Start
