@@ -1,6 +1,9 @@
 """Worker presence: the ``runledger.workers`` row of each live runtime, and the heartbeat's
 reads of the jobs whose lease it lost.
 
+The oldest live row (by ``started_at``, then id) is the one runtime that reads the queue depth
+for metrics; each heartbeat's touch says whether it is that one.
+
 A runtime registers its row when it starts, its heartbeat refreshes ``last_seen_at`` with every
 lease renewal (every ``lease_seconds / 3``), and it deletes the row when it stops cleanly. Ages
 are measured on the server's clock, so workers on hosts whose clocks drift still agree.
@@ -40,6 +43,31 @@ returning started_at
 """
 
 TOUCH_WORKER = "update runledger.workers set last_seen_at = now() where id = %(id)s"
+
+# The oldest live row reads the queue depth for metrics. The subquery sees the rows as they
+# were before this update, so the worker's own row counts as live whatever its age.
+TOUCH_WORKER_RANKED = """
+with touched as (
+    update runledger.workers set last_seen_at = now() where id = %(id)s returning id
+)
+select exists (select from touched),
+       coalesce((
+           select w.id = %(id)s
+           from runledger.workers as w
+           where w.id = %(id)s
+              or w.last_seen_at >= now() - make_interval(secs => w.lease_seconds * %(leases)s)
+           order by w.started_at, w.id
+           limit 1
+       ), false)
+"""
+
+OLDEST_LIVE_WORKER = """
+select id
+from runledger.workers
+where last_seen_at >= now() - make_interval(secs => lease_seconds * %(leases)s)
+order by started_at, id
+limit 1
+"""
 
 DELETE_WORKER = "delete from runledger.workers where id = %(id)s"
 
@@ -131,6 +159,25 @@ def register_worker(
 def touch_worker(conn: Conn, worker_id: str) -> bool:
     """Mark the worker seen now; False if its row is gone (a reaper took it for dead)."""
     return conn.execute(TOUCH_WORKER, {"id": worker_id}).rowcount == 1
+
+
+def touch_worker_ranked(conn: Conn, worker_id: str) -> tuple[bool, bool]:
+    """Mark the worker seen now, in one statement that also says whether its row is the
+    oldest live one (by ``started_at``, then id; live: seen within ``STALE_AFTER_LEASES`` of
+    its lease): (row found, oldest). Both False if the row is gone. Runs in the caller's
+    transaction; no session state (fit for PgBouncer in transaction mode)."""
+    row = conn.execute(
+        TOUCH_WORKER_RANKED, {"id": worker_id, "leases": STALE_AFTER_LEASES}
+    ).fetchone()
+    assert row is not None
+    return bool(row[0]), bool(row[1])
+
+
+def oldest_live_worker(conn: Conn) -> str | None:
+    """The id of the oldest live worker (by ``started_at``, then id), or None if none is.
+    Runs in the caller's transaction."""
+    row = conn.execute(OLDEST_LIVE_WORKER, {"leases": STALE_AFTER_LEASES}).fetchone()
+    return None if row is None else str(row[0])
 
 
 def delete_worker(conn: Conn, worker_id: str) -> bool:

@@ -1,8 +1,9 @@
 """The runtime's one stream of lifecycle events: every committed transition the runtime makes
 is emitted here once, and hooks (and whatever else subscribes: logs, metrics, spans) read it.
 
-Beside the transitions, the stream carries lost leases (``LostLease``): no transition of this
-runtime's, and hooks never see them.
+Beside the transitions, the stream carries two notices of the runtime's own that are no
+transition and that hooks never see: lost leases (``LostLease``) and what the heartbeat learnt
+of this runtime's ``runledger.workers`` row (``WorkerSeen``).
 """
 
 from __future__ import annotations
@@ -50,13 +51,25 @@ class LostLease:
     status: str | None = None
 
 
+@attrs.frozen(kw_only=True)
+class WorkerSeen:
+    """The heartbeat marked this runtime's ``runledger.workers`` row seen (or failed to).
+
+    ``oldest`` is true when the row is the oldest live one (by ``started_at``, then id): that
+    runtime alone reads the queue depth for its metrics. False when the touch failed.
+    """
+
+    worker_id: str
+    oldest: bool
+
+
 class EventStream:
     """Fans each batch of events out to its subscribers, in the order they subscribed.
 
     A subscriber that raises is logged and skipped; the others still get the batch.
-    ``subscribe`` is not thread-safe (do it before the runtime starts); ``emit`` and
-    ``lost`` are. A subscriber that also has a ``lost_leases(list[LostLease])`` method gets
-    lost leases too (hooks do not).
+    ``subscribe`` is not thread-safe (do it before the runtime starts); ``emit``, ``lost``
+    and ``seen`` are. A subscriber that also has a ``lost_leases(list[LostLease])`` or a
+    ``worker_seen(WorkerSeen)`` method gets those notices too (hooks do not).
     """
 
     def __init__(self, subscribers: Sequence[Subscriber] = ()) -> None:
@@ -88,6 +101,17 @@ class EventStream:
                 method(leases)
             except Exception:
                 _logger.exception("event subscriber %r failed on lost leases; ignored", subscriber)
+
+    def seen(self, seen: WorkerSeen) -> None:
+        """Hand ``seen`` to the subscribers that take it; never raises."""
+        for subscriber in self._subscribers:
+            method = getattr(subscriber, "worker_seen", None)
+            if method is None:
+                continue
+            try:
+                method(seen)
+            except Exception:
+                _logger.exception("event subscriber %r failed on worker seen; ignored", subscriber)
 
 
 def report_events(

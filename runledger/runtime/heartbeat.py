@@ -1,7 +1,8 @@
 """The heartbeat: renews every lease this runtime holds in one statement, and marks its
-``runledger.workers`` row seen in another, every lease/3.
+``runledger.workers`` row seen in another, every lease/3 (the first beat does both at once).
 
-A lease it finds lost is reported on the runtime's event stream (``LostLease``)."""
+A lease it finds lost is reported on the runtime's event stream (``LostLease``), and so is
+whether the workers row is the oldest live one (``WorkerSeen``), which metrics read."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from runledger.core.status import EventKind
 from runledger.postgres.attempts import renew_leases
 from runledger.postgres.store import Store
 from runledger.postgres.workers import job_statuses
-from runledger.runtime.events import LostLease, lost_lease
+from runledger.runtime.events import LostLease, WorkerSeen, lost_lease
 from runledger.runtime.hooks import LifecycleEvent
 from runledger.runtime.presence import Presence
 from runledger.runtime.registry import Registry
@@ -42,17 +43,18 @@ class Heartbeat:
         self._presence = presence
         # Renew well before expiry; check local deadlines at least once a second.
         self.interval = min(lease_seconds / 3, 1.0)
-        self._since_renew = 0.0
+        # The first beat renews and touches: metrics learn at once whether to read the depth.
+        self._since_renew = lease_seconds / 3
 
     def step(self, stop: threading.Event) -> None:
         """One beat: local timeouts every time, lease renewal and presence every lease/3."""
         for flight in local_timeouts(self._pool):
             flight.ctx.logger.warning("job %s passed its timeout; cancelled", flight.job.id)
-        self._since_renew += self.interval
         if self._since_renew >= self._lease_seconds / 3:
             self._since_renew = 0.0
             self.renew()
             self.touch()
+        self._since_renew += self.interval
         stop.wait(self.interval)
 
     def renew(self) -> None:
@@ -97,9 +99,11 @@ class Heartbeat:
         if self._presence is None:
             return
         try:
-            self._presence.touch()
+            oldest = self._presence.touch()
         except Exception:
             _logger.exception("could not mark worker %s seen", self._presence.worker_id)
+            oldest = False  # unsure: leave the depth to a worker that could touch its row
+        self._pool.events.seen(WorkerSeen(worker_id=self._presence.worker_id, oldest=oldest))
 
 
 def cancelled_event(flight: InFlight) -> LifecycleEvent:

@@ -3,7 +3,9 @@
 ``Metrics`` is a subscriber of the runtime's ``EventStream``: it counts job outcomes and times
 handlers from the events, and counts lost leases from the stream's notices. The in-flight
 gauges are read from the worker pool's table, and the queue depth from the database, only when
-Prometheus scrapes: no cost per job beyond a counter and a histogram update.
+Prometheus scrapes: no cost per job beyond a counter and a histogram update. The queue depth
+is read by one runtime of a database at a time, the one whose ``runledger.workers`` row is the
+oldest live one (its heartbeat says so, ``WorkerSeen``); the others export no depth series.
 Each runtime has a registry of its own, so several runtimes in one process (tests) do not
 clash; several worker processes on one host each serve their own port.
 ``prometheus_client`` is imported only here, when a runtime is asked for metrics.
@@ -24,7 +26,7 @@ from runledger.core.status import EventKind
 from runledger.errors import ConfigError, DatabaseError, MissingExtra
 from runledger.postgres.overview import queue_status
 from runledger.postgres.store import Store
-from runledger.runtime.events import EventStream, LostLease
+from runledger.runtime.events import EventStream, LostLease, WorkerSeen
 from runledger.runtime.hooks import LifecycleEvent
 from runledger.runtime.inflight import InFlightTable
 from runledger.runtime.loop import Loop
@@ -55,8 +57,9 @@ def _client() -> Any:
 
 
 class _ScrapeCollector:
-    """The gauges read when Prometheus scrapes: attempts held by this runtime, and the jobs
-    queued and running per queue (from the database, at most once every ``interval``)."""
+    """The gauges read when Prometheus scrapes: attempts held by this runtime, and, while it
+    is the runtime that reads them (``reads_depth``), the jobs queued and running per queue
+    (from the database, at most once every ``interval``)."""
 
     def __init__(self, table: InFlightTable, store: Store, interval: float) -> None:
         self._table = table
@@ -65,6 +68,16 @@ class _ScrapeCollector:
         self._lock = threading.Lock()  # one scrape at a time reads the database
         self._read_at: float | None = None
         self._depth: list[tuple[Any, ...]] = []
+        self._reads_depth = False
+
+    def reads_depth(self, reads: bool) -> None:
+        """Read (and export) the queue depth from now on, or stop and drop its series."""
+        with self._lock:
+            if reads and not self._reads_depth:
+                self._read_at = None  # read afresh at the next scrape, not the old numbers
+            if not reads:
+                self._depth = []
+            self._reads_depth = reads
 
     def describe(self) -> list[Metric]:
         return []  # generated at scrape time; nothing to check at registration
@@ -84,6 +97,9 @@ class _ScrapeCollector:
             "Jobs this runtime claimed that wait for a free thread.",
             value=prefetched,
         )
+        rows = self._queue_depth()
+        if rows is None:
+            return  # another runtime reads the depth: summing across workers counts it once
         depth = GaugeMetricFamily(
             "runledger_queue_jobs",
             "Jobs queued and running in the database, by queue and status.",
@@ -94,7 +110,7 @@ class _ScrapeCollector:
             "How long the oldest due queued job of each queue has waited.",
             labels=["queue"],
         )
-        for queue, status, jobs, oldest_due, _types in self._queue_depth():
+        for queue, status, jobs, oldest_due, _types in rows:
             if status in ("queued", "running"):
                 depth.add_metric([queue, str(status)], float(jobs))
             if status == "queued":
@@ -102,8 +118,10 @@ class _ScrapeCollector:
         yield depth
         yield oldest
 
-    def _queue_depth(self) -> list[tuple[Any, ...]]:
+    def _queue_depth(self) -> list[tuple[Any, ...]] | None:
         with self._lock:
+            if not self._reads_depth:
+                return None
             now = time.monotonic()
             if self._read_at is None or now - self._read_at >= self._interval:
                 self._read_at = now  # a failed read is not retried before the interval
@@ -179,7 +197,8 @@ class Metrics:
             ["loop"],
             registry=self.registry,
         )
-        self.registry.register(_ScrapeCollector(table, store, depth_interval))
+        self._scrape = _ScrapeCollector(table, store, depth_interval)
+        self.registry.register(self._scrape)
         self._client = client
         # The labelled children by label values; emit runs in several threads, and two that
         # race here get the same child from labels().
@@ -246,6 +265,11 @@ class Metrics:
                 self._lost.labels(*labels).inc()
             if lost.found_by == "reaper":
                 self._expired.labels(*labels).inc()
+
+    def worker_seen(self, seen: WorkerSeen) -> None:
+        """Read and export the queue depth while this runtime's workers row is the oldest
+        live one; drop the depth series otherwise (the heartbeat's ``WorkerSeen``)."""
+        self._scrape.reads_depth(seen.oldest)
 
     def database_error(self, loop: str, err: BaseException) -> None:
         """Count ``err`` if it came from the database (a loop's ``on_error``)."""

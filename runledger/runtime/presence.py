@@ -10,7 +10,13 @@ import socket
 from collections.abc import Sequence
 
 from runledger.postgres.store import Store
-from runledger.postgres.workers import WorkerInfo, delete_worker, register_worker, touch_worker
+from runledger.postgres.workers import (
+    WorkerInfo,
+    delete_worker,
+    oldest_live_worker,
+    register_worker,
+    touch_worker_ranked,
+)
 
 _logger = logging.getLogger("runledger.runtime")
 
@@ -68,14 +74,24 @@ class Presence:
         with self._store.transaction() as conn:
             self._started_at = register_worker(conn, self.info(), started_at=self._started_at)
 
-    def touch(self) -> None:
+    def touch(self) -> bool:
         """Mark the row seen now; put it back if a reaper deleted it (the database was away
-        longer than ``GONE_AFTER_LEASES`` leases, or someone deleted it by hand)."""
+        longer than ``GONE_AFTER_LEASES`` leases, or someone deleted it by hand). Return
+        whether the row is the oldest live one (this runtime then reads the queue depth for
+        metrics). One transaction, one statement unless the row was gone.
+
+        Raises:
+            psycopg.Error, psycopg_pool.PoolTimeout: the database could not be reached or
+                refused (the heartbeat logs it and carries on).
+        """
         with self._store.transaction() as conn:
-            if touch_worker(conn, self.worker_id):
-                return
+            found, oldest = touch_worker_ranked(conn, self.worker_id)
+            if found:
+                return oldest
             self._started_at = register_worker(conn, self.info(), started_at=self._started_at)
+            oldest = oldest_live_worker(conn) == self.worker_id
         _logger.warning("worker %s: its workers row was gone; registered it again", self.worker_id)
+        return oldest
 
     def withdraw(self, timeout: float | None = None) -> None:
         """Delete the row (at a clean stop), waiting up to ``timeout`` for a connection."""
