@@ -6,7 +6,12 @@ guesses ten rows per array and its nested loops crawl on large batches; a finish
 more than the guess. The claim is written so that its generic plan stays on indexes whatever
 the limit, and ``claim`` asks for it (``SET LOCAL plan_cache_mode``; the runtime's claimer sets
 it once per session, see ``runledger.postgres.held``) so that it is planned once per
-connection. The measurements: ``benchmarks/README.md``, "Why the code is shaped so".
+connection. It also turns JIT compilation off for the claim: a generic plan costs its
+``LIMIT`` parameter as a tenth of the queued rows, so its estimated cost grows with the queue's
+depth although its work does not, and past ``jit_above_cost`` every execution compiled the
+plan's expressions again (26 ms of a 29 ms claim at a million jobs queued, 0.48 s at two
+million, PostgreSQL 15). The measurements: ``benchmarks/README.md``, "Why the code is shaped
+so".
 
 Every write about an attempt after its claim is a compare-and-set on (job id, lease token,
 status running); a write that matches nothing means the lease was lost (reaped, cancelled)
@@ -124,10 +129,15 @@ from claimed as c
 order by c.priority desc, c.id
 """
 
-# Only for the rest of the caller's transaction, which commits right after the claim.
-GENERIC_PLAN = "set local plan_cache_mode = force_generic_plan"
+# Only for the rest of the caller's transaction, which commits right after the claim. JIT off:
+# the generic plan's cost grows with the queue's depth (see the module's docstring), and a
+# claim of a few dozen rows never gains from compiling its plan.
+GENERIC_PLAN = (
+    "select set_config('plan_cache_mode', 'force_generic_plan', true), "
+    "set_config('jit', 'off', true)"
+)
 # The same for a whole session: the claimer's held connection (``session_generic_plan``).
-GENERIC_PLAN_SESSION = {"plan_cache_mode": "force_generic_plan"}
+GENERIC_PLAN_SESSION = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
 
 # Renews leases and moves attempt deadlines: ``remaining`` is the seconds the handler has left
 # (its whole timeout while it waits for a thread), or null for no timeout.
@@ -378,10 +388,11 @@ def claim(
     workflow steps running and loads each step's upstream outputs. Never waits for a job row
     (SKIP LOCKED); it can wait for a step row that a ``cancel_workflow`` holds. On a
     connection that prepares statements, sets ``plan_cache_mode`` to
-    ``force_generic_plan`` for the rest of the transaction (see the module's docstring),
-    unless ``session_generic_plan`` says the session has that setting already. On an
-    autocommit connection the claim commits by itself and only a session setting can apply
-    (``SET LOCAL`` outside a transaction does nothing but warn), so none is made.
+    ``force_generic_plan`` and ``jit`` to ``off`` for the rest of the transaction (see the
+    module's docstring), unless ``session_generic_plan`` says the session has those settings
+    already. On an autocommit connection the claim commits by itself and only a session
+    setting can apply (``SET LOCAL`` outside a transaction does nothing but warn), so none is
+    made.
     """
     if limit <= 0:
         return []

@@ -68,6 +68,21 @@ def test_the_generic_plan_setting_ends_with_the_claims_transaction(
     assert after == ("auto",)
 
 
+def test_the_claim_is_never_compiled_with_jit(conn: psycopg.Connection[Any]) -> None:
+    # The generic plan costs its limit as a tenth of the queued rows: from a few hundred
+    # thousand queued its cost passed jit_above_cost and every claim compiled its plan anew.
+    runledger.enqueue(conn, "t")
+    conn.commit()
+
+    claim(conn, worker="w", queues=["default"], job_types=["t"], limit=1, lease_seconds=30)
+    inside = conn.execute("show jit").fetchone()
+    conn.commit()
+    after = conn.execute("show jit").fetchone()
+
+    assert inside == ("off",)
+    assert after == ("on",)
+
+
 def test_without_prepared_statements_the_claim_leaves_the_setting_alone(dsn: str) -> None:
     with psycopg.connect(dsn, prepare_threshold=None) as conn:
         runledger.enqueue(conn, "t")

@@ -48,6 +48,7 @@ def test_it_is_held_between_uses_in_autocommit_with_its_settings(
         first = backend_pid(conn)
         assert conn.autocommit
         assert setting(conn, "plan_cache_mode") == "force_generic_plan"
+        assert setting(conn, "jit") == "off"
     # the pool has one connection and the holder keeps it
     assert pool.get_stats()["pool_available"] == 0
     with held.autocommit() as conn:
@@ -67,6 +68,7 @@ def test_it_goes_back_to_the_pool_as_it_was_found(pool: ConnectionPool[Any]) -> 
         assert backend_pid(conn) == first
         assert not conn.autocommit
         assert setting(conn, "plan_cache_mode") == "auto"
+        assert setting(conn, "jit") == "on"
 
 
 def test_a_statement_commits_by_itself_and_a_transaction_rolls_back_on_error(

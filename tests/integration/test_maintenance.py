@@ -76,3 +76,17 @@ def test_dead_rows_beside_a_long_kept_history_are_vacuumed_all_the_same(
     _wait_for_jobs_stat(autocommit_conn, "n_live_tup", 60_000)
     with runledger.Store(dsn) as store:
         assert vacuum_jobs_if_needed(store, min_dead=1_000) is True
+
+
+def test_a_bulk_enqueue_is_analyzed_before_its_dead_rows_pass_the_threshold(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    # A VACUUM alone records the new row count without column statistics to go with it, and
+    # the claim's plan then sorted every queued job.
+    autocommit_conn.execute("alter table runledger.jobs set (autovacuum_enabled = false)")
+    runledger.enqueue_many(autocommit_conn, [runledger.Job("maint.t") for _ in range(2_000)])
+    _wait_for_jobs_stat(autocommit_conn, "n_mod_since_analyze", 2_000)
+    with runledger.Store(dsn) as store:
+        assert vacuum_jobs_if_needed(store, min_dead=1_000) is True  # none dead, all new
+        _wait_for_jobs_stat(autocommit_conn, "analyze_count", 1)
+        assert vacuum_jobs_if_needed(store, min_dead=1_000) is False  # analyzed, none dead
