@@ -5,6 +5,7 @@ The public API. Errors live in ``runledger.errors``; statuses in ``runledger.cor
 
 from runledger import errors
 from runledger.core.job import Job
+from runledger.core.retention import Retention
 from runledger.core.retry import Fail, Retry, RetryPolicy
 from runledger.core.schedule import ScheduleSpec
 from runledger.core.status import (
@@ -70,6 +71,7 @@ __all__ = [
     "LifecycleEvent",
     "Registry",
     "ReleaseMode",
+    "Retention",
     "Retry",
     "RetryPolicy",
     "RunStatus",

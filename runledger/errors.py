@@ -16,6 +16,7 @@ from runledger.core.errors import (
     BlankStepKey,
     BlankWorkflowName,
     BuilderMisuse,
+    ConfigError,
     ConflictingRunAt,
     CycleDetected,
     DuplicateDependency,
@@ -354,25 +355,6 @@ class UnsupportedDriver(RunledgerError):
             f"this session runs on {dialect}+{driver}: use a 'postgresql+psycopg://' URL "
             "(pip install 'psycopg[binary]')"
         )
-
-
-class ConfigError(RunledgerError, ValueError):
-    """A setting does not parse or is out of range.
-
-    The setting is a ``RUNLEDGER_*`` environment variable, a command-line option, a Flask or
-    Django setting, or a ``Runtime(...)`` argument.
-
-    Attributes:
-        name: the variable, option or argument, as the user wrote it.
-        value: the value given (a string when it came from text).
-        expected: what would be accepted.
-    """
-
-    def __init__(self, *, name: str, value: object, expected: str) -> None:
-        self.name = name
-        self.value = value
-        self.expected = expected
-        super().__init__(f"{name}={value!r}: expected {expected}")
 
 
 class MissingExtra(RunledgerError, ImportError):

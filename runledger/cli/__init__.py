@@ -2,7 +2,7 @@
 
 Commands::
 
-    runledger migrate                         install or upgrade the schema
+    runledger migrate [--sql | --check]       install or upgrade the schema
     runledger worker --app pkg.mod:registry   run jobs until SIGTERM/SIGINT
     runledger status                          queue depth per queue and status
     runledger jobs list|show ID|cancel ID|requeue ID
@@ -11,6 +11,7 @@ Commands::
     runledger events --job ID | --run ID      the timeline of a job or a run
     runledger workers                         the registered workers, live and stale
     runledger health [--max-age S]            exit 0 if this host's worker was seen lately
+    runledger prune --older-than 7d           delete finished jobs and runs (--dry-run)
 
 The database comes from ``--dsn`` (before or after the command name), else
 ``$RUNLEDGER_DSN``, else ``$DATABASE_URL``. Every read command takes ``--json`` (uuids and
@@ -32,7 +33,16 @@ from collections.abc import Sequence
 
 import psycopg
 
-from runledger.cli import _events, _jobs, _queues, _runs, _schedules, _service, _workers
+from runledger.cli import (
+    _events,
+    _jobs,
+    _prune,
+    _queues,
+    _runs,
+    _schedules,
+    _service,
+    _workers,
+)
 from runledger.cli._arguments import DSN_HELP, dsn_option, json_option
 from runledger.cli._database import CliError
 from runledger.errors import RunledgerError
@@ -58,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     _schedules.add_commands(commands, database, as_json)
     _events.add_commands(commands, database, as_json)
     _workers.add_commands(commands, database, as_json)
+    _prune.add_commands(commands, database)
     return top
 
 

@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any
 
+import attrs
+
 from runledger.cli._arguments import Subcommands
 from runledger.cli._database import CliError, connect, dsn
 from runledger.postgres.migrate import (
@@ -63,6 +65,25 @@ def _load_registry(spec: str) -> Any:
     return registry
 
 
+def _retention(args: argparse.Namespace, from_env: Any) -> Any:
+    """The policy the options give (over the environment's), or None to leave it be."""
+    from runledger.core.retention import Retention, parse_keep
+
+    keeps = {
+        state: parse_keep(f"--keep-{state}", text)
+        for state in ("succeeded", "failed", "cancelled")
+        if (text := getattr(args, f"keep_{state}")) is not None
+    }
+    if args.no_retention:
+        if keeps:
+            raise CliError("--no-retention keeps everything: drop the --keep-* options")
+        return Retention(succeeded=None, failed=None, cancelled=None)
+    if not keeps:
+        return None
+    base = from_env if isinstance(from_env, Retention) else Retention()
+    return attrs.evolve(base, **keeps)
+
+
 def _worker(args: argparse.Namespace) -> int:
     from runledger.runtime.config import settings_from_env
     from runledger.runtime.logs import check_log_format, configure_logging, log_format_from_env
@@ -94,6 +115,9 @@ def _worker(args: argparse.Namespace) -> int:
         if not 0 <= args.metrics_port <= 65535:
             raise CliError(f"--metrics-port must be from 0 to 65535, got {args.metrics_port}")
         options["metrics_port"] = args.metrics_port
+    retention = _retention(args, options.get("retention"))
+    if retention is not None:
+        options["retention"] = retention
     registry = _load_registry(args.app)
     with connect(args) as conn:
         check_schema(conn)
@@ -133,6 +157,18 @@ def add_commands(commands: Subcommands, database: argparse.ArgumentParser) -> No
         "--metrics-port",
         type=int,
         help="serve Prometheus metrics on /metrics at this port (needs the metrics extra)",
+    )
+    for state, default in (("succeeded", "7d"), ("failed", "30d"), ("cancelled", "7d")):
+        work.add_argument(
+            f"--keep-{state}",
+            metavar="AGE",
+            help=f"keep {state} jobs and runs this long (7d, 36h, forever; default: "
+            f"RUNLEDGER_KEEP_{state.upper()}, else {default})",
+        )
+    work.add_argument(
+        "--no-retention",
+        action="store_true",
+        help="prune nothing: keep every finished job and run (default: RUNLEDGER_RETENTION)",
     )
     work.add_argument("--log-level", default="info")
     work.add_argument(

@@ -466,6 +466,25 @@ class UnknownTimezone(ValidationError):
         )
 
 
+class ConfigError(RunledgerError, ValueError):
+    """A setting does not parse or is out of range.
+
+    The setting is a ``RUNLEDGER_*`` environment variable, a command-line option, a Flask or
+    Django setting, or a ``Runtime(...)`` argument.
+
+    Attributes:
+        name: the variable, option or argument, as the user wrote it.
+        value: the value given (a string when it came from text).
+        expected: what would be accepted.
+    """
+
+    def __init__(self, *, name: str, value: object, expected: str) -> None:
+        self.name = name
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{name}={value!r}: expected {expected}")
+
+
 def describe(value: Any) -> str:
     """The type name used in error messages (``datetime.datetime`` style for non-builtins)."""
     cls = type(value)

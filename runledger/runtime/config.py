@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import attrs
 
+from runledger.core.retention import Retention, parse_keep
 from runledger.errors import ConfigError
 
 
@@ -29,6 +30,7 @@ class RuntimeSettings:
     listen: bool | None = None
     shutdown_timeout: float | None = None
     prefetch: int | None = None
+    retention: Retention | None = None
 
     def runtime_kwargs(self) -> dict[str, Any]:
         """The settings that are set, as ``Runtime`` keyword arguments.
@@ -92,8 +94,21 @@ _VARIABLES: Final[Mapping[str, tuple[str, Callable[[str, str], Any]]]] = {
     "RUNLEDGER_PREFETCH": ("prefetch", _prefetch),
 }
 
+# The retention policy's variables, which build one Retention together: RUNLEDGER_RETENTION
+# (off keeps everything; on or default starts from the defaults) and one keep per state.
+_RETENTION_SWITCH = "RUNLEDGER_RETENTION"
+_KEEP_VARIABLES: Final[Mapping[str, str]] = {
+    "RUNLEDGER_KEEP_SUCCEEDED": "succeeded",
+    "RUNLEDGER_KEEP_FAILED": "failed",
+    "RUNLEDGER_KEEP_CANCELLED": "cancelled",
+}
+
 RUNTIME_VARIABLES: Final[Mapping[str, str]] = MappingProxyType(
-    {name: field for name, (field, _) in _VARIABLES.items()}
+    {
+        **{name: field for name, (field, _) in _VARIABLES.items()},
+        _RETENTION_SWITCH: "retention",
+        **{name: "retention" for name in _KEEP_VARIABLES},
+    }
 )
 """Every ``RUNLEDGER_*`` variable that sets a ``Runtime`` argument, and the argument it sets.
 
@@ -105,7 +120,10 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> RuntimeSettings:
 
     Those are ``RUNLEDGER_CONCURRENCY``, ``RUNLEDGER_QUEUES`` (comma-separated),
     ``RUNLEDGER_POLL_INTERVAL``, ``RUNLEDGER_LEASE_SECONDS``, ``RUNLEDGER_LISTEN``,
-    ``RUNLEDGER_SHUTDOWN_TIMEOUT`` and ``RUNLEDGER_PREFETCH``. ``env`` defaults to
+    ``RUNLEDGER_SHUTDOWN_TIMEOUT``, ``RUNLEDGER_PREFETCH``, and the retention policy's
+    ``RUNLEDGER_RETENTION`` (``off`` keeps everything) and ``RUNLEDGER_KEEP_SUCCEEDED``,
+    ``RUNLEDGER_KEEP_FAILED``, ``RUNLEDGER_KEEP_CANCELLED`` (``7d``, ``36h``, ``forever``;
+    each replaces that state's default). ``env`` defaults to
     ``os.environ``; an empty value counts as unset.
 
     Raises:
@@ -117,6 +135,39 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> RuntimeSettings:
         raw = env.get(name)
         if raw is not None and raw != "":
             values[field] = parse(name, raw)
+    retention = _retention(env)
+    if retention is not None:
+        values["retention"] = retention
     return RuntimeSettings(
         dsn=env.get("RUNLEDGER_DSN") or env.get("DATABASE_URL") or None, **values
     )
+
+
+def _retention(env: Mapping[str, str]) -> Retention | None:
+    """The policy the retention variables give, or None when none is set.
+
+    ``RUNLEDGER_RETENTION=off`` keeps everything (a policy with every keep None), and then
+    no keep variable may be set; each ``RUNLEDGER_KEEP_*`` is a duration (``7d``) or
+    ``forever`` and replaces that state's default.
+    """
+    switch = env.get(_RETENTION_SWITCH) or None
+    keeps = {
+        field: parse_keep(name, env[name])
+        for name, field in _KEEP_VARIABLES.items()
+        if env.get(name)
+    }
+    if switch is None and not keeps:
+        return None
+    if switch is not None:
+        enabled = switch.strip().lower()
+        if enabled in ("off", "false", "0", "no", "none"):
+            if keeps:
+                raise ConfigError(
+                    name=_RETENTION_SWITCH,
+                    value=switch,
+                    expected="on, or no RUNLEDGER_KEEP_* variable beside off",
+                )
+            return Retention(succeeded=None, failed=None, cancelled=None)
+        if enabled not in ("on", "true", "1", "yes", "default"):
+            raise ConfigError(name=_RETENTION_SWITCH, value=switch, expected="on or off")
+    return Retention(**keeps)

@@ -17,6 +17,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from runledger.core.retention import Retention
 from runledger.errors import ConfigError
 from runledger.postgres.channels import CANCEL as CANCEL_CHANNEL
 from runledger.postgres.channels import JOBS as NOTIFY_CHANNEL
@@ -29,6 +30,7 @@ from runledger.runtime.logs import JobLog, log_start, log_stop
 from runledger.runtime.loop import Loop
 from runledger.runtime.metrics import Metrics
 from runledger.runtime.presence import Presence, runledger_version
+from runledger.runtime.pruner import Pruner
 from runledger.runtime.reaper import Reaper
 from runledger.runtime.registry import Registry
 from runledger.runtime.scheduler import Scheduler
@@ -39,6 +41,33 @@ _logger = logging.getLogger("runledger.runtime")
 FLUSH_SECONDS = 1.0
 """How long a stop gives, after its timeout for the handlers, to writing their outcomes and
 joining its threads."""
+
+
+def _check_seconds(**values: float) -> None:
+    for name, value in values.items():
+        if not 0 < value < math.inf:  # also refuses nan
+            raise ConfigError(name=name, value=value, expected="a positive number of seconds")
+
+
+def _queue_names(queues: Sequence[str]) -> Sequence[str]:
+    """The queues given as a sequence or a comma-separated string; at least one."""
+    names = (
+        [q.strip() for q in queues.split(",") if q.strip()] if isinstance(queues, str) else queues
+    )
+    if not names:
+        raise ConfigError(name="queues", value=queues, expected="at least one queue name")
+    return names
+
+
+def _checked_retention(retention: object) -> Retention | None:
+    """The policy to prune by: None when nothing is ever pruned."""
+    if retention is None:
+        return None
+    if not isinstance(retention, Retention):
+        raise ConfigError(
+            name="retention", value=retention, expected="a runledger.Retention, or None"
+        )
+    return retention if retention.keeps() else None
 
 
 class Runtime:
@@ -76,6 +105,10 @@ class Runtime:
         metrics_port: serve Prometheus metrics on ``/metrics`` at this port (0 picks a free
             one, see ``metrics.port``) while started; needs the ``metrics`` extra. None (the
             default) imports nothing of it.
+        retention: how long finished jobs and workflow runs are kept (default
+            ``Retention()``: succeeded and cancelled 7 days, failed 30 days); this runtime
+            prunes what is older every minute, one runtime at a time. None keeps everything.
+            See ``runledger.core.retention``.
     """
 
     def __init__(
@@ -99,24 +132,19 @@ class Runtime:
         prepare_threshold: int | None = 5,
         vacuum: bool = True,
         metrics_port: int | None = None,
+        retention: Retention | None = Retention(),  # noqa: B008 (a frozen value)
     ) -> None:
         if concurrency < 1:
             raise ConfigError(name="concurrency", value=concurrency, expected="an integer >= 1")
         Metrics.check(metrics_port)  # before the store opens a pool
-        given_queues = queues
-        if isinstance(queues, str):
-            queues = [q.strip() for q in queues.split(",") if q.strip()]
-        if not queues:
-            raise ConfigError(name="queues", value=given_queues, expected="at least one queue name")
-        for name, value in (
-            ("lease_seconds", lease_seconds),
-            ("poll_interval", poll_interval),
-            ("reap_interval", reap_interval),
-            ("schedule_interval", schedule_interval),
-            ("shutdown_timeout", shutdown_timeout),
-        ):
-            if not 0 < value < math.inf:  # also refuses nan
-                raise ConfigError(name=name, value=value, expected="a positive number of seconds")
+        queues = _queue_names(queues)
+        _check_seconds(
+            lease_seconds=lease_seconds,
+            poll_interval=poll_interval,
+            reap_interval=reap_interval,
+            schedule_interval=schedule_interval,
+            shutdown_timeout=shutdown_timeout,
+        )
         if isinstance(target, Store):
             self._store = target
             self._owns_store = False
@@ -177,6 +205,10 @@ class Runtime:
             loops.append(Loop("runledger-reaper-0", self._reaper.step))
         else:
             self._reaper = None
+        self.retention = _checked_retention(retention)
+        self.pruner = None if self.retention is None else Pruner(self._store, self.retention)
+        if self.pruner is not None:
+            loops.append(Loop("runledger-pruner-0", self.pruner.step))
         self._scheduler = Scheduler(self._store, registry, interval=schedule_interval)
         if scheduler:
             loops.append(Loop("runledger-scheduler-0", self._scheduler.step))
@@ -261,6 +293,15 @@ class Runtime:
             registry=self.registry, concurrency=self._concurrency, prefetch=self._prefetch,
             listen=self._listen, conninfo=self._store.conninfo,
         )  # fmt: skip
+        if self.retention is None:
+            _logger.info("retention off: this worker prunes no finished jobs or runs")
+        else:
+            _logger.info(
+                "retention: keeps finished jobs and workflow runs %s; older ones are pruned "
+                "every %g s",
+                self.retention.describe(),
+                self.pruner.interval if self.pruner is not None else 0,
+            )
 
     def stop(self, timeout: float | None = None) -> None:
         """Shut down gracefully; idempotent. Blocks up to ``timeout`` + ``FLUSH_SECONDS``

@@ -6,6 +6,7 @@ The runtime's options are the ``RUNLEDGER_*`` variables of ``runledger.runtime.c
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,8 +46,10 @@ def settings_from_config(config: Mapping[str, Any]) -> FlaskSettings:
     (``runledger.runtime.config.RUNTIME_VARIABLES``: ``RUNLEDGER_CONCURRENCY``,
     ``RUNLEDGER_QUEUES`` as a list or a comma-separated string, ``RUNLEDGER_POLL_INTERVAL``,
     ``RUNLEDGER_LEASE_SECONDS``, ``RUNLEDGER_LISTEN``, ``RUNLEDGER_SHUTDOWN_TIMEOUT``,
-    ``RUNLEDGER_PREFETCH``); and ``RUNLEDGER_RUN_IN_PROCESS``. Values may be native (``4``,
-    ``["mail"]``, ``False``) or strings as the environment gives them (``"4"``,
+    ``RUNLEDGER_PREFETCH``, and the retention policy's ``RUNLEDGER_RETENTION``,
+    ``RUNLEDGER_KEEP_SUCCEEDED``, ``RUNLEDGER_KEEP_FAILED``, ``RUNLEDGER_KEEP_CANCELLED``); and
+    ``RUNLEDGER_RUN_IN_PROCESS``. Values may be native (``4``, ``["mail"]``, ``False``,
+    ``timedelta(days=3)``) or strings as the environment gives them (``"4"``,
     ``"mail,default"``, ``"false"``). Reads nothing else and touches no database.
 
     Raises:
@@ -84,6 +87,8 @@ def _config_text(name: str, value: object) -> str | None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, datetime.timedelta):  # RUNLEDGER_KEEP_*
+        return f"{value.total_seconds():g}s"
     if isinstance(value, int | float | str):
         return str(value)
     if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
