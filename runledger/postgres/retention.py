@@ -112,20 +112,31 @@ select (select count(*) from gone_runs),
 """
 
 # Events whose job and run are both gone (deleted by hand, or by a version that kept them),
-# among the ids of one window. Event ids are dense and grow with time, so a window is a
-# cheap range of the primary key however old or new its events.
+# among the next window of events in id order. Ids grow with time, so the sweep is done for
+# now once a window holds an event younger than the keep: it reads at most one window more.
 SWEEP_EVENTS = """
-with gone as (
+with examined as (
+    select id, job_id, workflow_run_id, occurred_at < now() - %(keep)s::interval as old
+    from runledger.events
+    where id > %(after)s
+    order by id
+    limit %(limit)s
+),
+gone as (
     delete from runledger.events e
-    where e.id > %(after)s and e.id <= %(after)s + %(limit)s
-      and e.occurred_at < now() - %(keep)s::interval
-      and (e.job_id is null
-           or not exists (select from runledger.jobs j where j.id = e.job_id))
-      and (e.workflow_run_id is null
-           or not exists (select from runledger.workflow_runs r where r.id = e.workflow_run_id))
+    using examined x
+    where e.id = x.id
+      and x.old
+      and (x.job_id is null
+           or not exists (select from runledger.jobs j where j.id = x.job_id))
+      and (x.workflow_run_id is null
+           or not exists (select from runledger.workflow_runs r where r.id = x.workflow_run_id))
     returning 1
 )
-select (select count(*) from gone), (select coalesce(max(id), 0) from runledger.events)
+select (select count(*) from gone),
+       (select max(id) from examined),
+       (select count(*) from examined),
+       (select count(*) from examined where old)
 """
 
 COUNT_JOBS = """
@@ -261,17 +272,19 @@ def sweep_orphan_events(
     conn: Conn, keep: datetime.timedelta, *, after: int = 0, limit: int = EVENT_WINDOW
 ) -> Swept:
     """Delete the orphan events (neither their job nor their run exists) older than ``keep``
-    among the ``limit`` event ids after ``after``.
+    among the next ``limit`` events after id ``after``.
 
-    Runs in the caller's transaction. Start at 0 and pass each result's ``next_after`` to
-    the next call; it comes back to 0 after the newest event.
+    Runs in the caller's transaction; reads at most ``limit`` events. Start at 0 and pass each
+    result's ``next_after`` to the next call; it comes back to 0 once a window reaches the
+    newest event or events younger than ``keep``.
     """
     if not _take_lock(conn):
         return Swept(next_after=after, deleted=0, locked=False)
     row = conn.execute(SWEEP_EVENTS, {"after": after, "keep": keep, "limit": limit}).fetchone()
     assert row is not None
-    end = after + limit
-    return Swept(next_after=0 if end >= row[1] else end, deleted=row[0])
+    deleted, last_id, examined, old = row
+    done = examined == 0 or old < examined
+    return Swept(next_after=0 if done else last_id, deleted=deleted)
 
 
 def count_prunable(conn: Conn, status: JobStatus, keep: datetime.timedelta) -> Pruned:

@@ -218,9 +218,12 @@ def test_the_sweep_deletes_old_events_whose_job_and_run_are_gone(
     gone, kept = runledger.enqueue(conn, "ret.x"), runledger.enqueue(conn, "ret.x")
     conn.execute("delete from runledger.jobs where id = %s", (gone,))  # by hand
     conn.execute("update runledger.events set occurred_at = occurred_at - interval '8 days'")
+    young_gone = runledger.enqueue(conn, "ret.x")  # a young orphan: too young to sweep
+    conn.execute("delete from runledger.jobs where id = %s", (young_gone,))
 
-    after, deleted = 0, 0
+    after, deleted, windows = 0, 0, 0
     for _ in range(10):
+        windows += 1
         with conn.transaction():
             swept = sweep_orphan_events(conn, WEEK, after=after, limit=1)
         deleted += swept.deleted
@@ -228,7 +231,9 @@ def test_the_sweep_deletes_old_events_whose_job_and_run_are_gone(
         if after == 0:
             break
     assert after == 0, "the sweep never came back to the start"
+    assert windows == 3  # the old orphan's, the old live job's, then the young one's: done
     assert deleted == 1
+    assert count("events", "job_id = %s", (young_gone,)) == 1
     assert count("events", "job_id = %s", (gone,)) == 0
     assert count("events", "job_id = %s", (kept,)) == 1
 
