@@ -60,3 +60,53 @@ def vacuum_jobs_if_needed(store: Store, *, min_dead: int = 5_000) -> bool:
         finally:
             conn.autocommit = False
     return True
+
+
+# The history tables the pruner deletes from, beside jobs (which the reaper vacuums).
+HISTORY_TABLES = (
+    "job_attempts",
+    "events",
+    "workflow_runs",
+    "workflow_step_runs",
+    "workflow_step_deps",
+)
+DEAD_HISTORY_ROWS = """
+select relname
+from pg_stat_user_tables
+where schemaname = 'runledger' and relname = any(%(tables)s) and n_dead_tup >= %(min_dead)s
+order by relname
+"""
+# Table names come from HISTORY_TABLES only, never from input.
+VACUUM_HISTORY = {name: f"vacuum runledger.{name}" for name in HISTORY_TABLES}
+
+
+def vacuum_history_if_needed(store: Store, *, min_dead: int = 5_000) -> list[str]:
+    """VACUUM each history table (``HISTORY_TABLES``) with at least ``min_dead`` dead rows,
+    unless another runtime is vacuuming; return the tables vacuumed.
+
+    The pruner calls it after deleting: on a server without autovacuum (some managed ones)
+    the space of pruned rows would never be reused and the tables would grow for ever. Runs
+    outside any transaction on a pooled connection; blocks for the VACUUMs (each reads the
+    table's pages that changed since the last one, and its indexes).
+    """
+    with store.connection() as conn:
+        rows = conn.execute(
+            DEAD_HISTORY_ROWS, {"tables": list(HISTORY_TABLES), "min_dead": min_dead}
+        ).fetchall()
+        conn.rollback()
+        due = [row[0] for row in rows]
+        if not due:
+            return []
+        conn.autocommit = True
+        try:
+            locked = conn.execute(TRY_LOCK, {"key": VACUUM_LOCK_KEY}).fetchone()
+            if not locked or not locked[0]:
+                return []
+            try:
+                for name in due:
+                    conn.execute(VACUUM_HISTORY[name].encode())
+            finally:
+                conn.execute(UNLOCK, {"key": VACUUM_LOCK_KEY})
+        finally:
+            conn.autocommit = False
+    return due

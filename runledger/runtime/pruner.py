@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from runledger.core.retention import Retention
+from runledger.postgres.maintenance import vacuum_history_if_needed
 from runledger.postgres.retention import (
     JOB_BATCH,
     RUN_BATCH,
@@ -43,7 +44,9 @@ SWEEP_WINDOWS = 20
 
 
 class Pruner:
-    """Prunes what ``retention`` no longer keeps, every ``interval`` seconds."""
+    """Prunes what ``retention`` no longer keeps, every ``interval`` seconds, then VACUUMs
+    the history tables it deleted from once their dead rows pile up (``vacuum=False`` leaves
+    that to autovacuum)."""
 
     def __init__(
         self,
@@ -52,11 +55,13 @@ class Pruner:
         *,
         interval: float = PRUNE_EVERY,
         budget: float = ROUND_BUDGET,
+        vacuum: bool = True,
     ) -> None:
         self._store = store
         self.retention = retention
         self.interval = interval
         self.budget = budget
+        self.vacuum = vacuum
         self._sweep_after = 0
         self.total = Pruned()
 
@@ -89,6 +94,12 @@ class Pruner:
         shortest = min(self.retention.keeps().values(), default=None)
         if shortest is not None:
             done += self._sweep(shortest, more)
+        if done.rows and self.vacuum:
+            vacuumed = vacuum_history_if_needed(self._store)
+            if vacuumed:
+                _logger.info(
+                    "vacuumed %s after pruning", ", ".join(f"runledger.{t}" for t in vacuumed)
+                )
         return self._finish(done, started)
 
     def _sweep(self, keep: datetime.timedelta, more: Callable[[], bool]) -> Pruned:

@@ -100,8 +100,9 @@ class Runtime:
             handler call, in the handler's thread (e.g. Flask's ``app.app_context``).
         prepare_threshold: psycopg's; None disables prepared statements (PgBouncer in
             transaction mode before 1.21). Ignored when ``target`` is a pool or a store.
-        vacuum: let the reaper VACUUM ``runledger.jobs`` when dead rows pile up between
-            autovacuum's visits (one runtime at a time; see runledger.postgres.maintenance).
+        vacuum: let the reaper VACUUM ``runledger.jobs``, and the pruner the history tables
+            it deletes from, when dead rows pile up between autovacuum's visits (one runtime
+            at a time; see runledger.postgres.maintenance).
         metrics_port: serve Prometheus metrics on ``/metrics`` at this port (0 picks a free
             one, see ``metrics.port``) while started; needs the ``metrics`` extra. None (the
             default) imports nothing of it.
@@ -206,7 +207,9 @@ class Runtime:
         else:
             self._reaper = None
         self.retention = _checked_retention(retention)
-        self.pruner = None if self.retention is None else Pruner(self._store, self.retention)
+        self.pruner = (
+            None if self.retention is None else Pruner(self._store, self.retention, vacuum=vacuum)
+        )
         if self.pruner is not None:
             loops.append(Loop("runledger-pruner-0", self.pruner.step))
         self._scheduler = Scheduler(self._store, registry, interval=schedule_interval)

@@ -13,6 +13,7 @@ import pytest
 
 import runledger
 from runledger import JobStatus, WorkflowBuilder
+from runledger.postgres.maintenance import vacuum_history_if_needed
 from runledger.postgres.retention import (
     PRUNE_LOCK_KEY,
     count_prunable,
@@ -244,3 +245,32 @@ def test_young_rows_are_never_counted(status: JobStatus, autocommit_conn: Conn) 
     job = runledger.enqueue(autocommit_conn, "ret.x")
     runledger.cancel_job(autocommit_conn, job)
     assert count_prunable(autocommit_conn, status, WEEK).rows == 0
+
+
+def test_history_tables_with_many_dead_rows_are_vacuumed(dsn: str, autocommit_conn: Conn) -> None:
+    conn = autocommit_conn
+    conn.execute("alter table runledger.events set (autovacuum_enabled = false)")
+    conn.execute(
+        "insert into runledger.events (kind, job_id) "
+        "select 'job.enqueued', gen_random_uuid() from generate_series(1, 6000)"
+    )
+    conn.execute("delete from runledger.events")
+
+    def stat(column: str) -> int:
+        row = conn.execute(
+            f"select coalesce({column}, 0) from pg_stat_user_tables "  # column: ours, below
+            "where schemaname = 'runledger' and relname = 'events'"
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    deadline = time.monotonic() + 15
+    while stat("n_dead_tup") < 6000:  # statistics arrive with a short delay
+        assert time.monotonic() < deadline, "the dead rows never showed"
+        conn.execute("select pg_sleep(0.05)")
+    before = stat("vacuum_count")
+    with runledger.Store(dsn) as store:
+        assert vacuum_history_if_needed(store) == ["events"]
+    deadline = time.monotonic() + 15
+    while stat("vacuum_count") == before:
+        assert time.monotonic() < deadline, "no VACUUM of events was counted"
+        conn.execute("select pg_sleep(0.05)")
