@@ -130,7 +130,7 @@ def parse_keep(name: str, text: str) -> datetime.timedelta | None:
 def format_duration(value: datetime.timedelta) -> str:
     """The shortest exact spelling of ``value`` that ``parse_duration`` reads back."""
     seconds = value.total_seconds()
-    for unit in ("w", "d", "h", "m"):
+    for unit in ("d", "h", "m"):  # days, not weeks: settings and docs speak in days
         size = _UNIT_SECONDS[unit]
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"

@@ -33,7 +33,7 @@ def test_a_dry_run_counts_what_would_go_and_deletes_nothing(cli: Cli, ledger: Le
 
     out = ok(cli("prune", "--older-than", "7d", "--dry-run"))
 
-    assert out.splitlines()[0] == "would delete what finished more than 1w ago:"
+    assert out.splitlines()[0] == "would delete what finished more than 7d ago:"
     rows = {row["STATUS"]: row for row in parse_table("\n".join(out.splitlines()[1:]))}
     assert rows["succeeded"]["JOBS"] == "1"
     assert rows["succeeded"]["ATTEMPTS"] == "1"

@@ -52,7 +52,7 @@ def test_a_runtime_prunes_by_its_policy_at_start(
             autocommit_conn.execute("select pg_sleep(0.05)")
     assert runtime.pruner.total.jobs == len(old)
     messages = [r.getMessage() for r in caplog.records]
-    assert any("retention: keeps finished jobs and workflow runs succeeded 1w, failed 30d, "
+    assert any("retention: keeps finished jobs and workflow runs succeeded 7d, failed 30d, "
                "cancelled 3d" in m for m in messages)  # fmt: skip
     assert any(m.startswith("pruned 3 jobs and 0 workflow runs") for m in messages)
 

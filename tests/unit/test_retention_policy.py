@@ -22,7 +22,7 @@ def test_the_default_keeps_a_week_and_dead_letters_a_month() -> None:
         JobStatus.FAILED: 30 * DAY,
         JobStatus.CANCELLED: 7 * DAY,
     }
-    assert Retention().describe() == "succeeded 1w, failed 30d, cancelled 1w"
+    assert Retention().describe() == "succeeded 7d, failed 30d, cancelled 7d"
     assert Retention(failed=None).keeps().keys() == {JobStatus.SUCCEEDED, JobStatus.CANCELLED}
 
 
