@@ -91,27 +91,24 @@ class EventStream:
 
     def lost(self, leases: list[LostLease]) -> None:
         """Hand ``leases`` to the subscribers that take lost leases; never raises."""
-        if not leases:
-            return
-        for subscriber in self._subscribers:
-            method = getattr(subscriber, "lost_leases", None)
-            if method is None:
-                continue
-            try:
-                method(leases)
-            except Exception:
-                _logger.exception("event subscriber %r failed on lost leases; ignored", subscriber)
+        if leases:
+            self._notify("lost_leases", leases)
 
     def seen(self, seen: WorkerSeen) -> None:
         """Hand ``seen`` to the subscribers that take it; never raises."""
+        self._notify("worker_seen", seen)
+
+    def _notify(self, method_name: str, notice: object) -> None:
         for subscriber in self._subscribers:
-            method = getattr(subscriber, "worker_seen", None)
+            method = getattr(subscriber, method_name, None)
             if method is None:
                 continue
             try:
-                method(seen)
+                method(notice)
             except Exception:
-                _logger.exception("event subscriber %r failed on worker seen; ignored", subscriber)
+                _logger.exception(
+                    "event subscriber %r failed on %s; ignored", subscriber, method_name
+                )
 
 
 def report_events(

@@ -69,7 +69,7 @@ class Reaper:
         registry: Registry,
         *,
         interval: float,
-        on_reaped: Callable[[uuid.UUID], object] = lambda token: None,
+        on_reaped: Callable[[uuid.UUID], InFlight | None] = lambda token: None,
         vacuum: bool = True,
         events: EventStream | None = None,
     ) -> None:
@@ -145,8 +145,8 @@ class Reaper:
         return len(expired)
 
     @staticmethod
-    def _lost(expired: Expired, flight: object) -> LostLease:
-        if isinstance(flight, InFlight):
+    def _lost(expired: Expired, flight: InFlight | None) -> LostLease:
+        if flight is not None:
             return lost_lease(flight, found_by="reaper")
         return LostLease(
             job_id=expired.id,

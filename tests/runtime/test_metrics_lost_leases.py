@@ -17,6 +17,7 @@ import runledger
 from runledger.postgres.attempts import ClaimedJob, claim
 from runledger.runtime.events import EventStream
 from runledger.runtime.heartbeat import Heartbeat
+from runledger.runtime.inflight import InFlight
 from runledger.runtime.logs import JobLog
 from runledger.runtime.metrics import Metrics
 from runledger.runtime.reaper import Reaper
@@ -125,11 +126,11 @@ def test_an_attempt_both_the_heartbeat_and_the_reaper_of_one_process_see_counts_
         (job_id,),
     )
 
-    on_reaped: Callable[[uuid.UUID], object] = pool.mark_lost
+    on_reaped: Callable[[uuid.UUID], InFlight | None] = pool.mark_lost
     if first == "heartbeat":
         # The race: the reaper's write commits, the heartbeat renews and finds the lease
         # gone, and only then does the reaper tell the pool.
-        def on_reaped(token: uuid.UUID) -> object:
+        def on_reaped(token: uuid.UUID) -> InFlight | None:
             heartbeat.renew()
             return pool.mark_lost(token)
 
