@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
-import pytest
 
 import runledger
 from runledger import JobStatus, WorkflowBuilder
@@ -239,12 +238,21 @@ def test_the_sweep_deletes_old_events_whose_job_and_run_are_gone(
     assert count("events", "job_id = %s", (kept,)) == 1
 
 
-@pytest.mark.parametrize("status", list(JobStatus)[2:])
-def test_young_rows_are_never_counted(status: JobStatus, autocommit_conn: Conn) -> None:
-    assert status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-    job = runledger.enqueue(autocommit_conn, "ret.x")
-    runledger.cancel_job(autocommit_conn, job)
-    assert count_prunable(autocommit_conn, status, WEEK).rows == 0
+def test_young_rows_are_never_counted_nor_pruned(
+    dsn: str, autocommit_conn: Conn, count: Counter
+) -> None:
+    conn = autocommit_conn
+    runledger.enqueue(conn, "ret.ok")
+    runledger.enqueue(conn, "ret.bad")
+    run_everything(dsn, conn)
+    runledger.cancel_job(conn, runledger.enqueue(conn, "ret.x"))
+    assert count("jobs", "status in ('succeeded', 'failed', 'cancelled')") == 3
+
+    for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+        assert count_prunable(conn, status, WEEK).rows == 0, status
+        with conn.transaction():
+            assert prune_jobs(conn, status, WEEK).jobs == 0, status
+    assert count("jobs") == 3
 
 
 def test_history_tables_with_many_dead_rows_are_vacuumed(dsn: str, autocommit_conn: Conn) -> None:
