@@ -48,7 +48,7 @@ with candidates as (
     from unnest(%(queues)s::text[]) as q(queue)
     cross join lateral (
         select j.id, j.priority, j.run_at
-        from runledger.jobs as j
+        from only runledger.jobs as j
         where j.status = 'queued'
           and j.queue = q.queue
           and j.job_type = any(%(job_types)s::text[])
@@ -61,7 +61,7 @@ with candidates as (
     limit %(limit)s
 ),
 claimed as (
-    update runledger.jobs as j
+    update only runledger.jobs as j
     set status = 'running',
         attempt = j.attempt + 1,
         max_attempts = coalesce(
@@ -149,13 +149,13 @@ with input as (
 ),
 locked as (
     select j.id
-    from runledger.jobs as j
+    from only runledger.jobs as j
     join input as u on j.id = u.id and j.lease_token = u.token
     where j.status = 'running'
     order by j.id
     for no key update of j
 )
-update runledger.jobs as j
+update only runledger.jobs as j
 set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
     deadline_at = case when u.remaining is null then j.deadline_at
                        else now() + make_interval(secs => u.remaining) end
@@ -172,13 +172,13 @@ with input as (
 ),
 locked as (
     select j.id
-    from runledger.jobs as j
+    from only runledger.jobs as j
     join input as u on j.id = u.id and j.lease_token = u.token
     where j.status = 'running' and j.handler_started_at is null
     order by j.id
     for no key update of j
 )
-update runledger.jobs as j
+update only runledger.jobs as j
 set handler_started_at = now()
 from locked as l
 where j.id = l.id
@@ -197,14 +197,14 @@ with input as (
 ),
 locked as (
     select j.id
-    from runledger.jobs as j
+    from only runledger.jobs as j
     join input as u on u.id = j.id and j.lease_token = u.token
     where j.status = 'running'
     order by j.id
     for no key update of j
 ),
 done as (
-    update runledger.jobs as j
+    update only runledger.jobs as j
     set status = u.status,
         output = case when u.status = 'succeeded' then u.output else j.output end,
         last_error = case when u.error_type is null then j.last_error
@@ -282,7 +282,7 @@ PREPARED_FINISH_BATCH = 64
 # that committed while its connection broke, before the worker read which jobs it got.
 ORPHANED_ATTEMPTS = """
 select id, lease_token
-from runledger.jobs
+from only runledger.jobs
 where status = 'running'
   and lease_owner = %(worker)s
   and not (lease_token = any(%(held)s::uuid[]))
@@ -302,7 +302,7 @@ select id, lease_token, job_type, attempt, max_attempts,
            select count(*) from runledger.job_attempts as a
            where a.job_id = jobs.id and a.outcome = 'released' and a.error_type = 'LeaseExpired'
        ) else 0 end as crash_releases
-from runledger.jobs
+from only runledger.jobs
 where status = 'running'
   and (lease_expires_at < now() or deadline_at < now())
 order by id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import psycopg
 
@@ -31,10 +32,12 @@ from runledger.jobs
 where id = %(id)s
 for no key update
 """
+# Back from runledger.job_history to the hot table, where the requeue updates it.
+REOPEN_JOB = "select runledger.reopen_jobs(array[%(id)s]::uuid[])"
 
 CANCEL_JOBS = f"""
 with cancelled as (
-    update runledger.jobs
+    update only runledger.jobs
     set status = 'cancelled', cancel_reason = %(reason)s, lease_token = null,
         lease_owner = null, lease_expires_at = null, finished_at = now(), updated_at = now()
     where id = any(%(ids)s) and status in ('queued', 'running')
@@ -57,7 +60,7 @@ from cancelled
 
 RUN_STATUS = "select status from runledger.workflow_runs where id = %(id)s"
 LOCK_RUN_JOBS = """
-select id from runledger.jobs
+select id from only runledger.jobs
 where workflow_run_id = %(id)s and status in ('queued', 'running')
 order by id
 for no key update
@@ -69,7 +72,7 @@ order by id
 for no key update
 """
 LOCK_LATE_JOBS = """
-select id from runledger.jobs
+select id from only runledger.jobs
 where id = any(%(ids)s) and status in ('queued', 'running')
 order by id
 for no key update nowait
@@ -90,7 +93,7 @@ where id = %(id)s
 """
 REQUEUE_JOB = f"""
 with requeued as (
-    update runledger.jobs
+    update only runledger.jobs
     set status = 'queued', attempt = 0, run_at = now(), finished_at = null,
         cancel_reason = null, updated_at = now()
     where id = %(id)s and status in ('failed', 'cancelled')
@@ -121,9 +124,7 @@ def cancel_job(conn: Conn, job_id: uuid.UUID, reason: str | None = None) -> bool
     job_id = parse_id(job_id, field="job_id")
     _check_reason(reason)
     with writing(conn), savepoint(conn, "runledger_cancel_job"):
-        row = conn.execute(LOCK_JOB, {"id": job_id}).fetchone()
-        if row is None:
-            raise JobNotFound(job_id=job_id)
+        row = _lock_job(conn, job_id)
         _, status, _, step_id, _, _ = row
         if JobStatus(status).is_terminal:
             return False
@@ -135,6 +136,18 @@ def cancel_job(conn: Conn, job_id: uuid.UUID, reason: str | None = None) -> bool
                              error=reason or "the job was cancelled")],
             )  # fmt: skip
         return True
+
+
+def _lock_job(conn: Conn, job_id: uuid.UUID) -> tuple[Any, ...]:
+    """Lock the job's row, wherever it is; raise JobNotFound if there is none."""
+    row = conn.execute(LOCK_JOB, {"id": job_id}).fetchone()
+    if row is None:
+        # A job that finished while this lock waited for it has moved to job_history since
+        # this statement's snapshot: a fresh statement finds it there.
+        row = conn.execute(LOCK_JOB, {"id": job_id}).fetchone()
+    if row is None:
+        raise JobNotFound(job_id=job_id)
+    return tuple(row)
 
 
 def _check_reason(reason: str | None) -> None:
@@ -230,9 +243,7 @@ def requeue(conn: Conn, job_id: uuid.UUID) -> bool:
     """
     job_id = parse_id(job_id, field="job_id")
     with writing(conn), savepoint(conn, "runledger_requeue"):
-        row = conn.execute(LOCK_JOB, {"id": job_id}).fetchone()
-        if row is None:
-            raise JobNotFound(job_id=job_id)
+        row = _lock_job(conn, job_id)
         status = JobStatus(row[1])
         if status in (JobStatus.QUEUED, JobStatus.RUNNING):
             return False
@@ -245,5 +256,6 @@ def requeue(conn: Conn, job_id: uuid.UUID) -> bool:
                 reason=f"it is step {row[5]!r} of workflow run {row[4]}; enqueue the workflow "
                 "again instead",
             )
+        conn.execute(REOPEN_JOB, {"id": job_id}).fetchall()
         conn.execute(REQUEUE_JOB, {"id": job_id, "status": str(status)})
         return True

@@ -89,7 +89,7 @@ with input as (
     join jsonb_array_elements(%(payloads)s::jsonb) with ordinality as p(payload, ord)
         using (ord)
 ),
-inserted as (
+{keys_cte}inserted as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at,
         idempotency_key, request_fingerprint{trace_column})
@@ -97,8 +97,7 @@ inserted as (
            coalesce(run_at, now() + make_interval(secs => coalesce(delay, 0))),
            idempotency_key, request_fingerprint{trace_value}
     from input
-    -- A fixed order, so two batches sharing keys wait for each other instead of deadlocking.
-    order by job_type, idempotency_key, id
+{keys_filter}    order by job_type, idempotency_key, id
     on conflict (job_type, idempotency_key) where idempotency_key is not null do nothing
     returning id, queue
 ),
@@ -112,9 +111,10 @@ select (select array_agg(id) from inserted) as ids,
 """
 
 EXISTING_JOBS = """
-select job_type, idempotency_key, id, request_fingerprint
-from runledger.jobs
-where (job_type, idempotency_key) in (
+select k.job_type, k.idempotency_key, j.id, j.request_fingerprint
+from runledger.job_keys as k
+join runledger.jobs as j on j.id = k.job_id
+where (k.job_type, k.idempotency_key) in (
     select * from unnest(%(job_types)s::text[], %(keys)s::text[]))
 """
 
@@ -190,6 +190,23 @@ select count(pg_notify('{jobs}', queue))
 from (select distinct queue from jobs) as q
 """
 
+# A batch with idempotency keys claims them in job_keys first (schema version 6): a key is held
+# there for its job's whole life, while the job moves to job_history when it finishes, beyond
+# the reach of a unique index on runledger.jobs; a key already held keeps its job out.
+# Batches without keys skip it (and work on a schema before version 6).
+_keys_cte = """
+keys as (
+    insert into runledger.job_keys (job_type, idempotency_key, job_id)
+    select job_type, idempotency_key, id
+    from input
+    where idempotency_key is not null
+    -- A fixed order, so two batches sharing keys wait for each other instead of deadlocking.
+    order by job_type, idempotency_key, id
+    on conflict do nothing
+    returning job_id
+),"""
+_keys_filter = "    where idempotency_key is null or id in (select job_id from keys)\n"
+
 # Each statement that writes jobs or runs comes in two spellings: without trace_context (no
 # span active at enqueue; also works on a schema before version 4) and with it. The templates
 # are in lower case: they are not SQL constants.
@@ -199,8 +216,12 @@ _TRACED = {
     "trace_column": ", trace_context",
     "trace_value": ", %(trace_context)s::jsonb",
 }
-INSERT_JOBS = _insert_jobs_template.format(**_UNTRACED)
-INSERT_TRACED_JOBS = _insert_jobs_template.format(**_TRACED)
+_UNKEYED = {"keys_cte": "", "keys_filter": ""}
+_KEYED = {"keys_cte": _keys_cte.lstrip("\n") + "\n", "keys_filter": _keys_filter}
+INSERT_JOBS = _insert_jobs_template.format(**_UNTRACED, **_UNKEYED)
+INSERT_TRACED_JOBS = _insert_jobs_template.format(**_TRACED, **_UNKEYED)
+INSERT_KEYED_JOBS = _insert_jobs_template.format(**_UNTRACED, **_KEYED)
+INSERT_TRACED_KEYED_JOBS = _insert_jobs_template.format(**_TRACED, **_KEYED)
 INSERT_RUN = _insert_run_template.format(**_UNTRACED)
 INSERT_TRACED_RUN = _insert_run_template.format(**_TRACED)
 INSERT_RUN_STEPS = _insert_run_steps_template.format(**_UNTRACED)
@@ -441,8 +462,13 @@ def _insert_jobs(
     inserted: set[uuid.UUID] = set()
     for start in range(0, len(resolved), BATCH_SIZE):
         batch = resolved[start : start + BATCH_SIZE]
+        keyed = any(r.job.idempotency_key is not None for r in batch)
+        if keyed:
+            statement = INSERT_KEYED_JOBS if trace_context is None else INSERT_TRACED_KEYED_JOBS
+        else:
+            statement = INSERT_JOBS if trace_context is None else INSERT_TRACED_JOBS
         row = conn.execute(
-            INSERT_JOBS if trace_context is None else INSERT_TRACED_JOBS,
+            statement,
             {
                 "ids": [r.id for r in batch],
                 "queues": [r.queue for r in batch],

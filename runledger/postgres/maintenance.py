@@ -19,16 +19,35 @@ from runledger.postgres.store import Store
 # b"rlvacuum" as a big-endian int, minus 2**63: shared by every runtime.
 VACUUM_LOCK_KEY = 0x726C76616375756D - 2**63
 
-DEAD_ROWS = """
+ANALYZE_MIN_LIVE = 10_000
+"""Live rows below which the hot table is not analyzed for being stale (only if it never was):
+a plan over a few thousand rows costs little either way, while every ANALYZE of
+``runledger.jobs`` also samples ``job_history`` for the statistics of the whole tree."""
+
+DEAD_ROWS = f"""
 select coalesce(n_dead_tup, 0),
        n_mod_since_analyze >= greatest(n_live_tup / 2, %(min_dead)s)
+       and (n_live_tup >= {ANALYZE_MIN_LIVE}
+            or coalesce(last_analyze, last_autoanalyze) is null)
 from pg_stat_user_tables
 where schemaname = 'runledger' and relname = 'jobs'
 """
 TRY_LOCK = "select pg_try_advisory_lock(%(key)s)"
 UNLOCK = "select pg_advisory_unlock(%(key)s)"
-VACUUM_JOBS = "vacuum (index_cleanup on) runledger.jobs"
-VACUUM_ANALYZE_JOBS = "vacuum (analyze, index_cleanup on) runledger.jobs"
+# From PostgreSQL 18 a VACUUM of a parent also vacuums its inheritance children unless told
+# ONLY; before 18 it never does, and ONLY is a syntax error.
+# Templates, in lower case: not SQL constants.
+_vacuum_jobs = "vacuum (index_cleanup on) {only}runledger.jobs"
+_vacuum_analyze_jobs = "vacuum (analyze, index_cleanup on) {only}runledger.jobs"
+ONLY_FROM_VERSION = 180000
+
+SETTLE = "select runledger.settle_finished_jobs(%(limit)s)"
+SETTLE_BATCH = 2_000
+"""Finished rows moved from the hot table to ``job_history`` per transaction."""
+
+
+def _only(server_version: int) -> str:
+    return "only " if server_version >= ONLY_FROM_VERSION else ""
 
 
 def vacuum_jobs_if_needed(store: Store, *, min_dead: int = 5_000) -> bool:
@@ -54,7 +73,8 @@ def vacuum_jobs_if_needed(store: Store, *, min_dead: int = 5_000) -> bool:
             if not locked or not locked[0]:
                 return False
             try:
-                conn.execute(VACUUM_ANALYZE_JOBS if stale else VACUUM_JOBS)
+                command = _vacuum_analyze_jobs if stale else _vacuum_jobs
+                conn.execute(command.format(only=_only(conn.info.server_version)).encode())
             finally:
                 conn.execute(UNLOCK, {"key": VACUUM_LOCK_KEY})
         finally:
@@ -62,8 +82,21 @@ def vacuum_jobs_if_needed(store: Store, *, min_dead: int = 5_000) -> bool:
     return True
 
 
+def settle_finished_jobs(store: Store, *, limit: int = SETTLE_BATCH) -> int:
+    """Move up to ``limit`` finished jobs still in the hot table (finished before schema
+    version 6, or inserted finished by hand) to ``runledger.job_history``; return how many.
+
+    One transaction on a pooled connection; skips rows others hold. Jobs finished by the
+    runtime or the API move in their own transaction and never wait for this.
+    """
+    with store.transaction() as conn:
+        row = conn.execute(SETTLE, {"limit": limit}).fetchone()
+    return int(row[0]) if row is not None and row[0] is not None else 0
+
+
 # The history tables the pruner deletes from, beside jobs (which the reaper vacuums).
 HISTORY_TABLES = (
+    "job_history",
     "job_attempts",
     "events",
     "workflow_runs",

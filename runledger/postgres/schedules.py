@@ -103,12 +103,21 @@ limit %(limit)s
 for no key update skip locked
 """
 FIRE = f"""
-with job as (
+with tick as (
+    -- held for the job's whole life, finished or not: a tick that already became a job
+    -- becomes no other
+    insert into runledger.schedule_ticks (schedule_name, scheduled_at, job_id)
+    values (%(name)s, %(tick)s, %(job_id)s)
+    on conflict do nothing
+    returning job_id
+),
+job as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
         schedule_name, scheduled_at)
-    values (%(job_id)s, %(queue)s, %(job_type)s, %(payload)s::jsonb, %(priority)s,
-            %(max_attempts)s, %(timeout_seconds)s, %(name)s, %(tick)s)
+    select %(job_id)s, %(queue)s, %(job_type)s, %(payload)s::jsonb, %(priority)s,
+           %(max_attempts)s, %(timeout_seconds)s, %(name)s, %(tick)s
+    from tick
     on conflict (schedule_name, scheduled_at) where schedule_name is not null do nothing
     returning id, queue
 ),

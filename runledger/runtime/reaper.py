@@ -18,7 +18,11 @@ from runledger.core.retry import DEFAULT_RETRY_POLICY
 from runledger.core.status import AttemptOutcome
 from runledger.errors import LeaseExpired, TimedOut
 from runledger.postgres.attempts import AttemptResult, Expired, finish, lock_expired
-from runledger.postgres.maintenance import vacuum_jobs_if_needed
+from runledger.postgres.maintenance import (
+    SETTLE_BATCH,
+    settle_finished_jobs,
+    vacuum_jobs_if_needed,
+)
 from runledger.postgres.store import Store
 from runledger.postgres.workers import GONE_AFTER_LEASES, delete_gone_workers
 from runledger.runtime import outcome
@@ -29,6 +33,8 @@ from runledger.runtime.registry import Registry
 _logger = logging.getLogger("runledger.reaper")
 
 BATCH = 100
+SETTLE_BUDGET = 1.0
+"""Seconds a reaper round may spend moving an upgraded database's finished jobs."""
 # Seconds between checks of the jobs table's dead rows (see runledger.postgres.maintenance).
 VACUUM_EVERY = 10.0
 # The most of its time a reaper gives to VACUUM. A VACUUM scans every index of the whole jobs
@@ -89,6 +95,7 @@ class Reaper:
         ``interval``."""
         while not stop.is_set() and self.reap_once() == BATCH:
             pass
+        self.settle(stop)
         now = time.monotonic()
         if self.vacuum and now - self._vacuumed >= self._vacuum_gap:
             self._vacuumed = now
@@ -100,6 +107,25 @@ class Reaper:
             self._workers_forgotten = now
             self.forget_gone_workers()
         stop.wait(self.interval)
+
+    def settle(self, stop: threading.Event | None = None) -> int:
+        """Move finished jobs left in the hot table (an upgraded database's history) to
+        ``runledger.job_history`` in batches, for at most ``SETTLE_BUDGET`` seconds; return
+        how many moved."""
+        started = time.monotonic()
+        moved = 0
+        while stop is None or not stop.is_set():
+            batch = settle_finished_jobs(self._store)
+            moved += batch
+            if batch < SETTLE_BATCH or time.monotonic() - started >= SETTLE_BUDGET:
+                break
+        if moved:
+            _logger.info(
+                "moved %d finished jobs to runledger.job_history in %.2f s",
+                moved,
+                time.monotonic() - started,
+            )
+        return moved
 
     def forget_gone_workers(self) -> list[str]:
         """Delete the ``runledger.workers`` rows not seen for ``GONE_AFTER_LEASES`` of their

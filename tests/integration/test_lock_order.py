@@ -743,7 +743,7 @@ def test_cancel_workflow_retries_when_a_late_released_job_is_locked(
         conn.commit()
         assert renew_leases(heartbeat, [(claimed.id, claimed.lease_token, None)], lease_seconds=30)
         holder.commit()  # the cancel reaches after_a's job: locked by the heartbeat
-        wait_until_statement(observer, b, "from runledger.jobs")  # retried, waits in order
+        wait_until_statement(observer, b, "from only runledger.jobs")  # retried, waits in order
         heartbeat.commit()
         assert b.result() is True
 

@@ -141,7 +141,13 @@ def registry_of_the_app() -> runledger.Registry:
 def fill_as_version_1(conn: psycopg.Connection[Any], registry: runledger.Registry) -> Left:
     """Write what version 1's API and runtimes would have, with the runtimes stopped since."""
     enqueue = runledger.enqueue
-    queued = enqueue(conn, "upgrade.job", {"n": 1}, idempotency_key="upgrade-queued")
+    queued = enqueue(conn, "upgrade.job", {"n": 1})
+    # Keyed as version 1's enqueue keyed it (today's also writes runledger.job_keys).
+    conn.execute(
+        "update runledger.jobs set idempotency_key = 'upgrade-queued', "
+        "request_fingerprint = 'v1' where id = %s",
+        (queued,),
+    )
     queued_later = enqueue(conn, "upgrade.job", {"n": 2}, delay=2.0)
     died_last_attempt = enqueue(conn, "upgrade.crashed", {"n": 3})
     died_with_retries = enqueue(conn, "upgrade.crashed", {"n": 4})
@@ -430,3 +436,27 @@ def test_the_new_version_finishes_the_work_a_version_1_database_was_left_with(
             r for r in before.rows["jobs"] if r[job_id] in finished
         ]
         assert after["events"][: len(before.rows["events"])] == before.rows["events"]
+
+        # The history left in the hot table moved to job_history (the reaper settles it), and
+        # every finished job is there now; the hot table keeps only live rows.
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "select count(*) from only runledger.jobs where finished_at is not null"
+                ).fetchone()
+                == (0,)
+            ),
+            "the finished jobs of version 1 to move to runledger.job_history",
+        )
+        in_history = {
+            row[0] for row in conn.execute("select id from runledger.job_history").fetchall()
+        }
+        assert finished <= in_history
+        live = conn.execute("select count(*) from only runledger.jobs").fetchone()
+        assert live == (0,)
+
+        # The key of the job version 1 enqueued still holds, though the job has finished.
+        again = conn.execute(
+            "select job_id from runledger.job_keys where idempotency_key = 'upgrade-queued'"
+        ).fetchone()
+        assert again == (left.queued,)
