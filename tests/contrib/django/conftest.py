@@ -36,6 +36,8 @@ LEDGER_TABLES = (
     "runledger.events",
     "runledger.job_attempts",
     "runledger.jobs",
+    "runledger.job_keys",
+    "runledger.schedule_ticks",
     "runledger.workflow_step_deps",
     "runledger.workflow_step_runs",
     "runledger.workflow_runs",
