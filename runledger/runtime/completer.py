@@ -163,7 +163,7 @@ class Completer:
         for job_id in report.lost:
             _logger.warning("job %s: lease lost before its outcome was written; dropped", job_id)
         flights = {flight.job.lease_token: flight for flight, _ in batch}
-        self._events.emit(report_events(report, results, flights))
+        self._events.emit(report_events(report, results, flights, wants=self._events.wants))
 
     def _write_one_by_one(self) -> None:
         """Write a refused batch's outcomes alone: one the database cannot take is replaced

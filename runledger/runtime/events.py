@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import attrs
@@ -67,17 +67,43 @@ class EventStream:
     """Fans each batch of events out to its subscribers, in the order they subscribed.
 
     A subscriber that raises is logged and skipped; the others still get the batch.
-    ``subscribe`` is not thread-safe (do it before the runtime starts); ``emit``, ``lost``
-    and ``seen`` are. A subscriber that also has a ``lost_leases(list[LostLease])`` or a
-    ``worker_seen(WorkerSeen)`` method gets those notices too (hooks do not).
+    ``subscribe`` is not thread-safe (do it before the runtime starts); ``emit``, ``wants``,
+    ``lost`` and ``seen`` are. A subscriber that also has a ``lost_leases(list[LostLease])``
+    or a ``worker_seen(WorkerSeen)`` method gets those notices too (hooks do not).
+
+    A subscriber may state what it wants with a ``wants(kind: EventKind) -> bool`` method
+    (one without it wants every event); the runtime builds an event only if ``wants`` says
+    some subscriber wants its kind, and every subscriber gets each event that is built.
+    ``wants`` asks the subscribers afresh on every call (a dictionary lookup for hooks, a
+    cached ``Logger.isEnabledFor`` for the job log), so a hook registered or a log level
+    changed while the runtime runs applies from the next event on; nothing is cached here.
     """
 
     def __init__(self, subscribers: Sequence[Subscriber] = ()) -> None:
-        self._subscribers = list(subscribers)
+        self._subscribers: list[Subscriber] = []
+        # Each subscriber's ``wants``, or None for one that wants everything.
+        self._wants: list[Callable[[EventKind], bool] | None] = []
+        for subscriber in subscribers:
+            self.subscribe(subscriber)
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Have ``subscriber`` called with every batch emitted from now on."""
         self._subscribers.append(subscriber)
+        self._wants.append(getattr(subscriber, "wants", None))
+
+    def wants(self, kind: EventKind) -> bool:
+        """True if some subscriber wants events of ``kind`` (asked now, not cached); a
+        subscriber whose ``wants`` raises is taken to want it. Thread-safe, never raises."""
+        for wants in self._wants:
+            if wants is None:
+                return True
+            try:
+                if wants(kind):
+                    return True
+            except Exception:
+                _logger.exception("event subscriber's wants %r failed; taken as yes", wants)
+                return True
+        return False
 
     def emit(self, events: list[LifecycleEvent]) -> None:
         """Hand ``events`` to every subscriber; never raises."""
@@ -111,26 +137,53 @@ class EventStream:
                 )
 
 
+_OUTCOME_KINDS: Mapping[JobStatus, EventKind] = {
+    JobStatus.SUCCEEDED: EventKind.JOB_SUCCEEDED,
+    JobStatus.QUEUED: EventKind.JOB_RETRYING,
+    JobStatus.FAILED: EventKind.JOB_FAILED,
+}
+"""The event of a written outcome by the job's status after it."""
+
+
+def _everything(kind: EventKind) -> bool:
+    return True
+
+
 def report_events(
     report: FinishReport,
     results: dict[uuid.UUID, AttemptResult],
     flights: Mapping[uuid.UUID, InFlight] | None = None,
     reaped: Mapping[uuid.UUID, Expired] | None = None,
+    *,
+    wants: Callable[[EventKind], bool] = _everything,
 ) -> list[LifecycleEvent]:
     """The events of a written ``finish`` (``results``, ``flights`` and ``reaped`` by lease
-    token): jobs, then steps, then runs. A job's ``flights`` entry gives its queue, maximum
-    attempts and duration; a job the reaper took (``reaped``), its queue and maximum."""
+    token): jobs, then steps, then runs, only of the kinds ``wants`` (an
+    ``EventStream.wants``, asked once per kind) says are wanted. A job's ``flights`` entry
+    gives its queue, maximum attempts and duration; a job the reaper took (``reaped``), its
+    queue and maximum."""
+    kinds = {status: kind for status, kind in _OUTCOME_KINDS.items() if wants(kind)}
     events: list[LifecycleEvent] = []
+    if kinds:
+        events.extend(_job_events(report, results, kinds, flights, reaped))
+    if report.workflow.steps or report.workflow.runs:
+        events.extend(workflow_events(report, wants=wants))
+    return events
+
+
+def _job_events(
+    report: FinishReport,
+    results: dict[uuid.UUID, AttemptResult],
+    kinds: Mapping[JobStatus, EventKind],
+    flights: Mapping[uuid.UUID, InFlight] | None,
+    reaped: Mapping[uuid.UUID, Expired] | None,
+) -> Iterator[LifecycleEvent]:
     for done in report.finished:
+        kind = kinds.get(done.status)
+        if kind is None:
+            continue
         result = results.get(done.lease_token)
         if result is not None and result.outcome is AttemptOutcome.RELEASED:
-            continue
-        kind = {
-            JobStatus.SUCCEEDED: EventKind.JOB_SUCCEEDED,
-            JobStatus.QUEUED: EventKind.JOB_RETRYING,
-            JobStatus.FAILED: EventKind.JOB_FAILED,
-        }.get(done.status)
-        if kind is None:
             continue
         error = None
         if result is not None and result.error_type is not None:
@@ -142,39 +195,46 @@ def report_events(
             queue, max_attempts = flight.job.queue, flight.job.max_attempts
         elif expired is not None:
             queue, max_attempts = expired.queue, expired.max_attempts
-        events.append(
-            LifecycleEvent(
-                kind=kind, job_id=done.job_id, job_type=done.job_type, attempt=done.attempt,
-                workflow_run_id=done.workflow_run_id, step_key=done.step_key, error=error,
-                retry_at=done.run_at if done.status is JobStatus.QUEUED else None,
-                output=result.output if result is not None else None,
-                queue=queue, max_attempts=max_attempts,
-                duration=flight.duration if flight is not None else None,
-                traceback=result.traceback if result is not None and error else None,
-            )
+        yield LifecycleEvent(
+            kind=kind, job_id=done.job_id, job_type=done.job_type, attempt=done.attempt,
+            workflow_run_id=done.workflow_run_id, step_key=done.step_key, error=error,
+            retry_at=done.run_at if done.status is JobStatus.QUEUED else None,
+            output=result.output if result is not None else None,
+            queue=queue, max_attempts=max_attempts,
+            duration=flight.duration if flight is not None else None,
+            traceback=result.traceback if result is not None and error else None,
         )  # fmt: skip
-    events.extend(workflow_events(report))
-    return events
 
 
-def workflow_events(report: FinishReport) -> list[LifecycleEvent]:
-    """The events of step and run transitions in a ``finish``."""
-    events = [
-        LifecycleEvent(
-            kind=EventKind(f"step.{change.status}"),
-            workflow_run_id=change.run_id,
-            step_key=change.step_key,
-            job_id=change.job_id,
-        )
-        for change in report.workflow.steps
-    ]
-    events.extend(
-        LifecycleEvent(
-            kind=EventKind("run.resumed" if change.status == "running" else f"run.{change.status}"),
-            workflow_run_id=change.run_id,
-        )
-        for change in report.workflow.runs
-    )
+def workflow_events(
+    report: FinishReport, *, wants: Callable[[EventKind], bool] = _everything
+) -> list[LifecycleEvent]:
+    """The events of step and run transitions in a ``finish``, of the kinds ``wants`` (asked
+    once per kind)."""
+    asked: dict[EventKind, bool] = {}
+
+    def wanted(kind: EventKind) -> bool:
+        answer = asked.get(kind)
+        if answer is None:
+            answer = asked[kind] = wants(kind)
+        return answer
+
+    events = []
+    for change in report.workflow.steps:
+        kind = EventKind(f"step.{change.status}")
+        if wanted(kind):
+            events.append(
+                LifecycleEvent(
+                    kind=kind,
+                    workflow_run_id=change.run_id,
+                    step_key=change.step_key,
+                    job_id=change.job_id,
+                )
+            )
+    for run in report.workflow.runs:
+        kind = EventKind("run.resumed" if run.status == "running" else f"run.{run.status}")
+        if wanted(kind):
+            events.append(LifecycleEvent(kind=kind, workflow_run_id=run.run_id))
     return events
 
 

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from runledger.core.payload import check_json
 from runledger.core.retry import DEFAULT_RETRY_POLICY, RetryPolicy
-from runledger.core.status import AttemptOutcome, JobStatus
+from runledger.core.status import AttemptOutcome, EventKind, JobStatus
 from runledger.errors import PayloadNotSerializable, TimedOut
 from runledger.postgres.attempts import AttemptResult, finish
 from runledger.runtime import outcome
@@ -102,7 +102,9 @@ class Executor:
                 if start:
                     if not flight.marked:
                         self._completer.queue_mark(flight)
-                    self._events.emit([started_event(flight.job)])
+                    # Nobody may want it (no hook, logs above DEBUG): then it is not built.
+                    if self._events.wants(EventKind.JOB_STARTED):
+                        self._events.emit([started_event(flight.job)])
                     self._run(flight)
                 elif flight.lost:
                     table.forget(flight)
@@ -201,7 +203,9 @@ class Executor:
                 return
             self._table.forget(flight)
             token = result.lease_token
-            self._events.emit(report_events(report, {token: result}, {token: flight}))
+            self._events.emit(
+                report_events(report, {token: result}, {token: flight}, wants=self._events.wants)
+            )
         finally:
             self._pool.putconn(conn)
 
@@ -209,6 +213,10 @@ class Executor:
         """After the handler returned: an attempt whose outcome was neither written nor
         queued (an error escaped the finish) is abandoned with its lease left to expire, so
         that no heartbeat renews it and a reaper takes the job."""
+        # The common case, read without the lock: only this thread sets ``writing`` on an
+        # attempt it started, and nothing clears it.
+        if flight.writing:
+            return
         with self._table.lock:
             held = self._table.by_token.get(flight.job.lease_token) is flight
             unresolved = not flight.writing and held

@@ -55,7 +55,10 @@ Hook = Callable[[LifecycleEvent], object]
 
 
 class Hooks:
-    """Hooks by event kind. Registration is not thread-safe (do it at import time)."""
+    """Hooks by event kind; a subscriber of the runtime's ``EventStream`` (called with each
+    batch, it calls the hooks of each event's kind). Registration is not thread-safe (do it
+    at import time); a hook added while a runtime runs is called from the next event of its
+    kind on."""
 
     def __init__(self) -> None:
         self._hooks: dict[EventKind, list[Hook]] = defaultdict(list)
@@ -65,6 +68,10 @@ class Hooks:
         for kind in kinds:
             self._hooks[kind].append(hook)
         return hook
+
+    def __call__(self, events: list[LifecycleEvent]) -> None:
+        """``emit``: the hooks as a subscriber of the ``EventStream``."""
+        self.emit(events)
 
     def emit(self, events: list[LifecycleEvent]) -> None:
         """Call the hooks of each event in order; log and swallow what they raise."""

@@ -36,6 +36,16 @@ TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(messa
 
 TIMED_OUT_PREFIX = "TimedOut:"
 
+# The lowest level at which JobLog writes a line for each kind: a retry that timed out is an
+# ERROR line, and only the event tells whether it did.
+_LEVELS: Final = {
+    EventKind.JOB_STARTED: logging.DEBUG,
+    EventKind.JOB_SUCCEEDED: logging.INFO,
+    EventKind.JOB_RETRYING: logging.ERROR,
+    EventKind.JOB_FAILED: logging.ERROR,
+    EventKind.JOB_CANCELLED: logging.WARNING,
+}
+
 
 def _one_line(text: str | None) -> str:
     if not text:
@@ -83,11 +93,19 @@ class JobLog:
     - a lease of this runtime's attempt that its heartbeat found lost (``lost_leases``):
       WARNING. One its reaper took back is told by the outcome line of the reaper's write.
 
-    The levels are checked once per batch: nothing is built for a disabled level.
+    The levels are checked once per batch: nothing is built for a disabled level. ``wants``
+    tells the ``EventStream`` which kinds the logger's level lets through now, so that no
+    ``job.started`` event is built for a logger above DEBUG.
     """
 
     def __init__(self, logger: logging.Logger = jobs_logger) -> None:
         self._logger = logger
+
+    def wants(self, kind: EventKind) -> bool:
+        """True if an event of ``kind`` may make a line at the logger's level now
+        (``Logger.isEnabledFor``, which ``logging`` caches until a level changes)."""
+        level = _LEVELS.get(kind)
+        return level is not None and self._logger.isEnabledFor(level)
 
     def __call__(self, events: list[LifecycleEvent]) -> None:
         logger = self._logger

@@ -233,6 +233,10 @@ class Metrics:
         events.subscribe(metrics)
         return metrics
 
+    def wants(self, kind: EventKind) -> bool:
+        """True for what the metrics count: starts (their queue wait) and job outcomes."""
+        return kind is EventKind.JOB_STARTED or kind in OUTCOMES
+
     def __call__(self, events: list[LifecycleEvent]) -> None:
         for event in events:
             if event.kind is EventKind.JOB_STARTED and event.queue_wait is not None:

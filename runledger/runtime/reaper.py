@@ -81,7 +81,7 @@ class Reaper:
     ) -> None:
         self._store = store
         self._registry = registry
-        self._events = events if events is not None else EventStream([registry.hooks.emit])
+        self._events = events if events is not None else EventStream([registry.hooks])
         self.interval = interval
         self._on_reaped = on_reaped
         self.vacuum = vacuum
@@ -166,7 +166,9 @@ class Reaper:
                 lost.append(self._lost(e, flight))
         results_by_token = {r.lease_token: r for r in results}
         reaped = {e.lease_token: e for e in expired}
-        self._events.emit(report_events(report, results_by_token, reaped=reaped))
+        self._events.emit(
+            report_events(report, results_by_token, reaped=reaped, wants=self._events.wants)
+        )
         self._events.lost(lost)
         return len(expired)
 

@@ -162,7 +162,7 @@ class Runtime:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.shutdown_timeout = shutdown_timeout
         # Every transition the runtime commits goes through this one stream; hooks read it.
-        self.events = EventStream([registry.hooks.emit, JobLog()])
+        self.events = EventStream([registry.hooks, JobLog()])
         self._queues = tuple(queues)
         self._concurrency = concurrency
         self._prefetch = concurrency if prefetch is None else max(prefetch, 0)

@@ -77,7 +77,7 @@ class WorkerPool:
         self._concurrency = concurrency
         self._queues = tuple(queues)
         self._lease_seconds = lease_seconds
-        self.events = events if events is not None else EventStream([registry.hooks.emit])
+        self.events = events if events is not None else EventStream([registry.hooks])
         capacity = concurrency + (concurrency if prefetch is None else max(prefetch, 0))
         self.table = InFlightTable()
         runnable: queue.SimpleQueue[InFlight | None] = queue.SimpleQueue()
