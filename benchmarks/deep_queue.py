@@ -152,20 +152,20 @@ def array_text(values: Sequence[str]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
-def probe_claim(conn: Conn, limit: int) -> Probe:
-    """EXPLAIN one claim as the claimer runs it (generic plan, its session settings), in a
-    transaction that is rolled back: the jobs stay queued."""
+def probe_claim(conn: Conn, limit: int, *, queue: str = QUEUE, job_type: str = JOB_TYPE) -> Probe:
+    """EXPLAIN one claim of ``job_type`` from ``queue`` as the claimer runs it (generic plan,
+    its session settings), in a transaction that is rolled back: the jobs stay queued."""
     names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", CLAIM_JOBS)))
     text = CLAIM_JOBS
     for number, name in enumerate(names, start=1):
         text = text.replace(f"%({name})s", f"${number}")
     params = claim_params(
         worker="deep-queue-probe",
-        queues=[QUEUE],
-        job_types=[JOB_TYPE],
+        queues=[queue],
+        job_types=[job_type],
         limit=limit,
         lease_seconds=30.0,
-        defaults={JOB_TYPE: {"max_attempts": 1, "timeout_seconds": None}},
+        defaults={job_type: {"max_attempts": 1, "timeout_seconds": None}},
     )
     values = [
         sql.Literal(array_text(v) if isinstance(v, list) else str(v))
