@@ -132,6 +132,10 @@ def report_events(
         }.get(done.status)
         if kind is None:
             continue
+        attempt = done.attempt
+        if result is not None and result.outcome is AttemptOutcome.SNOOZED:
+            # the ledger's count went back by one; the event names the attempt that ran
+            kind, attempt = EventKind.JOB_SNOOZED, done.attempt + 1
         error = None
         if result is not None and result.error_type is not None:
             error = f"{result.error_type}: {result.error_message}"
@@ -144,7 +148,7 @@ def report_events(
             queue, max_attempts = expired.queue, expired.max_attempts
         events.append(
             LifecycleEvent(
-                kind=kind, job_id=done.job_id, job_type=done.job_type, attempt=done.attempt,
+                kind=kind, job_id=done.job_id, job_type=done.job_type, attempt=attempt,
                 workflow_run_id=done.workflow_run_id, step_key=done.step_key, error=error,
                 retry_at=done.run_at if done.status is JobStatus.QUEUED else None,
                 output=result.output if result is not None else None,
