@@ -16,7 +16,7 @@ import datetime
 import math
 
 from runledger.core.errors import PayloadNotSerializable, PayloadTooLarge, ValidationError
-from runledger.core.payload import JsonValue, check_json, dumps_within
+from runledger.core.payload import JsonValue, check_json, dumps, dumps_within
 
 MAX_PROGRESS_BYTES = 8 * 1024
 """The largest stored progress value, in bytes of its JSON text: the heartbeat writes it with
@@ -85,3 +85,23 @@ def progress_json(
             value=value if "value" in stored else note,
             rule=f"at most {MAX_PROGRESS_BYTES} bytes of JSON in all, not {err.size}",
         ) from None
+
+
+def describe_progress(stored: JsonValue) -> str:
+    """A stored progress value in one line for people: ``40% page 4 of 10``, or the compact
+    JSON of a ``value`` followed by its note; "" for None. Values not of this module's shape
+    (written by hand) are shown as compact JSON. Pure."""
+    if stored is None:
+        return ""
+    if not isinstance(stored, dict):
+        return dumps(stored)
+    note = stored.get("note")
+    fraction = stored.get("fraction")
+    if isinstance(fraction, int | float) and not isinstance(fraction, bool):
+        # Shown to one decimal, and never 100% before the fraction really is 1.
+        shown = f"{math.floor(fraction * 1000) / 10:g}%"
+    elif "value" in stored:
+        shown = dumps(stored["value"])
+    else:
+        return dumps(stored)
+    return f"{shown} {note}" if isinstance(note, str) and note else shown

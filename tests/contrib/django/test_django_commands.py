@@ -41,6 +41,7 @@ DJANGO_MIGRATIONS = [
     "0003_workers",
     "0004_trace_context",
     "0005_retention",
+    "0006_snooze_progress",
 ]
 
 
