@@ -26,7 +26,6 @@ def _progress(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> Any:
 
 
 def test_the_heartbeat_writes_the_latest_progress_while_the_handler_runs_coalescing_reports(
-    autocommit_conn: psycopg.Connection[Any],
     observer: psycopg.Connection[Any],
     runtime: RuntimeFactory,
     wait_for_job: WaitForJob,
@@ -58,7 +57,7 @@ def test_the_heartbeat_writes_the_latest_progress_while_the_handler_runs_coalesc
 
     # Renewals every 0.2 s: the handler waits without any write of its own.
     runtime(registry, lease_seconds=0.6)
-    job_id = runledger.enqueue(autocommit_conn, "import.pages")
+    job_id = runledger.enqueue(observer, "import.pages")
 
     wait_until(lambda: _progress(observer, job_id) is not None, what="the first progress")
     job = runledger.get_job(observer, job_id)

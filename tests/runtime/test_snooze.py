@@ -136,9 +136,10 @@ def test_a_snooze_commits_the_handlers_ctx_conn_writes_in_the_same_transaction(
     job = wait_for_job(job_id, "succeeded")
 
     assert (job.attempt, job.output) == (1, 2)
-    assert [
-        a.outcome for a in runledger.list_attempts(autocommit_conn, job_id)
-    ] == [AttemptOutcome.SNOOZED, AttemptOutcome.SUCCEEDED]
+    assert [a.outcome for a in runledger.list_attempts(autocommit_conn, job_id)] == [
+        AttemptOutcome.SNOOZED,
+        AttemptOutcome.SUCCEEDED,
+    ]
     # The first run's insert and its job.snoozed event were committed by one transaction.
     [(first_xid,)] = autocommit_conn.execute("select xmin::text from polls where n = 1")
     [(snooze_xid,)] = autocommit_conn.execute(
@@ -177,8 +178,7 @@ def test_a_snoozed_step_stays_active_in_its_run_and_holds_no_lease_for_the_reape
 
     def snoozed() -> bool:
         return bool(runledger.list_attempts(autocommit_conn, a_job)) and (
-            runledger.list_attempts(autocommit_conn, a_job)[-1].outcome
-            is AttemptOutcome.SNOOZED
+            runledger.list_attempts(autocommit_conn, a_job)[-1].outcome is AttemptOutcome.SNOOZED
         )
 
     wait_until(snoozed, what="step a snoozed")
@@ -204,8 +204,7 @@ def test_a_snoozed_step_stays_active_in_its_run_and_holds_no_lease_for_the_reape
     # Due now (as if the hour had passed): it runs, and the run goes on.
     autocommit_conn.execute("update runledger.jobs set run_at = now() where id = %s", (a_job,))
     wait_until(
-        lambda: runledger.get_workflow_run(autocommit_conn, run_id).status
-        is RunStatus.SUCCEEDED,
+        lambda: runledger.get_workflow_run(autocommit_conn, run_id).status is RunStatus.SUCCEEDED,
         what="the run to succeed",
     )
     assert runs == ["a", "a", "b"]
