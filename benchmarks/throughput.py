@@ -735,7 +735,7 @@ def finish_statement(conn: Conn) -> str:
         name: empty
         for name in (
             "outputs", "error_types", "error_messages", "tracebacks", "delays", "not_befores",
-            "reasons",
+            "reasons", "progress",
         )
     }  # fmt: skip
     return psycopg.ClientCursor(conn).mogrify(text.rstrip() + ";\n", params)

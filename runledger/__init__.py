@@ -6,7 +6,7 @@ The public API. Errors live in ``runledger.errors``; statuses in ``runledger.cor
 from runledger import errors
 from runledger.core.job import Job
 from runledger.core.retention import Retention
-from runledger.core.retry import Fail, Retry, RetryPolicy
+from runledger.core.retry import Fail, Retry, RetryPolicy, Snooze
 from runledger.core.schedule import ScheduleSpec
 from runledger.core.status import (
     AttemptOutcome,
@@ -78,6 +78,7 @@ __all__ = [
     "Runtime",
     "ScheduleRecord",
     "ScheduleSpec",
+    "Snooze",
     "StepKind",
     "StepRecord",
     "StepSpec",

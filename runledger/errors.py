@@ -46,7 +46,8 @@ from runledger.core.errors import (
     ValidationError,
     WorkflowBuildError,
 )
-from runledger.core.retry import InvalidRetryPolicy
+from runledger.core.progress import InvalidProgress
+from runledger.core.retry import InvalidRetryPolicy, InvalidSnooze
 
 __all__ = [
     "AttemptError",
@@ -73,7 +74,9 @@ __all__ = [
     "InvalidDelay",
     "InvalidId",
     "InvalidMaxAttempts",
+    "InvalidProgress",
     "InvalidRetryPolicy",
+    "InvalidSnooze",
     "InvalidTimeout",
     "JobNotFound",
     "JobNotRequeueable",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 from typing import Any
 
@@ -21,6 +22,8 @@ from runledger.cli._render import (
     timestamp,
     when,
 )
+from runledger.core.payload import JsonValue
+from runledger.core.progress import describe_progress
 from runledger.core.status import JobStatus
 from runledger.postgres.cancellation import cancel_job, requeue
 from runledger.postgres.overview import recent_jobs, server_now
@@ -87,6 +90,21 @@ def _attempt_row(attempt: AttemptRecord, now: datetime.datetime) -> tuple[str, .
     )
 
 
+def _progress(stored: JsonValue, now: datetime.datetime) -> str:
+    """``40% page 4 of 10 (attempt 2, 2024-05-01T12:00:03Z (3.2s ago))``, or ""."""
+    text = describe_progress(stored)
+    if not text or not isinstance(stored, dict):
+        return text
+    source = []
+    if isinstance(stored.get("attempt"), int):
+        source.append(f"attempt {stored['attempt']}")
+    at = stored.get("at")
+    if isinstance(at, str):
+        with contextlib.suppress(ValueError):  # written by hand: the value alone
+            source.append(when(datetime.datetime.fromisoformat(at), now))
+    return f"{text} ({', '.join(source)})" if source else text
+
+
 def _job_fields(job: JobRecord, now: datetime.datetime) -> list[tuple[str, str]]:
     lease = ""
     if job.lease_owner is not None:
@@ -108,6 +126,7 @@ def _job_fields(job: JobRecord, now: datetime.datetime) -> list[tuple[str, str]]
         ("run at", when(job.run_at, now) if job.status is JobStatus.QUEUED else ""),
         ("last started", when(job.started_at, now)),
         ("lease", lease),
+        ("progress", _progress(job.progress, now)),
         ("finished", when(job.finished_at, now)),
         ("last error", job.last_error or ""),
         ("cancel reason", job.cancel_reason or ""),

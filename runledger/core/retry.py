@@ -1,4 +1,5 @@
-"""Retry decisions: the backoff policy and the exceptions a handler raises to steer retries."""
+"""Retry decisions: the backoff policy and the exceptions a handler raises to steer retries
+(``Retry``, ``Fail``, ``Snooze``)."""
 
 from __future__ import annotations
 
@@ -107,6 +108,63 @@ class Retry(Exception):
         return self.after
 
 
+class InvalidSnooze(ValidationError):
+    """``Snooze(after=...)`` is not a duration from 0 to ``MAX_DELAY``.
+
+    Attributes:
+        value: what was given as ``after``.
+        maximum: the longest snooze allowed (``runledger.core.job.MAX_DELAY``).
+    """
+
+    def __init__(self, *, value: object, maximum: datetime.timedelta) -> None:
+        self.value = value
+        self.maximum = maximum
+        super().__init__(
+            "Snooze(after=...) must be a timedelta or a number of seconds from 0 to "
+            f"{maximum.days:,} days ({maximum.total_seconds():,.0f} s), got {value!r}"
+        )
+
+
+class Snooze(Exception):
+    """Raise from a handler to put the job back in its queue for ``after`` seconds without
+    spending an attempt (``Retry`` spends one).
+
+    The attempt is recorded with outcome ``snoozed`` and the job's attempt count goes back to
+    what it was before the claim, so ``max_attempts`` is untouched and the next run sees the
+    same ``ctx.attempt``. Handy for polling an external system. Writes made on ``ctx.conn``
+    before raising commit with the snooze (it is not a failure).
+
+    Args:
+        after: seconds (int or float) or a ``timedelta``, from 0 to ``MAX_DELAY``.
+
+    Raises:
+        InvalidSnooze: ``after`` is negative, NaN, infinite, over ``MAX_DELAY`` or not a
+            duration (raised by the constructor, so inside the handler: the attempt then
+            fails with it like with any other error).
+    """
+
+    def __init__(self, after: float | datetime.timedelta) -> None:
+        self.after = after
+        self.seconds = _snooze_seconds(after)
+        """``after`` in seconds."""
+        super().__init__(f"snoozed for {self.seconds:g} s")
+
+
+def _snooze_seconds(after: object) -> float:
+    if isinstance(after, datetime.timedelta):
+        seconds = after.total_seconds()
+    elif isinstance(after, int | float) and not isinstance(after, bool):
+        try:
+            seconds = float(after)
+        except OverflowError:  # an int too large for a float
+            raise InvalidSnooze(value=after, maximum=MAX_DELAY) from None
+    else:
+        raise InvalidSnooze(value=after, maximum=MAX_DELAY)
+    if not 0 <= seconds <= MAX_DELAY.total_seconds():  # also refuses NaN and infinities
+        raise InvalidSnooze(value=after, maximum=MAX_DELAY)
+    return seconds
+
+
 class Fail(Exception):
     """Raise from a handler to fail the job now, without further attempts."""
 
@@ -117,24 +175,33 @@ class Fail(Exception):
 
 @attrs.frozen(kw_only=True)
 class RetryDecision:
-    """What follows a failed attempt: ``retry`` it after ``delay`` seconds (and not before
-    ``not_before``), ``reason`` saying who chose the time; or end the job (``retry`` False)."""
+    """What follows an attempt that did not succeed: ``retry`` it after ``delay`` seconds
+    (and not before ``not_before``), ``reason`` saying who chose the time; or end the job
+    (``retry`` False). ``snooze``: the handler snoozed, so the attempt is not counted (the
+    job's attempt count goes back by one)."""
 
     retry: bool
     delay: float = 0.0
     not_before: datetime.datetime | None = None
     reason: RetryReason | None = None
+    snooze: bool = False
 
 
 def decide(
     error: BaseException, *, attempt: int, max_attempts: int, policy: RetryPolicy, draw: float
 ) -> RetryDecision:
-    """Decide what follows attempt ``attempt`` of ``max_attempts`` that failed with ``error``.
+    """Decide what follows attempt ``attempt`` of ``max_attempts`` that ended with ``error``.
 
-    ``Fail`` ends the job now, and so does the last attempt; otherwise the job is retried
-    after the policy's delay for this attempt (``draw``, in [0, 1), picks the jitter), or
-    after ``Retry(after=...)``'s lower bound if that is later. Pure: no clock, no I/O.
+    ``Snooze`` requeues the job after its ``after`` without counting the attempt, whatever
+    attempts are left (neither the policy nor ``max_attempts`` apply). ``Fail`` ends the job
+    now, and so does the last attempt; otherwise the job is retried after the policy's delay
+    for this attempt (``draw``, in [0, 1), picks the jitter), or after
+    ``Retry(after=...)``'s lower bound if that is later. Pure: no clock, no I/O.
     """
+    if isinstance(error, Snooze):
+        return RetryDecision(
+            retry=True, delay=error.seconds, reason=RetryReason.HANDLER, snooze=True
+        )
     if isinstance(error, Fail) or attempt >= max_attempts:
         return RetryDecision(retry=False)
     delay = policy.delay(attempt, draw)

@@ -77,7 +77,9 @@ class AttemptOutcome(StrEnum):
 
     ``released`` marks an attempt whose handler never started, handed back at shutdown or by
     the reaper after its worker died (at most ``UNCOUNTED_RELEASES`` times a job, see
-    ``runledger.runtime.reaper``); it does not count against ``max_attempts``.
+    ``runledger.runtime.reaper``); it does not count against ``max_attempts``. ``snoozed``
+    marks an attempt whose handler raised ``Snooze``: the job is queued again for later, and
+    the attempt does not count either.
     """
 
     SUCCEEDED = "succeeded"
@@ -86,6 +88,7 @@ class AttemptOutcome(StrEnum):
     LEASE_EXPIRED = "lease_expired"
     CANCELLED = "cancelled"
     RELEASED = "released"
+    SNOOZED = "snoozed"
 
 
 class RetryReason(StrEnum):
@@ -106,6 +109,7 @@ class EventKind(StrEnum):
     JOB_CANCELLED = "job.cancelled"
     JOB_REQUEUED = "job.requeued"
     JOB_RELEASED = "job.released"
+    JOB_SNOOZED = "job.snoozed"
     RUN_ENQUEUED = "run.enqueued"
     RUN_WAITING = "run.waiting"
     RUN_RESUMED = "run.resumed"

@@ -140,12 +140,15 @@ GENERIC_PLAN = (
 GENERIC_PLAN_SESSION = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
 
 # Renews leases and moves attempt deadlines: ``remaining`` is the seconds the handler has left
-# (its whole timeout while it waits for a thread), or null for no timeout.
+# (its whole timeout while it waits for a thread), or null for no timeout. ``progress`` is the
+# latest value the handler reported since the last renewal (null: none, keep the stored one):
+# coalesced with the renewal rather than written per ctx.progress call.
 RENEW_LEASES = """
 with input as (
     select *
-    from unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(remaining)s::float8[])
-        as u(id, token, remaining)
+    from unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(remaining)s::float8[],
+                %(progress)s::jsonb[])
+        as u(id, token, remaining, progress)
 ),
 locked as (
     select j.id
@@ -158,7 +161,8 @@ locked as (
 update only runledger.jobs as j
 set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
     deadline_at = case when u.remaining is null then j.deadline_at
-                       else now() + make_interval(secs => u.remaining) end
+                       else now() + make_interval(secs => u.remaining) end,
+    progress = coalesce(u.progress, j.progress)
 from locked as l, input as u
 where j.id = l.id and u.id = j.id and u.token = j.lease_token
 returning j.id
@@ -191,9 +195,9 @@ with input as (
         %(ids)s::uuid[], %(tokens)s::uuid[], %(statuses)s::text[], %(outcomes)s::text[],
         %(outputs)s::jsonb[], %(error_types)s::text[], %(error_messages)s::text[],
         %(tracebacks)s::text[], %(delays)s::float8[], %(not_befores)s::timestamptz[],
-        %(reasons)s::text[]
+        %(reasons)s::text[], %(progress)s::jsonb[]
     ) as u(id, token, status, outcome, output, error_type, error_message, traceback, delay,
-           not_before, reason)
+           not_before, reason, progress)
 ),
 locked as (
     select j.id
@@ -213,7 +217,10 @@ done as (
                       then greatest(now() + make_interval(secs => coalesce(u.delay, 0)),
                                     coalesce(u.not_before, now()))
                       else j.run_at end,
-        attempt = case when u.outcome = 'released' then j.attempt - 1 else j.attempt end,
+        -- neither a release nor a snooze spends the attempt: the next claim reuses its number
+        attempt = case when u.outcome in ('released', 'snoozed') then j.attempt - 1
+                       else j.attempt end,
+        progress = coalesce(u.progress, j.progress),
         lease_token = null,
         lease_owner = null,
         lease_expires_at = null,
@@ -243,10 +250,13 @@ attempts as (
 events as (
     insert into runledger.events (kind, job_id, workflow_run_id, step_key, attempt, data)
     select case when u.outcome = 'released' then 'job.released'
+                when u.outcome = 'snoozed' then 'job.snoozed'
                 when d.status = 'succeeded' then 'job.succeeded'
                 when d.status = 'queued' then 'job.retrying'
                 else 'job.failed' end,
-           d.id, d.workflow_run_id, d.step_key, d.attempt,
+           d.id, d.workflow_run_id, d.step_key,
+           -- a snoozed event names the attempt that snoozed, not the count after it
+           d.attempt + (u.outcome = 'snoozed')::integer,
            case when d.status = 'succeeded' then '{{}}'::jsonb
                 else jsonb_strip_nulls(jsonb_build_object(
                     'outcome', u.outcome, 'error_type', u.error_type,
@@ -452,17 +462,25 @@ def renew_leases(
     leases: Sequence[tuple[uuid.UUID, uuid.UUID, float | None]],
     *,
     lease_seconds: float,
+    progress: Mapping[uuid.UUID, str] | None = None,
 ) -> set[uuid.UUID]:
     """Extend (job id, lease token, seconds left before the timeout or None) leases and set
-    their deadlines; return the job ids whose lease is still held."""
+    their deadlines; return the job ids whose lease is still held.
+
+    ``progress`` maps lease tokens to the JSON text of the progress to store with the renewal
+    (see ``runledger.core.progress``); a lease without one keeps the stored progress. One
+    statement in the caller's transaction.
+    """
     if not leases:
         return set()
+    progress = progress or {}
     rows = conn.execute(
         RENEW_LEASES,
         {
             "ids": [lease[0] for lease in leases],
             "tokens": [lease[1] for lease in leases],
             "remaining": [lease[2] for lease in leases],
+            "progress": [progress.get(lease[1]) for lease in leases],
             "lease_seconds": float(lease_seconds),
         },
         prepare=False,
@@ -474,8 +492,10 @@ def renew_leases(
 class AttemptResult:
     """How an attempt ended, to be written by ``finish``.
 
-    ``status`` is the job's next status: ``succeeded``, ``queued`` (retry later, or released
-    without counting the attempt when ``outcome`` is ``released``) or ``failed``.
+    ``status`` is the job's next status: ``succeeded``, ``queued`` (retry later, or put back
+    without counting the attempt when ``outcome`` is ``released`` or ``snoozed``) or
+    ``failed``. ``progress`` is the JSON text of the handler's latest progress, stored with
+    the outcome (None keeps the stored value).
     """
 
     job_id: uuid.UUID
@@ -489,6 +509,7 @@ class AttemptResult:
     retry_delay: float = 0.0
     retry_not_before: datetime.datetime | None = None
     retry_reason: RetryReason | None = None
+    progress: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -528,6 +549,7 @@ def finish_params(results: Sequence[AttemptResult]) -> dict[str, list[object]]:
         "delays": [r.retry_delay for r in results],
         "not_befores": [r.retry_not_before for r in results],
         "reasons": [None if r.retry_reason is None else str(r.retry_reason) for r in results],
+        "progress": [r.progress for r in results],
     }
 
 

@@ -55,6 +55,10 @@ class JobRecord:
     created_at: datetime.datetime
     updated_at: datetime.datetime
     finished_at: datetime.datetime | None
+    progress: JsonValue = None
+    """The latest progress its handler reported (``ctx.progress``), or None: an object with
+    ``fraction`` (0..1) or ``value`` (any JSON), maybe ``note``, and the ``attempt`` and time
+    (``at``) of the report. See ``runledger.core.progress``."""
 
 
 @attrs.frozen(kw_only=True)

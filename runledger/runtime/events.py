@@ -163,9 +163,10 @@ def report_events(
     gives its queue, maximum attempts and duration; a job the reaper took (``reaped``), its
     queue and maximum."""
     kinds = {status: kind for status, kind in _OUTCOME_KINDS.items() if wants(kind)}
+    snoozed = EventKind.JOB_SNOOZED if wants(EventKind.JOB_SNOOZED) else None
     events: list[LifecycleEvent] = []
-    if kinds:
-        events.extend(_job_events(report, results, kinds, flights, reaped))
+    if kinds or snoozed is not None:
+        events.extend(_job_events(report, results, kinds, snoozed, flights=flights, reaped=reaped))
     if report.workflow.steps or report.workflow.runs:
         events.extend(workflow_events(report, wants=wants))
     return events
@@ -175,15 +176,22 @@ def _job_events(
     report: FinishReport,
     results: dict[uuid.UUID, AttemptResult],
     kinds: Mapping[JobStatus, EventKind],
+    snoozed: EventKind | None,
+    *,
     flights: Mapping[uuid.UUID, InFlight] | None,
     reaped: Mapping[uuid.UUID, Expired] | None,
 ) -> Iterator[LifecycleEvent]:
     for done in report.finished:
-        kind = kinds.get(done.status)
-        if kind is None:
-            continue
         result = results.get(done.lease_token)
         if result is not None and result.outcome is AttemptOutcome.RELEASED:
+            continue
+        attempt = done.attempt
+        if result is not None and result.outcome is AttemptOutcome.SNOOZED:
+            # the ledger's count went back by one; the event names the attempt that ran
+            kind, attempt = snoozed, done.attempt + 1
+        else:
+            kind = kinds.get(done.status)
+        if kind is None:
             continue
         error = None
         if result is not None and result.error_type is not None:
@@ -196,7 +204,7 @@ def _job_events(
         elif expired is not None:
             queue, max_attempts = expired.queue, expired.max_attempts
         yield LifecycleEvent(
-            kind=kind, job_id=done.job_id, job_type=done.job_type, attempt=done.attempt,
+            kind=kind, job_id=done.job_id, job_type=done.job_type, attempt=attempt,
             workflow_run_id=done.workflow_run_id, step_key=done.step_key, error=error,
             retry_at=done.run_at if done.status is JobStatus.QUEUED else None,
             output=result.output if result is not None else None,

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+import attrs
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from runledger.core.payload import check_json
 from runledger.core.retry import DEFAULT_RETRY_POLICY, RetryPolicy
-from runledger.core.status import AttemptOutcome, EventKind, JobStatus
+from runledger.core.status import AttemptOutcome, EventKind
 from runledger.errors import PayloadNotSerializable, TimedOut
 from runledger.postgres.attempts import AttemptResult, finish
 from runledger.runtime import outcome
@@ -152,6 +153,11 @@ class Executor:
                 error = TimedOut(f"the attempt ran past its timeout of {job.timeout_seconds} s")
                 result = outcome.failure(job, error, policy, outcome=AttemptOutcome.TIMED_OUT)
             span.outcome(result, error)
+        with self._table.lock:
+            latest = flight.progress
+        if latest is not None:
+            # The last report is kept whatever the heartbeat managed to write before.
+            result = attrs.evolve(result, progress=latest)
         conn = ctx.take_conn()
         if conn is not None:
             self._finish_in_handler_conn(flight, result, conn, policy)
@@ -165,8 +171,8 @@ class Executor:
         conn: psycopg.Connection[Any],
         policy: RetryPolicy,
     ) -> None:
-        """Write a success in the handler's own transaction, which commits only if the
-        lease is still held; anything else rolls the handler's writes back.
+        """Write a success or a snooze in the handler's own transaction, which commits only if
+        the lease is still held; anything else rolls the handler's writes back.
 
         Whatever happens to the connection, the attempt ends resolved: its outcome written
         here, or queued for the completer (fenced on the lease, so a failure queued after a
@@ -175,7 +181,7 @@ class Executor:
         with self._table.lock:
             flight.writing = True
         try:
-            if result.status is not JobStatus.SUCCEEDED:
+            if result.outcome not in _COMMITS_HANDLER_CONN:
                 _roll_back(conn)
                 self._completer.queue_outcome(flight, result)
                 return
@@ -195,7 +201,7 @@ class Executor:
             if report.lost:
                 _roll_back(conn)
                 _logger.warning(
-                    "job %s: lease lost before its success was written; the handler's "
+                    "job %s: lease lost before its outcome was written; the handler's "
                     "writes on ctx.conn were rolled back",
                     flight.job.id,
                 )
@@ -226,6 +232,10 @@ class Executor:
                 flight.job.id,
             )
             self._table.abandon(flight)
+
+
+# The outcomes that commit the handler's ctx.conn transaction: neither is a failure.
+_COMMITS_HANDLER_CONN = frozenset({AttemptOutcome.SUCCEEDED, AttemptOutcome.SNOOZED})
 
 
 def _roll_back(conn: psycopg.Connection[Any]) -> None:

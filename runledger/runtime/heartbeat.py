@@ -1,5 +1,7 @@
-"""The heartbeat: renews every lease this runtime holds in one statement, and marks its
-``runledger.workers`` row seen in another, every lease/3 (the first beat does both at once).
+"""The heartbeat: renews every lease this runtime holds in one statement, which also writes
+the handlers' latest ``ctx.progress`` (coalesced: one write per renewal, however many
+reports), and marks its ``runledger.workers`` row seen in another, every lease/3 (the first
+beat does both at once).
 
 A lease it finds lost is reported on the runtime's event stream (``LostLease``), and so is
 whether the workers row is the oldest live one (``WorkerSeen``), which metrics read."""
@@ -63,10 +65,24 @@ class Heartbeat:
         leases = self._pool.leases()
         if not leases:
             return
+        # The latest ctx.progress of each handler, written with its renewal.
+        progress = self._pool.unwritten_progress()
         with self._store.transaction() as conn:
-            held = renew_leases(conn, leases, lease_seconds=self._lease_seconds)
+            held = renew_leases(
+                conn,
+                leases,
+                lease_seconds=self._lease_seconds,
+                progress={token: text for token, (_, text) in progress.items()},
+            )
             gone = [job_id for job_id, _, _ in leases if job_id not in held]
             statuses = job_statuses(conn, gone)
+        self._pool.progress_written(
+            {
+                token: progress[token][0]
+                for job_id, token, _ in leases
+                if job_id in held and token in progress
+            }
+        )
         events = []
         lost: list[LostLease] = []
         now = time.monotonic()

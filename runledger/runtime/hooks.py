@@ -25,7 +25,7 @@ class LifecycleEvent:
             only for a released job step (``step.queued``).
         workflow_run_id, step_key: the workflow, for workflow jobs, steps and runs.
         error: the error text for failures and retries.
-        retry_at: when a retried job runs next.
+        retry_at: when a retried or snoozed job runs next.
         output: what a successful job returned.
         queue, max_attempts: the job's queue and attempts allowed, when the runtime that
             ran it knows them.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
@@ -28,6 +28,9 @@ class InFlight:
     set by the claim for a job an idle thread runs at once, else written by the completer.
     ``started_at`` (``time.monotonic()``) is set when the handler starts and ``duration``
     when it returns (for the log lines and other readers of the event stream).
+    ``progress`` is the JSON text of the latest ``ctx.progress`` report, ``progress_seq``
+    counts the reports and ``progress_written`` is the count the ledger has: the heartbeat
+    writes the latest with its renewal when the two differ, so reports coalesce.
     """
 
     job: ClaimedJob
@@ -41,6 +44,9 @@ class InFlight:
     marked: bool = False
     started_at: float | None = None
     duration: float | None = None
+    progress: str | None = None
+    progress_seq: int = 0
+    progress_written: int = 0
 
 
 class InFlightTable:
@@ -91,6 +97,38 @@ class InFlightTable:
             flight.lost = True
         flight.ctx.cancelled.set()
         return flight
+
+    def report_progress(self, lease_token: uuid.UUID, progress: str) -> None:
+        """Keep ``progress`` (JSON text) as the attempt's latest; nothing is written now."""
+        with self.lock:
+            flight = self.by_token.get(lease_token)
+            if flight is not None:
+                flight.progress = progress
+                flight.progress_seq += 1
+
+    def unwritten_progress(
+        self, tokens: Iterable[uuid.UUID] | None = None
+    ) -> dict[uuid.UUID, tuple[int, str]]:
+        """(report count, JSON text) of the latest progress of each attempt held (of
+        ``tokens``, or all) whose latest report is not written yet, by lease token."""
+        with self.lock:
+            if tokens is None:
+                flights = list(self.by_token.values())
+            else:
+                flights = [f for t in tokens if (f := self.by_token.get(t)) is not None]
+            return {
+                f.job.lease_token: (f.progress_seq, f.progress)
+                for f in flights
+                if f.progress is not None and f.progress_seq != f.progress_written
+            }
+
+    def progress_written(self, written: Mapping[uuid.UUID, int]) -> None:
+        """Note that the reports counted in ``written`` (by lease token) are in the ledger."""
+        with self.lock:
+            for token, seq in written.items():
+                flight = self.by_token.get(token)
+                if flight is not None and seq > flight.progress_written:
+                    flight.progress_written = seq
 
     def flights(self) -> list[InFlight]:
         """Every attempt held."""

@@ -41,6 +41,7 @@ TIMED_OUT_PREFIX = "TimedOut:"
 _LEVELS: Final = {
     EventKind.JOB_STARTED: logging.DEBUG,
     EventKind.JOB_SUCCEEDED: logging.INFO,
+    EventKind.JOB_SNOOZED: logging.INFO,
     EventKind.JOB_RETRYING: logging.ERROR,
     EventKind.JOB_FAILED: logging.ERROR,
     EventKind.JOB_CANCELLED: logging.WARNING,
@@ -86,6 +87,7 @@ class JobLog:
     """Logs one line per job outcome; a subscriber of the runtime's ``EventStream``.
 
     - ``job.succeeded``: INFO, with the handler's duration;
+    - ``job.snoozed``: INFO, the attempt and when it runs again;
     - ``job.retrying``: WARNING, the error in one line, the attempt and when it runs again
       (ERROR with the traceback when the attempt timed out);
     - ``job.failed`` (dead letter): ERROR, with the traceback;
@@ -119,6 +121,9 @@ class JobLog:
             if kind is EventKind.JOB_SUCCEEDED:
                 if info:
                     self._succeeded(event)
+            elif kind is EventKind.JOB_SNOOZED:
+                if info:
+                    self._snoozed(event)
             elif kind is EventKind.JOB_RETRYING:
                 timed_out = (event.error or "").startswith(TIMED_OUT_PREFIX)
                 if timed_out or warning:
@@ -166,6 +171,13 @@ class JobLog:
                 "%s[%s] succeeded in %.3fs", event.job_type, event.job_id, event.duration,
                 extra=_fields(event),
             )  # fmt: skip
+
+    def _snoozed(self, event: LifecycleEvent) -> None:
+        retry_at = "" if event.retry_at is None else event.retry_at.isoformat(timespec="seconds")
+        self._logger.info(
+            "%s[%s] snoozed (%s, not counted), runs again at %s", event.job_type,
+            event.job_id, _attempt(event), retry_at, extra=_fields(event),
+        )  # fmt: skip
 
     def _retrying(self, event: LifecycleEvent, timed_out: bool) -> None:
         retry_at = "" if event.retry_at is None else event.retry_at.isoformat(timespec="seconds")

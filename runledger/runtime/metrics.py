@@ -42,6 +42,7 @@ DEPTH_INTERVAL = 15.0
 OUTCOMES = {
     EventKind.JOB_SUCCEEDED: "succeeded",
     EventKind.JOB_RETRYING: "retrying",
+    EventKind.JOB_SNOOZED: "snoozed",
     EventKind.JOB_FAILED: "failed",
     EventKind.JOB_CANCELLED: "cancelled",
 }

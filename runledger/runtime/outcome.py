@@ -11,10 +11,10 @@ import attrs
 
 from runledger.core.payload import JsonValue
 from runledger.core.retry import RetryPolicy, decide
-from runledger.core.status import AttemptOutcome, JobStatus
+from runledger.core.status import AttemptOutcome, JobStatus, RetryReason
 from runledger.postgres.attempts import AttemptResult, ClaimedJob
 
-__all__ = ["Attempt", "AttemptResult", "failure", "released", "success"]
+__all__ = ["Attempt", "AttemptResult", "failure", "released", "snoozed", "success"]
 
 
 class Leased(Protocol):
@@ -85,7 +85,17 @@ def failure(
     outcome: AttemptOutcome = AttemptOutcome.FAILED,
     tb: str | None = None,
 ) -> AttemptResult:
-    """A failed attempt: retried or ended as ``runledger.core.retry.decide`` says."""
+    """An attempt that did not succeed: retried, snoozed (``Snooze``: not counted) or ended,
+    as ``runledger.core.retry.decide`` says."""
+    decision = decide(
+        error,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        policy=policy,
+        draw=_random.random(),
+    )
+    if decision.snooze:
+        return snoozed(job, decision.delay)
     if tb is None:
         tb = "".join(traceback.format_exception(error))
     error_type = storable(type(error).__qualname__, MAX_ERROR_MESSAGE)
@@ -95,13 +105,6 @@ def failure(
         message = ""
     message = storable(message or error_type, MAX_ERROR_MESSAGE)
     tb = storable(tb, MAX_TRACEBACK, keep_end=True)
-    decision = decide(
-        error,
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-        policy=policy,
-        draw=_random.random(),
-    )
     if not decision.retry:
         return AttemptResult(
             job_id=job.id, lease_token=job.lease_token, status=JobStatus.FAILED,
@@ -112,6 +115,19 @@ def failure(
         error_type=error_type, error_message=message, traceback=tb, retry_delay=decision.delay,
         retry_not_before=decision.not_before, retry_reason=decision.reason,
     )  # fmt: skip
+
+
+def snoozed(job: Leased, delay: float) -> AttemptResult:
+    """The handler raised ``Snooze``: the job is queued again ``delay`` seconds from now and
+    the attempt is not counted. No error is recorded: a snooze is not a failure."""
+    return AttemptResult(
+        job_id=job.id,
+        lease_token=job.lease_token,
+        status=JobStatus.QUEUED,
+        outcome=AttemptOutcome.SNOOZED,
+        retry_delay=delay,
+        retry_reason=RetryReason.HANDLER,
+    )
 
 
 def released(job: Leased, error: BaseException | None = None) -> AttemptResult:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
-from runledger.core.status import JobStatus
+from runledger.core.status import AttemptOutcome, JobStatus
 from runledger.postgres.attempts import AttemptResult, ClaimedJob
 
 TRACER_NAME = "runledger"
@@ -54,6 +54,8 @@ class _Span:
         if result.status is JobStatus.SUCCEEDED:
             span.set_status(status(self._trace.StatusCode.OK))
             return
+        if result.outcome is AttemptOutcome.SNOOZED:
+            return  # not an error, nor done: the status stays unset
         if error is not None:
             span.record_exception(error)
         description = f"{result.error_type}: {result.error_message}"

@@ -201,6 +201,15 @@ class WorkerPool:
         holds; an attempt waiting for a thread has its whole timeout left."""
         return self.table.leases()
 
+    def unwritten_progress(self) -> dict[uuid.UUID, tuple[int, str]]:
+        """(report count, JSON text) of each held attempt's latest progress not yet written,
+        by lease token (see ``InFlightTable.unwritten_progress``)."""
+        return self.table.unwritten_progress()
+
+    def progress_written(self, written: dict[uuid.UUID, int]) -> None:
+        """Note that these progress reports (counts by lease token) are written."""
+        self.table.progress_written(written)
+
     def flights(self) -> list[InFlight]:
         """Every attempt this pool holds."""
         return self.table.flights()
@@ -235,6 +244,7 @@ class WorkerPool:
             scheduled_at=job.scheduled_at,
             pool=self._store.pool,
             heartbeat=lambda: self._renew_one(job),
+            report_progress=lambda text: self.table.report_progress(job.lease_token, text),
         )
         return InFlight(job=job, ctx=ctx, marked=job.started)
 
@@ -254,7 +264,13 @@ class WorkerPool:
             remaining: float | None = None
             if flight is not None and flight.deadline is not None:
                 remaining = flight.deadline - time.monotonic()
+            progress = self.table.unwritten_progress([job.lease_token])
             held = renew_leases(
-                conn, [(job.id, job.lease_token, remaining)], lease_seconds=self._lease_seconds
+                conn,
+                [(job.id, job.lease_token, remaining)],
+                lease_seconds=self._lease_seconds,
+                progress={token: text for token, (_, text) in progress.items()},
             )
+        if job.id in held:
+            self.table.progress_written({token: seq for token, (seq, _) in progress.items()})
         return job.id in held

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
 from typing import Any
@@ -11,6 +12,9 @@ from console import Cli, Ledger, ok, parse_fields, parse_table, parse_time, refu
 
 import runledger
 from runledger import WorkflowBuilder
+from runledger.core.progress import progress_json
+from runledger.postgres.attempts import renew_leases
+from runledger.runtime import outcome
 
 LIST_COLUMNS = [
     "ID", "QUEUE", "TYPE", "STATUS", "ATTEMPTS", "CREATED", "RUN AT", "FINISHED", "LAST ERROR",
@@ -152,6 +156,39 @@ def test_jobs_show_json_is_the_job_with_its_attempts(
     assert first["retry_reason"] == "policy"
     assert uuid.UUID(first["lease_token"])
     assert parse_time(first["finished_at"]) >= parse_time(first["started_at"])
+
+
+def test_jobs_show_prints_the_progress_and_a_snoozed_attempt(
+    cli: Cli, ledger: Ledger, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    job_id = runledger.enqueue(autocommit_conn, "import.feed")
+    first = ledger.claim("import.feed")
+    ledger._finish(outcome.snoozed(first, 0.0))
+    running = ledger.claim("import.feed")
+    at = datetime.datetime.now(datetime.UTC)
+    with autocommit_conn.transaction():
+        renew_leases(
+            autocommit_conn,
+            [(running.id, running.lease_token, None)],
+            lease_seconds=300,
+            progress={
+                running.lease_token: progress_json(0.4, note="page 4 of 10", attempt=1, at=at)
+            },
+        )
+
+    details, attempts = split_sections(ok(cli("jobs", "show", str(job_id))))
+    shown = json.loads(ok(cli("jobs", "show", "--json", str(job_id))))
+
+    job = parse_fields(details)
+    assert job["attempts"] == "1/5"
+    assert job["progress"].startswith("40% page 4 of 10 (attempt 1, ")
+    assert job["progress"].endswith(" ago))")
+    first_row, second_row = parse_table(attempts)
+    assert (first_row["ATTEMPT"], first_row["OUTCOME"]) == ("1", "snoozed")
+    assert first_row["RETRY"].endswith("(handler)")
+    assert (second_row["ATTEMPT"], second_row["OUTCOME"]) == ("1", "(running)")
+    assert shown["progress"]["fraction"] == 0.4
+    assert shown["progress"]["note"] == "page 4 of 10"
 
 
 def test_jobs_show_of_an_unknown_id_exits_1_and_of_a_malformed_one_exits_2(cli: Cli) -> None:

@@ -156,3 +156,63 @@ def test_upgrading_a_populated_version_3_database_adds_the_trace_context_columns
         assert row == (None,)
 
         assert run_on_upgraded_schema(empty_database, conn, queued) == 5
+
+
+def test_upgrading_a_populated_version_6_database_allows_snoozes_and_adds_progress(
+    empty_database: str,
+) -> None:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        install_version(conn, 6)
+        assert runledger.schema_version(conn) == 6
+        queued = runledger.enqueue(conn, "upgrade.snoozy", {"n": 7})
+        done = runledger.enqueue(conn, "upgrade.crashed", {"n": 8})
+        # A version 6 worker's claim, left running under a live lease, and a job it failed.
+        conn.execute(CLAIMED_BY_VERSION_1, {"id": done, "token": uuid.uuid4()})
+        conn.execute(
+            "update runledger.jobs set status = 'failed', lease_token = null, lease_owner = null,"
+            " lease_expires_at = null, finished_at = now() where id = %s",
+            (done,),
+        )
+        conn.execute(
+            "update runledger.job_attempts set outcome = 'failed', finished_at = now() "
+            "where job_id = %s",
+            (done,),
+        )
+
+        assert runledger.migrate(conn) == [v for v in range(7, latest_version() + 1)]
+        runledger.check_schema(conn)
+        # The rows written before the upgrade are as they were, with no progress.
+        old = runledger.get_job(conn, done)
+        assert (old.status, old.attempt, old.progress) == (JobStatus.FAILED, 1, None)
+        assert [a.outcome for a in runledger.list_attempts(conn, done)] == [AttemptOutcome.FAILED]
+        assert runledger.get_job(conn, queued).progress is None
+
+        # The job queued before the upgrade snoozes once and reports progress on it.
+        registry = runledger.Registry()
+        runs: list[int] = []
+
+        @registry.handler("upgrade.snoozy")
+        def snoozy(ctx: runledger.JobContext, payload: Any) -> Any:
+            ctx.progress(0.5, note="half")
+            runs.append(ctx.attempt)
+            if len(runs) == 1:
+                raise runledger.Snooze(after=0)
+            return payload["n"]
+
+        with runledger.Runtime(
+            empty_database, registry, concurrency=1, poll_interval=0.05, listen=False
+        ):
+            deadline_polls = 500
+            while runledger.get_job(conn, queued).status != JobStatus.SUCCEEDED:
+                deadline_polls -= 1
+                assert deadline_polls > 0, "the queued job never ran after the upgrade"
+                conn.execute("select pg_sleep(0.02)")
+        job = runledger.get_job(conn, queued)
+        assert runs == [1, 1]
+        assert (job.attempt, job.output, job.progress["note"]) == (1, 7, "half")
+        assert [a.outcome for a in runledger.list_attempts(conn, queued)] == [
+            AttemptOutcome.SNOOZED,
+            AttemptOutcome.SUCCEEDED,
+        ]
+        kinds = [e.kind for e in runledger.list_events(conn, job_id=queued)]
+        assert runledger.EventKind.JOB_SNOOZED in kinds

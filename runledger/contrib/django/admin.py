@@ -17,6 +17,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from runledger.core.progress import describe_progress
 from runledger.errors import (
     JobNotFound,
     RunledgerError,
@@ -139,6 +140,7 @@ class JobAdmin(LedgerAdmin):
         "status",
         "priority",
         "attempt",
+        "progress_text",
         "run_at",
         "created_at",
         "finished_at",
@@ -148,6 +150,15 @@ class JobAdmin(LedgerAdmin):
     search_fields = ("job_type", "idempotency_key", "last_error")
     inlines = (JobAttemptInline,)
     actions = ("cancel_jobs", "requeue_jobs")
+
+    @admin.display(description="progress")
+    def progress_text(self, job: Job) -> str:
+        """The handler's latest ``ctx.progress``, in one line (``40% page 4 of 10``)."""
+        return describe_progress(job.progress)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        """Every field, and the progress in one line beside its stored JSON."""
+        return [*super().get_readonly_fields(request, obj), "progress_text"]
 
     @admin.display(description="workflow run")
     def workflow_run_link(self, job: Job) -> str:

@@ -97,6 +97,7 @@ class Job(LedgerModel):
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True)
+    progress = models.JSONField(null=True)  # ctx.progress's latest report (schema 0006)
 
     class Meta:
         managed = False

@@ -3,6 +3,7 @@ through runledger: cancel and requeue jobs, cancel runs, pause and resume schedu
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 import runledger
 from runledger.contrib import django as rl
+from runledger.core.progress import progress_json
 
 
 @pytest.fixture
@@ -102,6 +104,24 @@ def test_the_detail_pages_render_read_only_with_attempts_and_steps(
     assert "first" in run_html
     assert "approve" in run_html
     assert schedule_page.status_code == 200
+
+
+def test_the_job_pages_show_the_progress_in_one_line(
+    client: Any, ledger: dict[str, Any], observer: psycopg.Connection[Any]
+) -> None:
+    stored = progress_json(
+        0.4, note="page 4 of 10", attempt=1, at=datetime.datetime.now(datetime.UTC)
+    )
+    observer.execute(
+        "update runledger.jobs set progress = %s::jsonb where id = %s", (stored, ledger["job"])
+    )
+
+    listing = client.get("/admin/runledger/job/").content.decode()
+    detail = client.get(f"/admin/runledger/job/{ledger['job']}/change/").content.decode()
+
+    assert "40% page 4 of 10" in listing
+    assert "40% page 4 of 10" in detail
+    assert "&quot;fraction&quot;: 0.4" in detail  # the stored JSON too
 
 
 def test_adding_and_deleting_are_refused(client: Any, ledger: dict[str, Any]) -> None:
