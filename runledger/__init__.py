@@ -17,6 +17,7 @@ from runledger.core.status import (
     StepKind,
     StepStatus,
 )
+from runledger.core.unique import Unique
 from runledger.core.workflow import Dependency, StepSpec, Workflow, WorkflowBuilder
 from runledger.postgres import (
     NOTIFY_CHANNEL,
@@ -83,6 +84,7 @@ __all__ = [
     "StepSpec",
     "StepStatus",
     "Store",
+    "Unique",
     "Workflow",
     "WorkflowBuilder",
     "WorkflowRunRecord",

@@ -42,6 +42,7 @@ DJANGO_MIGRATIONS = [
     "0004_trace_context",
     "0005_retention",
     "0006_job_history",
+    "0007_unique_retry",
 ]
 
 
