@@ -75,12 +75,14 @@ def test_a_window_needs_a_key_and_a_positive_period() -> None:
 
 def test_the_default_window_keeps_the_fingerprint_keys_were_stored_with() -> None:
     plain = runledger.Job("u", {"n": 1}, idempotency_key="k")
-    assert plain.fingerprint() == runledger.Job(
-        "u", {"n": 1}, idempotency_key="k", unique=Unique.forever()
-    ).fingerprint()
-    assert plain.fingerprint() != runledger.Job(
-        "u", {"n": 1}, idempotency_key="k", unique=ACTIVE
-    ).fingerprint()
+    assert (
+        plain.fingerprint()
+        == runledger.Job("u", {"n": 1}, idempotency_key="k", unique=Unique.forever()).fingerprint()
+    )
+    assert (
+        plain.fingerprint()
+        != runledger.Job("u", {"n": 1}, idempotency_key="k", unique=ACTIVE).fingerprint()
+    )
 
 
 # --- while active ---------------------------------------------------------------------------
@@ -182,9 +184,9 @@ def test_a_finished_holder_left_in_the_hot_table_does_not_block_the_new_job(
     conn.commit()
     assert second != first
     assert jobs_with_key(conn, "old") == [(first, "succeeded"), (second, "queued")]
-    assert conn.execute(
-        "select to_regclass('runledger.jobs_idempotency_key')"
-    ).fetchone() == (None,)
+    assert conn.execute("select to_regclass('runledger.jobs_idempotency_key')").fetchone() == (
+        None,
+    )
 
 
 # --- within a period --------------------------------------------------------------------------
