@@ -44,6 +44,7 @@ from runledger.postgres.records import (
     StepRecord,
     WorkflowRunRecord,
 )
+from runledger.postgres.rerun import retry_workflow
 from runledger.postgres.schedules import (
     ScheduleRecord,
     delete_schedule,
@@ -109,6 +110,7 @@ __all__ = [
     "pause_schedule",
     "requeue",
     "resume_schedule",
+    "retry_workflow",
     "schema_version",
     "upsert_schedule",
     "wait_for_run",
