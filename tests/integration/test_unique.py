@@ -16,7 +16,7 @@ from test_workflow_engine import claim_jobs, finish_job
 
 import runledger
 from runledger import JobStatus, Unique
-from runledger.errors import IdempotencyConflict, InvalidUnique
+from runledger.errors import IdempotencyConflict
 
 Conn = psycopg.Connection[Any]
 ACTIVE = Unique.active()
@@ -51,38 +51,6 @@ def age(conn: Conn, job_id: uuid.UUID, by: str) -> None:
         (by, job_id),
     )
     conn.commit()
-
-
-# --- validation -----------------------------------------------------------------------------
-
-
-def test_a_window_needs_a_key_and_a_positive_period() -> None:
-    with pytest.raises(InvalidUnique):
-        runledger.Job("u", {}, unique=ACTIVE)
-    with pytest.raises(InvalidUnique):
-        Unique.within(0)
-    with pytest.raises(InvalidUnique):
-        Unique.within(datetime.timedelta(seconds=-1))
-    with pytest.raises(InvalidUnique):
-        Unique.within("1h")  # type: ignore[arg-type]
-    with pytest.raises(InvalidUnique):
-        runledger.Job("u", {}, idempotency_key="k", unique="active")  # type: ignore[arg-type]
-    assert isinstance(InvalidUnique(given=1, reason="r"), ValueError)
-    # The default needs no key, and within() takes seconds as well as a timedelta.
-    assert runledger.Job("u", {}, unique=Unique.forever()).unique == Unique.forever()
-    assert Unique.within(90).period == datetime.timedelta(seconds=90)
-
-
-def test_the_default_window_keeps_the_fingerprint_keys_were_stored_with() -> None:
-    plain = runledger.Job("u", {"n": 1}, idempotency_key="k")
-    assert (
-        plain.fingerprint()
-        == runledger.Job("u", {"n": 1}, idempotency_key="k", unique=Unique.forever()).fingerprint()
-    )
-    assert (
-        plain.fingerprint()
-        != runledger.Job("u", {"n": 1}, idempotency_key="k", unique=ACTIVE).fingerprint()
-    )
 
 
 # --- while active ---------------------------------------------------------------------------
