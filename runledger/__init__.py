@@ -17,6 +17,7 @@ from runledger.core.status import (
     StepKind,
     StepStatus,
 )
+from runledger.core.unique import Unique
 from runledger.core.workflow import Dependency, StepSpec, Workflow, WorkflowBuilder
 from runledger.postgres import (
     NOTIFY_CHANNEL,
@@ -43,6 +44,7 @@ from runledger.postgres.records import (
     StepRecord,
     WorkflowRunRecord,
 )
+from runledger.postgres.rerun import retry_workflow
 from runledger.postgres.schedules import (
     ScheduleRecord,
     delete_schedule,
@@ -84,6 +86,7 @@ __all__ = [
     "StepSpec",
     "StepStatus",
     "Store",
+    "Unique",
     "Workflow",
     "WorkflowBuilder",
     "WorkflowRunRecord",
@@ -108,6 +111,7 @@ __all__ = [
     "pause_schedule",
     "requeue",
     "resume_schedule",
+    "retry_workflow",
     "schema_version",
     "upsert_schedule",
     "wait_for_run",

@@ -28,6 +28,7 @@ from runledger.core.errors import (
     InvalidId,
     InvalidMaxAttempts,
     InvalidTimeout,
+    InvalidUnique,
     JobOptionError,
     MissingJobType,
     NaiveRunAt,
@@ -78,6 +79,7 @@ __all__ = [
     "InvalidRetryPolicy",
     "InvalidSnooze",
     "InvalidTimeout",
+    "InvalidUnique",
     "JobNotFound",
     "JobNotRequeueable",
     "JobOptionError",
@@ -94,6 +96,7 @@ __all__ = [
     "PriorityOutOfRange",
     "RunAtOutOfRange",
     "RunNotFinished",
+    "RunNotRetryable",
     "RunledgerError",
     "ScheduleNotFound",
     "SchemaNotMigrated",
@@ -318,6 +321,23 @@ class JobNotRequeueable(RunledgerError):
         self.status = status
         self.reason = reason
         super().__init__(f"job {job_id} cannot be requeued: {reason}")
+
+
+class RunNotRetryable(RunledgerError):
+    """``retry_workflow`` takes runs that finished ``completed_with_errors`` or ``cancelled``
+    and have a step that can run again.
+
+    Attributes:
+        run_id: the run.
+        status: its status (``running``/``waiting`` while still open, ``succeeded``, ...).
+        reason: why it cannot be retried.
+    """
+
+    def __init__(self, *, run_id: uuid.UUID, status: str, reason: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.reason = reason
+        super().__init__(f"workflow run {run_id} cannot be retried: {reason}")
 
 
 class ScheduleNotFound(RunledgerError, LookupError):

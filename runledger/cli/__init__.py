@@ -6,7 +6,7 @@ Commands::
     runledger worker --app pkg.mod:registry   run jobs until SIGTERM/SIGINT
     runledger status                          queue depth per queue and status
     runledger jobs list|show ID|cancel ID|requeue ID
-    runledger runs list|show ID               a run's steps drawn as a tree
+    runledger runs list|show ID|retry ID      a run's steps drawn as a tree; retry a failed run
     runledger schedules list|pause NAME|resume NAME
     runledger events --job ID | --run ID      the timeline of a job or a run
     runledger workers                         the registered workers, live and stale

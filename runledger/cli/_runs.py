@@ -1,4 +1,5 @@
-"""``runledger runs list|show``: workflow runs, and a run's steps drawn as a tree."""
+"""``runledger runs list|show|retry``: workflow runs, a run's steps drawn as a tree, and
+retrying a run that finished with errors or was cancelled."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import attrs
 import psycopg
 
 from runledger.cli._arguments import Subcommands, identifier, limit
-from runledger.cli._database import reading
+from runledger.cli._database import reading, writing
 from runledger.cli._render import (
     age,
     attempts,
@@ -30,6 +31,7 @@ from runledger.core.status import RunStatus, StepKind
 from runledger.postgres.overview import list_workflow_runs, server_now, step_progress
 from runledger.postgres.reads import get_workflow_run
 from runledger.postgres.records import StepRecord, WorkflowRunRecord
+from runledger.postgres.rerun import retry_workflow
 
 ERROR_WIDTH = 50
 
@@ -183,11 +185,26 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retry(args: argparse.Namespace) -> int:
+    with writing(args) as conn:
+        reset = retry_workflow(conn, args.id)
+        run = get_workflow_run(conn, args.id)
+    by_status: dict[str, list[str]] = {}
+    for step in run.steps:
+        if step.step_key in reset:
+            by_status.setdefault(step.status, []).append(step.step_key)
+    parts = [f"{status}: {', '.join(keys)}" for status, keys in by_status.items()]
+    print(f"retried workflow run {run.id} ({run.status}); {'; '.join(parts)}")
+    return 0
+
+
 def add_commands(
     commands: Subcommands, database: argparse.ArgumentParser, as_json: argparse.ArgumentParser
 ) -> None:
     """Add ``runs`` and its subcommands; ``database`` and ``as_json`` give --dsn and --json."""
-    runs = commands.add_parser("runs", help="list workflow runs and draw their steps")
+    runs = commands.add_parser(
+        "runs", help="list workflow runs, draw their steps, and retry failed ones"
+    )
     actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     listing = actions.add_parser(
@@ -209,3 +226,17 @@ def add_commands(
     )
     show.add_argument("id", type=identifier("workflow run"), metavar="ID")
     show.set_defaults(func=_show)
+
+    retry = actions.add_parser(
+        "retry",
+        parents=[database],
+        help="run the failed and cancelled steps of a finished run again",
+        description="Open a run that finished completed_with_errors or cancelled again: its "
+        "failed and cancelled job steps are queued again (their jobs with a fresh attempt "
+        "budget), the steps that waited for them are blocked again, cancelled external steps "
+        "wait again, and the steps that succeeded keep their outputs and do not run again. "
+        "External steps that failed keep their failure. Refused (exit 1) for a run still "
+        "running or waiting, a run that succeeded, and a run that is not found.",
+    )
+    retry.add_argument("id", type=identifier("workflow run"), metavar="ID")
+    retry.set_defaults(func=_retry)

@@ -284,6 +284,24 @@ class ConflictingRunAt(JobOptionError):
         super().__init__("give run_at or delay, not both")
 
 
+class InvalidUnique(JobOptionError):
+    """``unique`` is not a ``runledger.Unique``, its period is not a positive duration, or it
+    was given without an ``idempotency_key`` (a window needs a key to hold).
+
+    Attributes:
+        given: what was given (the ``unique`` value, or its period).
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, *, given: object, reason: str) -> None:
+        self.given = given
+        self.reason = reason
+        super().__init__(
+            f"unique={given!r}: {reason}; use Unique.forever(), Unique.active() or "
+            "Unique.within(timedelta(...)) together with an idempotency_key"
+        )
+
+
 # --- workflow structure -----------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from runledger.core.errors import (
     InvalidDelay,
     InvalidMaxAttempts,
     InvalidTimeout,
+    InvalidUnique,
     NaiveRunAt,
     NulInText,
     PriorityOutOfRange,
@@ -24,6 +25,7 @@ from runledger.core.errors import (
     TextTooLong,
 )
 from runledger.core.payload import JsonValue, check_json, dumps, first_surrogate
+from runledger.core.unique import FOREVER, Unique, UniqueMode
 
 DEFAULT_QUEUE = "default"
 # Django's Tasks framework uses the same range and direction, so its priorities map one to one.
@@ -184,6 +186,10 @@ class Job:
         timeout_seconds: the limit of one attempt; None takes the handler's default.
         idempotency_key: the same (job_type, key) enqueued again returns the existing job;
             at most ``MAX_IDEMPOTENCY_KEY_BYTES`` bytes of UTF-8.
+        unique: for how long the key returns its job (``runledger.Unique``): as long as the
+            job is in the ledger (``Unique.forever()``, the default), while it is queued or
+            running (``Unique.active()``), or for a period from its enqueue
+            (``Unique.within(timedelta(hours=1))``). Needs ``idempotency_key``.
     """
 
     job_type: str
@@ -195,6 +201,7 @@ class Job:
     max_attempts: int | None = attrs.field(default=None, kw_only=True)
     timeout_seconds: int | None = attrs.field(default=None, kw_only=True)
     idempotency_key: str | None = attrs.field(default=None, kw_only=True)
+    unique: Unique = attrs.field(default=FOREVER, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         check_job_type(self.job_type)
@@ -215,6 +222,7 @@ class Job:
         check_max_attempts(self.max_attempts)
         check_timeout(self.timeout_seconds)
         check_idempotency_key(self.idempotency_key)
+        check_unique(self.unique, self.idempotency_key)
 
     @property
     def stored_payload(self) -> JsonValue:
@@ -240,8 +248,18 @@ class Job:
                 "priority": self.priority,
                 "max_attempts": self.max_attempts,
                 "timeout_seconds": self.timeout_seconds,
+                **self.unique.request_part(),
             }
         )
+
+
+def check_unique(unique: object, idempotency_key: str | None) -> None:
+    """Raise ``InvalidUnique`` unless ``unique`` is a ``Unique``, and a window other than the
+    default comes with an idempotency key."""
+    if not isinstance(unique, Unique):
+        raise InvalidUnique(given=unique, reason="expected a runledger.Unique")
+    if unique.mode is not UniqueMode.FOREVER and idempotency_key is None:
+        raise InvalidUnique(given=unique, reason="it needs an idempotency_key")
 
 
 def fingerprint(request: Any) -> str:

@@ -116,6 +116,7 @@ class EventKind(StrEnum):
     RUN_SUCCEEDED = "run.succeeded"
     RUN_COMPLETED_WITH_ERRORS = "run.completed_with_errors"
     RUN_CANCELLED = "run.cancelled"
+    RUN_RETRIED = "run.retried"
     STEP_QUEUED = "step.queued"
     STEP_WAITING = "step.waiting"
     STEP_SUCCEEDED = "step.succeeded"

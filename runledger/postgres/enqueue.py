@@ -21,8 +21,9 @@ from runledger.core.handler import HandlerCatalog, HandlerDefaults
 from runledger.core.job import DEFAULT_PRIORITY, DEFAULT_QUEUE, Job, fingerprint
 from runledger.core.payload import MAX_PAYLOAD_BYTES, JsonValue, dumps, dumps_within
 from runledger.core.status import StepKind, StepStatus
+from runledger.core.unique import FOREVER, Unique
 from runledger.core.workflow import Workflow
-from runledger.errors import ConfigError, IdempotencyConflict, UnknownJobType
+from runledger.errors import ConfigError, DatabaseError, IdempotencyConflict, UnknownJobType
 from runledger.postgres.channels import JOBS
 from runledger.postgres.connection import Conn, savepoint, writing
 from runledger.postgres.copytext import copy_int, copy_json_text, copy_text
@@ -97,9 +98,7 @@ with input as (
            coalesce(run_at, now() + make_interval(secs => coalesce(delay, 0))),
            idempotency_key, request_fingerprint{trace_value}
     from input
-{keys_filter}    order by job_type, idempotency_key, id
-    on conflict (job_type, idempotency_key) where idempotency_key is not null do nothing
-    returning id, queue
+{keys_filter}    returning id, queue
 ),
 events as (
     insert into runledger.events (kind, job_id)
@@ -110,12 +109,41 @@ select (select array_agg(id) from inserted) as ids,
         from (select distinct queue from inserted) as q) as notified
 """
 
+# The job holding each key, with what its window depends on. A statement of its own, so that
+# it sees the holder that a concurrent enqueue of the key committed while this one waited.
 EXISTING_JOBS = """
-select k.job_type, k.idempotency_key, j.id, j.request_fingerprint
+select k.job_type, k.idempotency_key, k.job_id, j.request_fingerprint,
+       coalesce(j.status in ('queued', 'running'), false), j.created_at, now()
 from runledger.job_keys as k
-join runledger.jobs as j on j.id = k.job_id
+left join runledger.jobs as j on j.id = k.job_id
 where (k.job_type, k.idempotency_key) in (
     select * from unnest(%(job_types)s::text[], %(keys)s::text[]))
+"""
+
+# Keys whose window is over pass to new jobs. Each key row is locked in a fixed order (so two
+# batches sharing keys wait rather than deadlock) and only while it still names the holder
+# this enqueue saw: one that waited for another enqueue taking the same key over finds the
+# row changed, takes nothing, and returns that enqueue's job instead.
+TAKE_OVER_KEYS = """
+with input as (
+    select *
+    from unnest(%(job_types)s::text[], %(keys)s::text[], %(holders)s::uuid[],
+                %(ids)s::uuid[]) as t(job_type, idempotency_key, holder, id)
+),
+locked as (
+    select k.job_type, k.idempotency_key, i.id
+    from runledger.job_keys as k
+    join input as i
+      on i.job_type = k.job_type and i.idempotency_key = k.idempotency_key
+     and i.holder = k.job_id
+    order by k.job_type, k.idempotency_key
+    for update of k
+)
+update runledger.job_keys as k
+set job_id = l.id
+from locked as l
+where k.job_type = l.job_type and k.idempotency_key = l.idempotency_key
+returning k.job_id
 """
 
 _insert_run_template = """
@@ -191,9 +219,10 @@ from (select distinct queue from jobs) as q
 """
 
 # A batch with idempotency keys claims them in job_keys first (schema version 6): a key is held
-# there for its job's whole life, while the job moves to job_history when it finishes, beyond
-# the reach of a unique index on runledger.jobs; a key already held keeps its job out.
-# Batches without keys skip it (and work on a schema before version 6).
+# there for its job's whole life (or until a unique window lets a new job take it over), while
+# the job moves to job_history when it finishes, beyond the reach of a unique index on
+# runledger.jobs; a key already held keeps its job out. Batches without keys skip it (and work
+# on a schema before version 6).
 _keys_cte = """
 keys as (
     insert into runledger.job_keys (job_type, idempotency_key, job_id)
@@ -247,6 +276,7 @@ class _Resolved:
                 "priority": self.job.priority,
                 "max_attempts": self.max_attempts,
                 "timeout_seconds": self.timeout_seconds,
+                **self.job.unique.request_part(),
             }
         )
 
@@ -297,6 +327,7 @@ def enqueue(
     max_attempts: int | None = None,
     timeout_seconds: int | None = None,
     idempotency_key: str | None = None,
+    unique: Unique = FOREVER,
     registry: HandlerCatalog | None = None,
     max_payload_bytes: int | None = None,
 ) -> uuid.UUID:
@@ -309,7 +340,12 @@ def enqueue(
     Thread-safe as far as ``conn`` is.
 
     With ``idempotency_key``, enqueueing the same request (type, payload, queue, priority,
-    attempts, timeout) again returns the existing job's id and writes nothing.
+    attempts, timeout, unique window) again returns the existing job's id and writes nothing,
+    for as long as ``unique`` says (``runledger.Unique``): by default as long as that job is in
+    the ledger; with ``Unique.active()`` while it is queued or running; with
+    ``Unique.within(period)`` for ``period`` from its enqueue. After the window, the enqueue
+    queues a new job, which holds the key from then on. Two transactions enqueueing one key at
+    once make one job: the second waits for the first to commit (or roll back).
 
     The payload's canonical JSON may be at most ``max_payload_bytes`` bytes; None takes
     ``RUNLEDGER_MAX_PAYLOAD_BYTES`` from the environment, else 1 MiB (see ``payload_limit``).
@@ -320,7 +356,9 @@ def enqueue(
         ConfigError: ``max_payload_bytes`` or ``RUNLEDGER_MAX_PAYLOAD_BYTES`` is not a
             positive integer.
         UnknownJobType: ``registry`` has no handler for ``job_type``.
-        IdempotencyConflict: the key already belongs to a different request.
+        IdempotencyConflict: within the key's window, the key belongs to a different request
+            (``existing_id`` names its job); nothing was written and the caller's
+            transaction stays usable.
         TransactionAborted / ConnectionNotUsable: ``conn`` cannot take writes.
         SchemaNotMigrated: the ``runledger`` schema is not installed (told by a read before
             anything is written: the caller's transaction stays usable).
@@ -336,6 +374,7 @@ def enqueue(
         max_attempts=max_attempts,
         timeout_seconds=timeout_seconds,
         idempotency_key=idempotency_key,
+        unique=unique,
     )
     return _enqueue_jobs(conn, [job], registry, payload_limit(max_payload_bytes))[0]
 
@@ -467,56 +506,133 @@ def _insert_jobs(
             statement = INSERT_KEYED_JOBS if trace_context is None else INSERT_TRACED_KEYED_JOBS
         else:
             statement = INSERT_JOBS if trace_context is None else INSERT_TRACED_JOBS
-        row = conn.execute(
-            statement,
-            {
-                "ids": [r.id for r in batch],
-                "queues": [r.queue for r in batch],
-                "job_types": [r.job.job_type for r in batch],
-                "payloads": "[" + ",".join(payloads[start : start + BATCH_SIZE]) + "]",
-                "priorities": [r.job.priority for r in batch],
-                "max_attempts": [r.max_attempts for r in batch],
-                "timeouts": [r.timeout_seconds for r in batch],
-                "run_ats": [r.job.run_at for r in batch],
-                "delays": [r.job.delay_seconds for r in batch],
-                "keys": [r.job.idempotency_key for r in batch],
-                "fingerprints": [
-                    r.fingerprint() if r.job.idempotency_key is not None else None for r in batch
-                ],
-                "trace_context": trace_context,
-            },
-        ).fetchone()
-        if row is not None and row[0] is not None:
-            inserted.update(row[0])
+        inserted.update(
+            _write(conn, statement, batch, payloads[start : start + BATCH_SIZE], trace_context)
+        )
     ids = [r.id for r in resolved]
     skipped = [i for i, r in enumerate(resolved) if r.id not in inserted]
     if skipped:
-        _resolve_conflicts(conn, resolved, skipped, ids)
+        _resolve_conflicts(
+            conn, resolved, skipped=skipped, ids=ids, payloads=payloads, trace_context=trace_context
+        )
     return ids
 
 
-def _resolve_conflicts(
-    conn: Conn, resolved: list[_Resolved], skipped: list[int], ids: list[uuid.UUID]
-) -> None:
-    """Map each job skipped by ON CONFLICT to the row holding its key, or raise."""
-    rows = conn.execute(
-        EXISTING_JOBS,
+def _write(
+    conn: Conn,
+    statement: str,
+    batch: Sequence[_Resolved],
+    payloads: Sequence[str],
+    trace_context: str | None,
+) -> list[uuid.UUID]:
+    """Run one insert statement over ``batch``; return the ids of the jobs it wrote."""
+    row = conn.execute(
+        statement,
         {
-            "job_types": [resolved[i].job.job_type for i in skipped],
-            "keys": [resolved[i].job.idempotency_key for i in skipped],
+            "ids": [r.id for r in batch],
+            "queues": [r.queue for r in batch],
+            "job_types": [r.job.job_type for r in batch],
+            "payloads": "[" + ",".join(payloads) + "]",
+            "priorities": [r.job.priority for r in batch],
+            "max_attempts": [r.max_attempts for r in batch],
+            "timeouts": [r.timeout_seconds for r in batch],
+            "run_ats": [r.job.run_at for r in batch],
+            "delays": [r.job.delay_seconds for r in batch],
+            "keys": [r.job.idempotency_key for r in batch],
+            "fingerprints": [
+                r.fingerprint() if r.job.idempotency_key is not None else None for r in batch
+            ],
+            "trace_context": trace_context,
         },
-    ).fetchall()
-    existing = {(r[0], r[1]): (r[2], r[3]) for r in rows}
-    for i in skipped:
-        item = resolved[i]
-        scope, key = item.job.job_type, item.job.idempotency_key
-        assert key is not None  # only keyed rows can be skipped
-        found = existing.get((scope, key))
-        if found is None:  # pragma: no cover - the conflicting row was deleted meanwhile
-            raise IdempotencyConflict(kind="job", scope=scope, key=key, existing_id=item.id)
-        if found[1] != item.fingerprint():
-            raise IdempotencyConflict(kind="job", scope=scope, key=key, existing_id=found[0])
-        ids[i] = found[0]
+    ).fetchone()
+    return [] if row is None or row[0] is None else list(row[0])
+
+
+# A key passes on at most this many times during one enqueue before it gives up: each round
+# either settles every key or lost a key to another enqueue that committed a job holding it.
+_TAKE_OVER_ROUNDS = 10
+
+
+def _resolve_conflicts(
+    conn: Conn,
+    resolved: list[_Resolved],
+    *,
+    skipped: list[int],
+    ids: list[uuid.UUID],
+    payloads: list[str],
+    trace_context: str | None,
+) -> None:
+    """Settle each job whose key was held: return the holder while the job's unique window
+    covers it (or raise on a different request); otherwise take the key over for the new job
+    and write it. Every conflict is raised before this writes anything."""
+    for _ in range(_TAKE_OVER_ROUNDS):
+        rows = conn.execute(
+            EXISTING_JOBS,
+            {
+                "job_types": [resolved[i].job.job_type for i in skipped],
+                "keys": [resolved[i].job.idempotency_key for i in skipped],
+            },
+        ).fetchall()
+        existing = {(r[0], r[1]): r[2:] for r in rows}
+        takers: dict[tuple[str, str], int] = {}
+        later: list[int] = []
+        free: list[int] = []
+        for i in skipped:
+            item = resolved[i]
+            scope, key = item.job.job_type, item.job.idempotency_key
+            assert key is not None  # only keyed rows can be skipped
+            found = existing.get((scope, key))
+            if found is None:  # its job was deleted meanwhile, and the key with it
+                free.append(i)
+                continue
+            holder, holder_fingerprint, live, created_at, now = found
+            if created_at is not None and item.job.unique.holds(
+                holder_live=live, holder_created_at=created_at, now=now
+            ):
+                if holder_fingerprint != item.fingerprint():
+                    raise IdempotencyConflict(kind="job", scope=scope, key=key, existing_id=holder)
+                ids[i] = holder
+            elif (scope, key) in takers:
+                later.append(i)  # the same key twice in one batch: the first one takes it
+            else:
+                takers[scope, key] = i
+        written: set[uuid.UUID] = set()
+        if free:
+            statement = INSERT_KEYED_JOBS if trace_context is None else INSERT_TRACED_KEYED_JOBS
+            batch = [resolved[i] for i in free]
+            written.update(_write(conn, statement, batch, [payloads[i] for i in free],
+                                  trace_context))  # fmt: skip
+        order = list(takers.values())
+        taken = (
+            []
+            if not order
+            else conn.execute(
+                TAKE_OVER_KEYS,
+                {
+                    "job_types": [resolved[i].job.job_type for i in order],
+                    "keys": [resolved[i].job.idempotency_key for i in order],
+                    "holders": [
+                        existing[resolved[i].job.job_type, resolved[i].job.idempotency_key][0]
+                        for i in order
+                    ],
+                    "ids": [resolved[i].id for i in order],
+                },
+            ).fetchall()
+        )
+        won = {row[0] for row in taken}
+        winners = [i for i in order if resolved[i].id in won]
+        if winners:
+            statement = INSERT_JOBS if trace_context is None else INSERT_TRACED_JOBS
+            batch = [resolved[i] for i in winners]
+            _write(conn, statement, batch, [payloads[i] for i in winners], trace_context)
+        written.update(won)
+        skipped = later + [i for i in order + free if resolved[i].id not in written]
+        if not skipped:
+            return
+    raise DatabaseError(
+        f"idempotency keys kept passing to other jobs during this enqueue "
+        f"({_TAKE_OVER_ROUNDS} rounds); try again"
+    )
 
 
 def enqueue_workflow(

@@ -26,7 +26,10 @@ Paths that cannot know every row up front obey the order by refusing to wait out
 - the claim takes jobs with ``SKIP LOCKED`` and never waits on a job row;
 - the reaper takes expired jobs with ``SKIP LOCKED``;
 - ``cancel_workflow`` locks the run's jobs, then its steps; a job released concurrently in
-  between is locked ``NOWAIT`` and, if that fails, the whole cancel retries from a savepoint.
+  between is locked ``NOWAIT`` and, if that fails, the whole cancel retries from a savepoint;
+- ``retry_workflow`` (``runledger.postgres.rerun``) locks the jobs of the run's unsettled
+  steps, then all its steps, then the run; a job it finds only then (one that moved to
+  ``job_history`` while it waited) is locked ``NOWAIT``, retrying from a savepoint likewise.
 
 Why no path serialises on the run row: completions of parallel steps lock only their own job
 and step rows (disjoint) plus the dependents they touch; the run row is updated last with

@@ -205,3 +205,40 @@ def test_runs_show_of_an_unknown_run_exits_1(cli: Cli) -> None:
     missing = uuid.uuid4()
 
     assert refused(cli("runs", "show", str(missing))) == f"runledger: no workflow run {missing}\n"
+
+
+def test_runs_retry_runs_a_failed_run_again_and_refuses_the_others(
+    cli: Cli, ledger: Ledger, autocommit_conn: Conn
+) -> None:
+    failed = runledger.enqueue_workflow(
+        autocommit_conn,
+        WorkflowBuilder("retry.cli")
+        .step("load", job="load")
+        .step("send", job="send", after="load")
+        .step("report", job="report", after="send")
+        .build(),
+    )
+    ledger.succeed(ledger.claim("load"), {"rows": 3})
+    ledger.fail(ledger.claim("send"), retry=False)
+    approval = _approval_run(autocommit_conn, ledger)
+
+    assert ok(cli("runs", "retry", str(failed))) == (
+        f"retried workflow run {failed} (running); queued: send; blocked: report\n"
+    )
+    run = runledger.get_workflow_run(autocommit_conn, failed)
+    assert {s.step_key: str(s.status) for s in run.steps} == {
+        "load": "succeeded", "send": "queued", "report": "blocked",
+    }  # fmt: skip
+    assert refused(cli.inline("runs", "retry", str(failed))) == (
+        f"runledger: workflow run {failed} cannot be retried: it is still running; wait for it "
+        "to finish, or cancel it first\n"
+    )
+    assert refused(cli.inline("runs", "retry", str(approval))).startswith(
+        f"runledger: workflow run {approval} cannot be retried: it is still waiting"
+    )
+    missing = uuid.uuid4()
+    assert refused(cli.inline("runs", "retry", str(missing))) == (
+        f"runledger: no workflow run {missing}\n"
+    )
+    usage = refused(cli.inline("runs", "retry", "not-an-id"), code=2)
+    assert "'not-an-id' is not a workflow run id (a UUID)" in usage

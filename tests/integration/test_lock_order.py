@@ -17,6 +17,7 @@ so the paths meet on a job row, on step ``x``, on the fan-in step ``join`` or on
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import threading
 import time
@@ -52,6 +53,7 @@ from runledger.postgres.attempts import (
     renew_leases,
 )
 from runledger.postgres.ids import new_id
+from runledger.postgres.retention import prune_runs
 
 Conn = psycopg.Connection[Any]
 Op = Callable[[Conn], Any]
@@ -945,3 +947,166 @@ def test_cancel_workflow_then_claim_of_jobs_released_meanwhile(
         RunStatus.CANCELLED,
         {"a": S.SUCCEEDED, "low": S.CANCELLED, "mid": S.CANCELLED, "high": S.CANCELLED},
     )
+
+
+# --- retry_workflow ------------------------------------------------------------------------------
+
+
+def retry_path(run_id: uuid.UUID) -> Op:
+    return lambda c: runledger.retry_workflow(c, run_id)
+
+
+def cancelled_shared_run(conn: Conn) -> Shared:
+    """``shared_run`` cancelled (committed) while a and b ran."""
+    s = shared_run(conn)
+    assert cancel_workflow_path(s.run_id)(conn) is True
+    conn.commit()
+    return s
+
+
+SHARED_RETRIED = {
+    "a": S.QUEUED, "b": S.QUEUED, "x": S.WAITING, "after_a": S.BLOCKED, "join": S.BLOCKED,
+}  # fmt: skip
+
+
+def test_finish_then_retry_workflow(conn: Conn, other: Conn, observer: Conn) -> None:
+    """The completion that finishes the run holds its job: the retry waits for it (jobs come
+    first in the lock order), then finds the run finished and retries it."""
+    run_id = enqueue(
+        conn,
+        WorkflowBuilder("retry.pair").step("p", job="p").step("q", job="q", max_attempts=1),
+    )
+    p = claim_step(conn, run_id, "p")
+    run_step(conn, run_id, "q", JobStatus.FAILED)
+    finish_path(p)(conn)  # the run is completed_with_errors in this transaction
+    b = Background(other, retry_path(run_id))
+    assert "runledger.jobs" in wait_for_lock_wait(observer, b)  # on p's job row
+    conn.commit()
+    assert b.result() == ["q"]
+    assert statuses(observer, run_id) == (RunStatus.RUNNING, {"p": S.SUCCEEDED, "q": S.QUEUED})
+
+
+def test_retry_workflow_then_finish_of_an_attempt_the_cancel_ended(
+    conn: Conn, other: Conn, observer: Conn
+) -> None:
+    """A late result of an attempt that the cancel ended stays fenced out while the retry
+    commits and after: the retried job has no lease until a claim gives it a new one."""
+    s = cancelled_shared_run(conn)
+    assert retry_path(s.run_id)(conn) == ["a", "b", "x", "after_a", "join"]
+    b = Background(other, finish_path(s.a))
+    report = returns_without_waiting(b)  # the job is back in the hot table, uncommitted
+    assert report.lost == (s.a.id,)
+    conn.commit()
+    assert finish(other, [result(s.a)]).lost == (s.a.id,)
+    other.commit()
+    assert statuses(observer, s.run_id) == (RunStatus.RUNNING, SHARED_RETRIED)
+    assert job_status(observer, s.a.id) is JobStatus.QUEUED
+
+
+def test_cancel_workflow_then_retry_workflow(conn: Conn, other: Conn, observer: Conn) -> None:
+    s = shared_run(conn)
+    assert cancel_workflow_path(s.run_id)(conn) is True
+    b = Background(other, retry_path(s.run_id))
+    assert "runledger.jobs" in wait_for_lock_wait(observer, b)  # on a's job row
+    conn.commit()
+    assert b.result() == ["a", "b", "x", "after_a", "join"]
+    assert statuses(observer, s.run_id) == (RunStatus.RUNNING, SHARED_RETRIED)
+    assert (job_status(observer, s.a.id), job_status(observer, s.b.id)) == (
+        JobStatus.QUEUED, JobStatus.QUEUED,
+    )  # fmt: skip
+
+
+def test_retry_workflow_then_cancel_workflow(conn: Conn, other: Conn, observer: Conn) -> None:
+    """The cancel reads the run as finished (the retry has not committed) and returns False
+    without waiting: it comes before the retry. A cancel after the commit cancels the run."""
+    s = cancelled_shared_run(conn)
+    retry_path(s.run_id)(conn)
+    b = Background(other, cancel_workflow_path(s.run_id))
+    assert returns_without_waiting(b) is False
+    conn.commit()
+    assert statuses(observer, s.run_id) == (RunStatus.RUNNING, SHARED_RETRIED)
+    assert cancel_workflow_path(s.run_id)(other) is True
+    other.commit()
+    run_status, steps = statuses(observer, s.run_id)
+    assert run_status is RunStatus.CANCELLED
+    assert set(steps.values()) == {S.CANCELLED}
+
+
+def test_retry_workflow_then_retry_workflow(conn: Conn, other: Conn, observer: Conn) -> None:
+    s = cancelled_shared_run(conn)
+    retry_path(s.run_id)(conn)
+    b = Background(other, retry_path(s.run_id))
+    assert "runledger.jobs" in wait_for_lock_wait(observer, b)  # on a's job row
+    conn.commit()
+    with pytest.raises(runledger.errors.RunNotRetryable) as raised:
+        b.result()
+    assert raised.value.status == "running"
+    assert statuses(observer, s.run_id) == (RunStatus.RUNNING, SHARED_RETRIED)
+    events = runledger.list_events(observer, run_id=s.run_id)
+    assert [str(e.kind) for e in events].count("run.retried") == 1
+
+
+def test_retry_workflow_then_external_completion(conn: Conn, other: Conn, observer: Conn) -> None:
+    s = cancelled_shared_run(conn)
+    retry_path(s.run_id)(conn)  # x waits again, uncommitted
+    b = Background(other, external_path(s.run_id, "x"))
+    assert "workflow_step_runs" in wait_for_lock_wait(observer, b)  # on x
+    conn.commit()
+    assert b.result() is True
+    assert statuses(observer, s.run_id) == (RunStatus.RUNNING, {**SHARED_RETRIED, "x": S.SUCCEEDED})
+
+
+def test_external_completion_then_retry_workflow(conn: Conn, other: Conn, observer: Conn) -> None:
+    """The signal that finishes the run holds its step: the retry waits for it (no job is
+    involved), then finds the run finished."""
+    run_id = enqueue(
+        conn,
+        WorkflowBuilder("retry.signal")
+        .step("a", job="a", max_attempts=1)
+        .step("x", external=True)
+        .step("j", job="j", after=["a", "x"]),
+    )
+    run_step(conn, run_id, "a", JobStatus.FAILED)  # j is cancelled; the run waits for x
+    assert external_path(run_id, "x")(conn) is True  # completes the run, uncommitted
+    b = Background(other, retry_path(run_id))
+    assert "workflow_step_runs" in wait_for_lock_wait(observer, b)  # on x
+    conn.commit()
+    assert b.result() == ["a", "j"]
+    assert statuses(observer, run_id) == (
+        RunStatus.RUNNING, {"a": S.QUEUED, "x": S.SUCCEEDED, "j": S.BLOCKED},
+    )  # fmt: skip
+
+
+def aged_failed_run(conn: Conn, observer: Conn) -> uuid.UUID:
+    run_id = enqueue(conn, WorkflowBuilder("retry.old").step("f", job="f", max_attempts=1))
+    run_step(conn, run_id, "f", JobStatus.FAILED)
+    observer.execute(
+        "update runledger.workflow_runs set finished_at = finished_at - interval '40 days' "
+        "where id = %s",
+        (run_id,),
+    )
+    return run_id
+
+
+def prune_path(c: Conn) -> Any:
+    return prune_runs(c, JobStatus.FAILED, datetime.timedelta(days=30))
+
+
+def test_prune_then_retry_workflow(conn: Conn, other: Conn, observer: Conn) -> None:
+    run_id = aged_failed_run(conn, observer)
+    assert prune_path(conn).runs == 1
+    b = Background(other, retry_path(run_id))
+    assert "runledger.jobs" in wait_for_lock_wait(observer, b)  # on f's job row
+    conn.commit()
+    with pytest.raises(runledger.errors.WorkflowRunNotFound):
+        b.result()
+
+
+def test_retry_workflow_then_prune(conn: Conn, other: Conn, observer: Conn) -> None:
+    run_id = aged_failed_run(conn, observer)
+    assert retry_path(run_id)(conn) == ["f"]
+    b = Background(other, prune_path)
+    assert "runledger.jobs" in wait_for_lock_wait(observer, b)  # on f's job row
+    conn.commit()
+    assert b.result().runs == 0  # open again: not the pruner's
+    assert statuses(observer, run_id) == (RunStatus.RUNNING, {"f": S.QUEUED})

@@ -6,9 +6,11 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 
 import runledger
 from runledger import AttemptOutcome, JobStatus
+from runledger.postgres import attempts
 from runledger.postgres.migrate import BOOTSTRAP, RECORD, latest_version, migrations
 from runledger.runtime.reaper import Reaper
 
@@ -26,6 +28,11 @@ with claimed as (
 insert into runledger.job_attempts (job_id, attempt, worker, lease_token, started_at)
 select id, attempt, 'old-worker', lease_token, started_at from claimed
 """
+
+
+RETRIED_EVENT = (
+    "insert into runledger.events (kind, workflow_run_id) values ('run.retried', gen_random_uuid())"
+)
 
 
 def install_version(conn: psycopg.Connection[Any], version: int) -> None:
@@ -216,3 +223,51 @@ def test_upgrading_a_populated_version_6_database_allows_snoozes_and_adds_progre
         ]
         kinds = [e.kind for e in runledger.list_events(conn, job_id=queued)]
         assert runledger.EventKind.JOB_SNOOZED in kinds
+
+
+def test_upgrading_a_populated_version_7_database_lets_keys_pass_to_new_jobs(
+    empty_database: str,
+) -> None:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        install_version(conn, 7)
+        assert runledger.schema_version(conn) == 7
+        live = runledger.enqueue(conn, "upgrade.keyed", {"n": 1}, idempotency_key="live")
+        done = runledger.enqueue(conn, "upgrade.done", {"n": 2}, idempotency_key="done")
+        (claimed,) = attempts.claim(
+            conn, worker="old-worker", queues=["default"], job_types=["upgrade.done"], limit=1,
+            lease_seconds=30,
+        )  # fmt: skip
+        attempts.finish(conn, [attempts.AttemptResult(
+            job_id=done, lease_token=claimed.lease_token, status=JobStatus.SUCCEEDED,
+            outcome=AttemptOutcome.SUCCEEDED, output=None,
+        )])  # fmt: skip
+        # Finished but still in the hot table, as rows written before version 6 stay until the
+        # reapers settle them: its key is in jobs_idempotency_key until 0008 drops the index.
+        conn.execute("select runledger.reopen_jobs(array[%s]::uuid[])", (done,))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(RETRIED_EVENT)
+
+        assert runledger.migrate(conn) == [8]
+        runledger.check_schema(conn)
+        assert conn.execute("select to_regclass('runledger.jobs_idempotency_key')").fetchone() == (
+            None,
+        )
+        # Keys written by version 6 hold as before.
+        assert runledger.enqueue(conn, "upgrade.keyed", {"n": 1}, idempotency_key="live") == live
+        with pytest.raises(runledger.errors.IdempotencyConflict):
+            runledger.enqueue(conn, "upgrade.keyed", {"n": 9}, idempotency_key="live")
+        assert runledger.enqueue(conn, "upgrade.done", {"n": 2}, idempotency_key="done") == done
+        # A key whose finished job is still in the hot table passes to a new job.
+        fresh = runledger.enqueue(
+            conn, "upgrade.done", {"n": 2}, idempotency_key="done", unique=runledger.Unique.active()
+        )
+        assert fresh != done
+        keyed = conn.execute(
+            "select id, status from only runledger.jobs where idempotency_key = 'done' order by id"
+        ).fetchall()
+        assert keyed == [(done, "succeeded"), (fresh, "queued")]
+        # Retried runs have their event now; the widened CHECK did not scan the old rows.
+        conn.execute(RETRIED_EVENT)
+        assert conn.execute(
+            "select convalidated from pg_constraint where conname = 'events_kind_check'"
+        ).fetchone() == (False,)

@@ -169,8 +169,19 @@ def check_run(conn: Conn, run_id: uuid.UUID) -> runledger.WorkflowRunRecord:
         assert job.step_key is not None
         jobs[job.step_key].append(job)
     problems = _run_problems(run)
+    retried = any(e.kind == "run.retried" for e in runledger.list_events(conn, run_id=run_id))
     for step in run.steps:
-        problems.extend(_step_problems(run, step, jobs.get(step.step_key, [])))
+        own = jobs.get(step.step_key, [])
+        if retried:
+            # A step reset by retry_workflow keeps its earlier, finished job in the ledger and
+            # may get a new one; only the job the step points at is its own.
+            problems.extend(
+                f"step {step.step_key!r} has an earlier job {j.id} that is {j.status}"
+                for j in own
+                if j.id != step.job_id and not j.status.is_terminal
+            )
+            own = [j for j in own if j.id == step.job_id]
+        problems.extend(_step_problems(run, step, own))
     if run.status.is_terminal:
         live = [j.step_key for js in jobs.values() for j in js if not j.status.is_terminal]
         if live:
@@ -279,9 +290,16 @@ def check_events(conn: Conn, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
     run = runledger.get_workflow_run(conn, run_id)
     events = runledger.list_events(conn, run_id=run_id)
     kinds = [(str(e.kind), e.step_key) for e in events]
+    # A run.retried event starts the history of the steps it reset over again.
+    reset_at: dict[str, int] = {}
+    for index, e in enumerate(events):
+        if e.kind == "run.retried":
+            assert isinstance(e.data, dict)
+            reset_at.update(dict.fromkeys(e.data["steps"], index))
     per_step: dict[str | None, list[str]] = defaultdict(list)
-    for kind, key in kinds:
-        per_step[key].append(kind)
+    for index, (kind, key) in enumerate(kinds):
+        if key is None or index > reset_at.get(key, -1):
+            per_step[key].append(kind)
     problems: list[str] = []
     for step in run.steps:
         seen = Counter(per_step.get(step.step_key, []))
@@ -310,7 +328,14 @@ def check_events(conn: Conn, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
     run_events = [k for k, key in kinds if k.startswith("run.") and key is None]
     if not run_events or run_events[0] != "run.enqueued":
         problems.append(f"run events {run_events} do not start with run.enqueued")
-    statuses = [_RUN_EVENT_STATUS[k] for k in run_events[1:]]
+    retried_to = iter(
+        RunStatus(e.data["to"])  # type: ignore[call-overload, index]
+        for e in events
+        if e.kind == "run.retried"
+    )
+    statuses = [
+        next(retried_to) if k == "run.retried" else _RUN_EVENT_STATUS[k] for k in run_events[1:]
+    ]
     if any(a == b for a, b in itertools.pairwise(statuses)):
         problems.append(f"run events repeat a status: {run_events}")
     if statuses and statuses[-1] is not run.status:

@@ -15,6 +15,7 @@ from runledger.contrib.flask._extension import EXTENSION_KEY, Runledger
 from runledger.core.handler import HandlerCatalog
 from runledger.core.job import DEFAULT_PRIORITY, Job
 from runledger.core.payload import JsonValue
+from runledger.core.unique import FOREVER, Unique
 from runledger.core.workflow import Workflow
 from runledger.errors import UnsupportedDriver
 from runledger.postgres.connection import Conn
@@ -92,6 +93,7 @@ def enqueue(
     max_attempts: int | None = None,
     timeout_seconds: int | None = None,
     idempotency_key: str | None = None,
+    unique: Unique = FOREVER,
     registry: HandlerCatalog | None = None,
     max_payload_bytes: int | None = None,
 ) -> uuid.UUID:
@@ -119,6 +121,7 @@ def enqueue(
         max_attempts=max_attempts,
         timeout_seconds=timeout_seconds,
         idempotency_key=idempotency_key,
+        unique=unique,
         registry=_app_registry(registry),
         max_payload_bytes=max_payload_bytes,
     )

@@ -43,6 +43,7 @@ DJANGO_MIGRATIONS = [
     "0005_retention",
     "0006_job_history",
     "0007_snooze_progress",
+    "0008_unique_retry",
 ]
 
 
