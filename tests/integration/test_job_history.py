@@ -207,7 +207,7 @@ HOT_PATH = {
     "claim": (attempts.CLAIM_JOBS, lambda: claim_params(
         worker=WORKER, queues=[QUEUE], job_types=["t"], limit=8, lease_seconds=30.0)),
     "renew": (attempts.RENEW_LEASES, lambda: {
-        "ids": [uuid.uuid4()], "tokens": [uuid.uuid4()], "remaining": [None],
+        "ids": [uuid.uuid4()], "tokens": [uuid.uuid4()], "remaining": [None], "progress": [None],
         "lease_seconds": 30.0}),
     "mark": (attempts.MARK_STARTED, lambda: {"ids": [uuid.uuid4()], "tokens": [uuid.uuid4()]}),
     "finish": (attempts.FINISH_ATTEMPTS, lambda: attempts.finish_params([])),
