@@ -36,6 +36,14 @@ from runledger.postgres import (
 )
 from runledger.postgres.cancellation import cancel_job, cancel_workflow, requeue
 from runledger.postgres.external import complete_external_step, fail_external_step
+from runledger.postgres.queues import (
+    QueueSettings,
+    list_queue_settings,
+    pause_queue,
+    queue_settings,
+    resume_queue,
+    set_queue_limits,
+)
 from runledger.postgres.records import (
     AttemptRecord,
     EdgeRecord,
@@ -71,6 +79,7 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "LifecycleEvent",
+    "QueueSettings",
     "Registry",
     "ReleaseMode",
     "Retention",
@@ -106,13 +115,18 @@ __all__ = [
     "list_attempts",
     "list_events",
     "list_jobs",
+    "list_queue_settings",
     "list_schedules",
     "migrate",
+    "pause_queue",
     "pause_schedule",
+    "queue_settings",
     "requeue",
+    "resume_queue",
     "resume_schedule",
     "retry_workflow",
     "schema_version",
+    "set_queue_limits",
     "upsert_schedule",
     "wait_for_run",
 ]

@@ -302,6 +302,46 @@ class InvalidUnique(JobOptionError):
         )
 
 
+class InvalidConcurrencyKey(JobOptionError, WorkflowBuildError):
+    """``concurrency_key`` is blank or not a string, or ``concurrency_limit`` is not a
+    positive integer or was given without a key.
+
+    Attributes:
+        key: the key given.
+        limit: the limit given.
+        reason: what is wrong with them.
+    """
+
+    def __init__(
+        self, *, key: object, limit: object, reason: str, step_key: str | None = None
+    ) -> None:
+        self.key = key
+        self.limit = limit
+        self.reason = reason
+        self.step_key = step_key
+        super().__init__(
+            f"concurrency_key={key!r}, concurrency_limit={limit!r}{_where(step_key)}: {reason}"
+        )
+
+
+class InvalidQueueLimit(ValidationError):
+    """A queue limit given to ``set_queue_limits`` is out of range.
+
+    Attributes:
+        queue: the queue.
+        field: ``concurrency``, ``rate`` or ``per``.
+        value: what was given.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, *, queue: str, field: str, value: object, reason: str) -> None:
+        self.queue = queue
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"queue {queue!r}: {field}={value!r} {reason}")
+
+
 # --- workflow structure -----------------------------------------------------------------------
 
 

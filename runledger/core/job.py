@@ -49,6 +49,7 @@ _LIMITS = {
     "name": MAX_NAME_BYTES,
     "schedule": MAX_NAME_BYTES,
     "idempotency_key": MAX_IDEMPOTENCY_KEY_BYTES,
+    "concurrency_key": MAX_IDEMPOTENCY_KEY_BYTES,
 }
 
 # PostgreSQL stores timestamps from 4713 BC to 294276 AD, but psycopg reads them into Python's

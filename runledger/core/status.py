@@ -122,3 +122,6 @@ class EventKind(StrEnum):
     STEP_SUCCEEDED = "step.succeeded"
     STEP_FAILED = "step.failed"
     STEP_CANCELLED = "step.cancelled"
+    QUEUE_PAUSED = "queue.paused"
+    QUEUE_RESUMED = "queue.resumed"
+    QUEUE_LIMITED = "queue.limited"

@@ -71,10 +71,11 @@ where workflow_run_id = %(id)s
 order by step_id, prerequisite_id
 """
 LIST_EVENTS = """
-select id, occurred_at, kind, job_id, workflow_run_id, step_key, attempt, data
+select id, occurred_at, kind, job_id, workflow_run_id, step_key, attempt, data, queue
 from runledger.events
 where (%(job_id)s::uuid is null or job_id = %(job_id)s)
   and (%(run_id)s::uuid is null or workflow_run_id = %(run_id)s)
+  and (%(queue)s::text is null or queue = %(queue)s)
 order by id
 limit %(limit)s
 """
@@ -165,20 +166,22 @@ def list_events(
     *,
     job_id: uuid.UUID | None = None,
     run_id: uuid.UUID | None = None,
+    queue: str | None = None,
     limit: int | None = None,
 ) -> list[EventRecord]:
-    """The ledger's events for a job and/or a workflow run, in the order they were written.
+    """The ledger's events for a job, a workflow run and/or a queue (``queue.*`` events), in
+    the order they were written.
 
     Raises:
-        TypeError: neither ``job_id`` nor ``run_id`` was given.
+        TypeError: none of ``job_id``, ``run_id`` and ``queue`` was given.
         InvalidId: one of them is not a UUID; nothing was sent.
     """
-    if job_id is None and run_id is None:
-        raise TypeError("list_events needs job_id or run_id")
+    if job_id is None and run_id is None and queue is None:
+        raise TypeError("list_events needs job_id, run_id or queue")
     if job_id is not None:
         job_id = parse_id(job_id, field="job_id")
     if run_id is not None:
         run_id = parse_id(run_id, field="run_id")
-    params = {"job_id": job_id, "run_id": run_id, "limit": limit}
+    params = {"job_id": job_id, "run_id": run_id, "queue": queue, "limit": limit}
     with reading(conn), conn.cursor(row_factory=class_row(EventRecord)) as cur:
         return cur.execute(LIST_EVENTS, params).fetchall()

@@ -155,3 +155,4 @@ class EventRecord:
     step_key: str | None
     attempt: int | None
     data: JsonValue
+    queue: str | None = None

@@ -44,6 +44,7 @@ DJANGO_MIGRATIONS = [
     "0006_job_history",
     "0007_snooze_progress",
     "0008_unique_retry",
+    "0009_flow_control",
 ]
 
 
