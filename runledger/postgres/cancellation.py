@@ -8,7 +8,6 @@ its cancellation through ``ctx.cancelled`` (the runtime's heartbeat finds its le
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -17,10 +16,11 @@ import psycopg
 from runledger.core.job import check_text
 from runledger.core.payload import JsonValue
 from runledger.core.status import JobStatus, StepStatus
-from runledger.errors import DatabaseError, JobNotFound, JobNotRequeueable, WorkflowRunNotFound
+from runledger.errors import JobNotFound, JobNotRequeueable, WorkflowRunNotFound
 from runledger.postgres.channels import CANCEL, JOBS
 from runledger.postgres.connection import Conn, savepoint, writing
 from runledger.postgres.ids import parse_id
+from runledger.postgres.late_locks import LateJobLocked, retried_in_savepoint
 from runledger.postgres.workflow import StepOutcome, advance, notify_runs, write_events
 
 CANCEL_CHANNEL = CANCEL
@@ -106,9 +106,6 @@ events as (
 select count(pg_notify('{JOBS}', queue)) from requeued
 """
 
-# A cancel that keeps meeting freshly released jobs locked by a claimer retries this long.
-_RETRY_FOR_SECONDS = 10.0
-
 
 def cancel_job(conn: Conn, job_id: uuid.UUID, reason: str | None = None) -> bool:
     """Cancel a queued or running job; return False if it had already finished.
@@ -155,10 +152,6 @@ def _check_reason(reason: str | None) -> None:
         check_text("reason", reason)
 
 
-class _LateJobLocked(Exception):
-    """A job released during the cancel is locked by someone else: retry the cancel."""
-
-
 def cancel_workflow(conn: Conn, run_id: uuid.UUID, reason: str | None = None) -> bool:
     """Cancel a run: its queued, running, blocked and waiting steps and their jobs.
 
@@ -172,21 +165,13 @@ def cancel_workflow(conn: Conn, run_id: uuid.UUID, reason: str | None = None) ->
     """
     run_id = parse_id(run_id, field="run_id")
     _check_reason(reason)
-    deadline = time.monotonic() + _RETRY_FOR_SECONDS
-    pause = 0.002
-    with writing(conn):
-        while True:
-            try:
-                with savepoint(conn, "runledger_cancel_workflow"):
-                    return _cancel_workflow(conn, run_id, reason)
-            except _LateJobLocked as err:
-                if time.monotonic() > deadline:
-                    raise DatabaseError(
-                        f"could not cancel run {run_id}: its jobs stayed locked for "
-                        f"{_RETRY_FOR_SECONDS:.0f} s; try again"
-                    ) from err
-                time.sleep(pause)
-                pause = min(pause * 2, 0.1)
+    return retried_in_savepoint(
+        conn,
+        "runledger_cancel_workflow",
+        lambda: _cancel_workflow(conn, run_id, reason),
+        verb="cancel",
+        run_id=run_id,
+    )
 
 
 def _cancel_workflow(conn: Conn, run_id: uuid.UUID, reason: str | None) -> bool:
@@ -210,7 +195,7 @@ def _cancel_workflow(conn: Conn, run_id: uuid.UUID, reason: str | None) -> bool:
             rows = conn.execute(LOCK_LATE_JOBS, {"ids": late}).fetchall()
             job_ids.update(row[0] for row in rows)
         except psycopg.errors.LockNotAvailable as err:
-            raise _LateJobLocked() from err
+            raise LateJobLocked() from err
     status = conn.execute(LOCK_RUN, {"id": run_id}).fetchone()
     if status is None or status[0] not in ("running", "waiting"):
         return False

@@ -10,7 +10,6 @@ steps that succeeded keep their outputs. It follows the lock order of
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,10 +20,11 @@ import psycopg
 
 from runledger.core.payload import JsonValue, dumps
 from runledger.core.status import ReleaseMode, RunStatus, StepKind, StepStatus
-from runledger.errors import DatabaseError, RunNotRetryable, WorkflowRunNotFound
+from runledger.errors import RunNotRetryable, WorkflowRunNotFound
 from runledger.postgres.channels import JOBS
-from runledger.postgres.connection import Conn, savepoint, writing
+from runledger.postgres.connection import Conn
 from runledger.postgres.ids import new_id, parse_id
+from runledger.postgres.late_locks import LateJobLocked, retried_in_savepoint
 from runledger.postgres.workflow import INSERT_STEP_JOBS, write_events
 
 RUN_STATUS = "select status from runledger.workflow_runs where id = %(id)s"
@@ -101,9 +101,6 @@ where id = %(id)s
 
 RETRYABLE = frozenset({RunStatus.COMPLETED_WITH_ERRORS, RunStatus.CANCELLED})
 
-# A retry that keeps meeting locked jobs it could not take in order tries again this long.
-_RETRY_FOR_SECONDS = 10.0
-
 _TERMINAL = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELLED})
 
 
@@ -122,10 +119,6 @@ class _Reset:
     step: _Step
     status: StepStatus
     pending: int
-
-
-class _LateJobLocked(Exception):
-    """A job found late is locked by someone else: retry from the savepoint."""
 
 
 def retry_workflow(conn: Conn, run_id: uuid.UUID) -> list[str]:
@@ -164,21 +157,10 @@ def retry_workflow(conn: Conn, run_id: uuid.UUID) -> list[str]:
         DatabaseError: its jobs stayed locked by others for 10 s.
     """
     run_id = parse_id(run_id, field="run_id")
-    deadline = time.monotonic() + _RETRY_FOR_SECONDS
-    pause = 0.002
-    with writing(conn):
-        while True:
-            try:
-                with savepoint(conn, "runledger_retry_workflow"):
-                    return _retry(conn, run_id)
-            except _LateJobLocked as err:
-                if time.monotonic() > deadline:
-                    raise DatabaseError(
-                        f"could not retry run {run_id}: its jobs stayed locked for "
-                        f"{_RETRY_FOR_SECONDS:.0f} s; try again"
-                    ) from err
-                time.sleep(pause)
-                pause = min(pause * 2, 0.1)
+    return retried_in_savepoint(
+        conn, "runledger_retry_workflow", lambda: _retry(conn, run_id), verb="retry",
+        run_id=run_id,
+    )  # fmt: skip
 
 
 def _retry(conn: Conn, run_id: uuid.UUID) -> list[str]:
@@ -200,7 +182,7 @@ def _retry(conn: Conn, run_id: uuid.UUID) -> list[str]:
         try:
             jobs.update(conn.execute(LOCK_LATE_JOBS, {"ids": late}).fetchall())
         except psycopg.errors.LockNotAvailable as err:
-            raise _LateJobLocked() from err
+            raise LateJobLocked() from err
     fresh: dict[int, uuid.UUID] = {}
     for step in queued:
         job_status = jobs.get(step.job_id) if step.job_id is not None else None
