@@ -18,12 +18,25 @@ from typing import Any
 import attrs
 
 from runledger.core.handler import HandlerCatalog, HandlerDefaults
-from runledger.core.job import DEFAULT_PRIORITY, DEFAULT_QUEUE, Job, fingerprint
+from runledger.core.job import (
+    DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
+    Job,
+    concurrency_request_part,
+    fingerprint,
+)
+from runledger.core.limits import DEFAULT_CONCURRENCY_LIMIT, check_concurrency
 from runledger.core.payload import MAX_PAYLOAD_BYTES, JsonValue, dumps, dumps_within
 from runledger.core.status import StepKind, StepStatus
 from runledger.core.unique import FOREVER, Unique
 from runledger.core.workflow import Workflow
-from runledger.errors import ConfigError, DatabaseError, IdempotencyConflict, UnknownJobType
+from runledger.errors import (
+    ConfigError,
+    DatabaseError,
+    IdempotencyConflict,
+    InvalidConcurrencyKey,
+    UnknownJobType,
+)
 from runledger.postgres.channels import JOBS
 from runledger.postgres.connection import Conn, savepoint, writing
 from runledger.postgres.copytext import copy_int, copy_json_text, copy_text
@@ -84,19 +97,21 @@ with input as (
         %(ids)s::uuid[], %(queues)s::text[], %(job_types)s::text[],
         %(priorities)s::smallint[], %(max_attempts)s::integer[], %(timeouts)s::integer[],
         %(run_ats)s::timestamptz[], %(delays)s::float8[], %(keys)s::text[],
-        %(fingerprints)s::text[]
+        %(fingerprints)s::text[], %(concurrency_keys)s::text[],
+        %(concurrency_limits)s::integer[]
     ) with ordinality as t(id, queue, job_type, priority, max_attempts, timeout_seconds,
-                           run_at, delay, idempotency_key, request_fingerprint, ord)
+                           run_at, delay, idempotency_key, request_fingerprint,
+                           concurrency_key, concurrency_limit, ord)
     join jsonb_array_elements(%(payloads)s::jsonb) with ordinality as p(payload, ord)
         using (ord)
 ),
 {keys_cte}inserted as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at,
-        idempotency_key, request_fingerprint{trace_column})
+        idempotency_key, request_fingerprint, concurrency_key, concurrency_limit{trace_column})
     select id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
            coalesce(run_at, now() + make_interval(secs => coalesce(delay, 0))),
-           idempotency_key, request_fingerprint{trace_value}
+           idempotency_key, request_fingerprint, concurrency_key, concurrency_limit{trace_value}
     from input
 {keys_filter}    returning id, queue
 ),
@@ -266,6 +281,8 @@ class _Resolved:
     queue: str
     max_attempts: int | None
     timeout_seconds: int | None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     def fingerprint(self) -> str:
         return fingerprint(
@@ -277,6 +294,7 @@ class _Resolved:
                 "max_attempts": self.max_attempts,
                 "timeout_seconds": self.timeout_seconds,
                 **self.job.unique.request_part(),
+                **concurrency_request_part(self.concurrency_key, self.concurrency_limit),
             }
         )
 
@@ -301,11 +319,51 @@ def _options(job: Job, defaults: HandlerDefaults | None) -> tuple[str, int | Non
     )
 
 
+def concurrency(
+    job_type: str,
+    payload: JsonValue,
+    key: str | None,
+    limit: int | None,
+    defaults: HandlerDefaults | None,
+    *,
+    step_key: str | None = None,
+) -> tuple[str | None, int | None]:
+    """The concurrency key and limit a job (or step) is written with: its own key, else its
+    handler's (a function of the payload is called here); the limit its own, else the
+    handler's, else ``DEFAULT_CONCURRENCY_LIMIT``.
+
+    Raises:
+        InvalidConcurrencyKey: the handler's function raised or returned no valid key.
+    """
+    if key is None and defaults is not None and defaults.concurrency_key is not None:
+        found = defaults.concurrency_key
+        if callable(found):
+            try:
+                key = found({} if payload is None else payload)
+            except Exception as err:
+                raise InvalidConcurrencyKey(
+                    key=None, limit=limit, step_key=step_key,
+                    reason=f"the concurrency_key function of handler {job_type!r} raised "
+                    f"{type(err).__name__}: {err}",
+                ) from err  # fmt: skip
+        else:
+            key = found
+        check_concurrency(key, limit, step_key=step_key)
+    if key is None:
+        return None, None
+    default_limit = defaults.concurrency_limit if defaults is not None else None
+    return key, limit or default_limit or DEFAULT_CONCURRENCY_LIMIT
+
+
 def _resolve(job: Job, registry: HandlerCatalog | None, job_id: uuid.UUID) -> _Resolved:
-    queue, max_attempts, timeout_seconds = _options(job, _defaults(registry, job.job_type))
+    defaults = _defaults(registry, job.job_type)
+    queue, max_attempts, timeout_seconds = _options(job, defaults)
+    key, limit = concurrency(
+        job.job_type, job.payload, job.concurrency_key, job.concurrency_limit, defaults
+    )
     return _Resolved(
         job=job, id=job_id, queue=queue, max_attempts=max_attempts,
-        timeout_seconds=timeout_seconds,
+        timeout_seconds=timeout_seconds, concurrency_key=key, concurrency_limit=limit,
     )  # fmt: skip
 
 
@@ -328,6 +386,8 @@ def enqueue(
     timeout_seconds: int | None = None,
     idempotency_key: str | None = None,
     unique: Unique = FOREVER,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
     registry: HandlerCatalog | None = None,
     max_payload_bytes: int | None = None,
 ) -> uuid.UUID:
@@ -346,6 +406,10 @@ def enqueue(
     ``Unique.within(period)`` for ``period`` from its enqueue. After the window, the enqueue
     queues a new job, which holds the key from then on. Two transactions enqueueing one key at
     once make one job: the second waits for the first to commit (or roll back).
+
+    With ``concurrency_key``, the job starts only while fewer than ``concurrency_limit``
+    (default: the handler's, else 1) jobs with that key run, across all runtimes; with a
+    ``registry``, a job without a key takes its handler's (see ``docs/flow-control.md``).
 
     The payload's canonical JSON may be at most ``max_payload_bytes`` bytes; None takes
     ``RUNLEDGER_MAX_PAYLOAD_BYTES`` from the environment, else 1 MiB (see ``payload_limit``).
@@ -375,6 +439,8 @@ def enqueue(
         timeout_seconds=timeout_seconds,
         idempotency_key=idempotency_key,
         unique=unique,
+        concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit,
     )
     return _enqueue_jobs(conn, [job], registry, payload_limit(max_payload_bytes))[0]
 
@@ -438,6 +504,19 @@ copy runledger.jobs (
     trace_context)
 from stdin
 """
+# Batches where a job has a concurrency key (its own or its handler's) add the two columns.
+COPY_KEYED_JOBS = """
+copy runledger.jobs (
+    id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at,
+    concurrency_key, concurrency_limit)
+from stdin
+"""
+COPY_TRACED_KEYED_JOBS = """
+copy runledger.jobs (
+    id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at,
+    concurrency_key, concurrency_limit, trace_context)
+from stdin
+"""
 COPY_ENQUEUED_EVENTS = "copy runledger.events (kind, job_id) from stdin"
 TRANSACTION_NOW = "select now()"
 NOTIFY_QUEUES = f"""
@@ -460,16 +539,29 @@ def _copy_jobs(
     now_text = now.isoformat()
     ids = new_ids(len(jobs))
     queues: set[str] = set()
+    # Keys (and handler key functions) are resolved before the COPY starts: an invalid one
+    # raises with nothing sent.
+    keys = [
+        concurrency(j.job_type, j.payload, j.concurrency_key, j.concurrency_limit,
+                    defaults[j.job_type])
+        for j in jobs
+    ]  # fmt: skip
+    keyed = any(key is not None for key, _ in keys)
+    if keyed:
+        statement = COPY_KEYED_JOBS if trace_context is None else COPY_TRACED_KEYED_JOBS
+    else:
+        statement = COPY_JOBS if trace_context is None else COPY_TRACED_JOBS
     # One trace context for the whole call: a column only when there is one.
     trace_text = "" if trace_context is None else f"\t{copy_json_text(trace_context)}"
     with conn.cursor() as cur:
-        with cur.copy(COPY_JOBS if trace_context is None else COPY_TRACED_JOBS) as copy:
+        with cur.copy(statement) as copy:
             for start in range(0, len(jobs), COPY_CHUNK):
                 lines = []
-                for job, job_id, payload in zip(
+                for job, job_id, payload, (key, limit) in zip(
                     jobs[start : start + COPY_CHUNK],
                     ids[start : start + COPY_CHUNK],
                     payloads[start : start + COPY_CHUNK],
+                    keys[start : start + COPY_CHUNK],
                     strict=True,
                 ):
                     queue, max_attempts, timeout_seconds = _options(job, defaults[job.job_type])
@@ -485,7 +577,8 @@ def _copy_jobs(
                         f"{job_id}\t{copy_text(queue)}\t{copy_text(job.job_type)}\t"
                         f"{copy_json_text(payload)}\t{job.priority}\t"
                         f"{copy_int(max_attempts)}\t{copy_int(timeout_seconds)}\t{run_at}"
-                        f"{trace_text}\n"
+                        + (f"\t{_copy_key(key)}\t{copy_int(limit)}" if keyed else "")
+                        + f"{trace_text}\n"
                     )
                 copy.write("".join(lines))
         with cur.copy(COPY_ENQUEUED_EVENTS) as copy:
@@ -493,6 +586,10 @@ def _copy_jobs(
                 copy.write("".join(f"job.enqueued\t{i}\n" for i in ids[start : start + COPY_CHUNK]))
         cur.execute(NOTIFY_QUEUES, {"queues": sorted(queues)})
     return ids
+
+
+def _copy_key(key: str | None) -> str:
+    return "\\N" if key is None else copy_text(key)
 
 
 def _insert_jobs(
@@ -542,6 +639,8 @@ def _write(
             "fingerprints": [
                 r.fingerprint() if r.job.idempotency_key is not None else None for r in batch
             ],
+            "concurrency_keys": [r.concurrency_key for r in batch],
+            "concurrency_limits": [r.concurrency_limit for r in batch],
             "trace_context": trace_context,
         },
     ).fetchone()
