@@ -185,16 +185,20 @@ with step_input as (
     from unnest(
         %(keys)s::text[], %(kinds)s::text[], %(job_types)s::text[], %(queues)s::text[],
         %(priorities)s::smallint[], %(max_attempts)s::integer[], %(timeouts)s::integer[],
-        %(payloads)s::jsonb[], %(statuses)s::text[], %(deps)s::integer[], %(job_ids)s::uuid[]
+        %(payloads)s::jsonb[], %(statuses)s::text[], %(deps)s::integer[], %(job_ids)s::uuid[],
+        %(concurrency_keys)s::text[], %(concurrency_limits)s::integer[]
     ) with ordinality as s(step_key, kind, job_type, queue, priority, max_attempts,
-                           timeout_seconds, payload, status, deps_total, job_id, ord)
+                           timeout_seconds, payload, status, deps_total, job_id,
+                           concurrency_key, concurrency_limit, ord)
 ),
 steps as (
     insert into runledger.workflow_step_runs (
         workflow_run_id, step_key, kind, job_type, queue, priority, max_attempts,
-        timeout_seconds, payload, status, deps_total, deps_pending, job_id)
+        timeout_seconds, payload, status, deps_total, deps_pending, job_id, concurrency_key,
+        concurrency_limit)
     select %(run_id)s, step_key, kind, job_type, queue, priority, max_attempts,
-           timeout_seconds, payload, status, deps_total, deps_total, job_id
+           timeout_seconds, payload, status, deps_total, deps_total, job_id, concurrency_key,
+           concurrency_limit
     from step_input
     order by ord
     returning id, step_key, status, job_id
@@ -211,9 +215,10 @@ edges as (
 jobs as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
-        workflow_run_id, step_id, step_key{trace_column})
+        workflow_run_id, step_id, step_key, concurrency_key, concurrency_limit{trace_column})
     select s.job_id, i.queue, i.job_type, i.payload, i.priority, i.max_attempts,
-           i.timeout_seconds, %(run_id)s, s.id, s.step_key{trace_value}
+           i.timeout_seconds, %(run_id)s, s.id, s.step_key, i.concurrency_key,
+           i.concurrency_limit{trace_value}
     from steps as s
     join step_input as i using (step_key)
     where s.job_id is not null
@@ -795,6 +800,15 @@ def enqueue_workflow(
         found = defaults.get(key)
         return given or (found and getattr(found, field)) or None
 
+    # A step's own key, else its handler's (a function of the step's payload), resolved now
+    # and stored with the step: its job gets them when it is queued.
+    keys = [
+        concurrency(s.job_type, s.payload, s.concurrency_key, s.concurrency_limit,
+                    defaults.get(s.key), step_key=s.key)
+        if s.kind is StepKind.JOB and s.job_type is not None
+        else (None, None)
+        for s in steps
+    ]  # fmt: skip
     trace_context = _trace_context_json()
     with writing(conn), savepoint(conn, "runledger_enqueue_workflow"):
         row = conn.execute(
@@ -849,6 +863,8 @@ def enqueue_workflow(
                 "statuses": statuses,
                 "deps": [len(s.dependencies) for s in steps],
                 "job_ids": job_ids,
+                "concurrency_keys": [k[0] for k in keys],
+                "concurrency_limits": [k[1] for k in keys],
                 "edge_steps": [s.key for s in steps for _ in s.dependencies],
                 "edge_prerequisites": [d.prerequisite for s in steps for d in s.dependencies],
                 "edge_modes": [str(d.mode) for s in steps for d in s.dependencies],

@@ -344,3 +344,27 @@ def test_the_key_is_part_of_an_idempotent_request(conn: Conn) -> None:
         runledger.enqueue(conn, "t", idempotency_key="i", concurrency_key="other")
     same = runledger.enqueue(conn, "t", idempotency_key="i", concurrency_key="k")
     assert runledger.get_job(conn, same).concurrency_key == "k"
+
+
+def test_workflow_steps_carry_their_keys_to_their_jobs(conn: Conn) -> None:
+    registry = runledger.Registry()
+    registry.handler("t", concurrency_key=lambda p: f"tenant:{p['tenant']}")(lambda c, p: None)
+    workflow = (
+        runledger.WorkflowBuilder("w")
+        .step("a", job="t", payload={"tenant": 1}, concurrency_key="first", concurrency_limit=2)
+        .step("b", job="t", payload={"tenant": 1}, after="a")
+        .concurrency("second")
+        .step("c", job="t", payload={"tenant": 7}, after="a")
+        .build()
+    )
+    run_id = runledger.enqueue_workflow(conn, workflow, registry=registry)
+    conn.commit()
+    a = claim_now(conn)
+    assert [j.step_key for j in a.jobs] == ["a"]
+    succeed(conn, *a.jobs)  # releases b and c: their jobs are inserted now
+    rows = conn.execute(
+        "select step_key, concurrency_key, concurrency_limit from runledger.jobs"
+        " where workflow_run_id = %s order by step_key",
+        (run_id,),
+    ).fetchall()
+    assert rows == [("a", "first", 2), ("b", "second", 1), ("c", "tenant:7", 1)]
