@@ -97,21 +97,20 @@ with input as (
         %(ids)s::uuid[], %(queues)s::text[], %(job_types)s::text[],
         %(priorities)s::smallint[], %(max_attempts)s::integer[], %(timeouts)s::integer[],
         %(run_ats)s::timestamptz[], %(delays)s::float8[], %(keys)s::text[],
-        %(fingerprints)s::text[], %(concurrency_keys)s::text[],
-        %(concurrency_limits)s::integer[]
+        %(fingerprints)s::text[]{limits_param}
     ) with ordinality as t(id, queue, job_type, priority, max_attempts, timeout_seconds,
-                           run_at, delay, idempotency_key, request_fingerprint,
-                           concurrency_key, concurrency_limit, ord)
+                           run_at, delay, idempotency_key, request_fingerprint{limits_name},
+                           ord)
     join jsonb_array_elements(%(payloads)s::jsonb) with ordinality as p(payload, ord)
         using (ord)
 ),
 {keys_cte}inserted as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at,
-        idempotency_key, request_fingerprint, concurrency_key, concurrency_limit{trace_column})
+        idempotency_key, request_fingerprint{limits_column}{trace_column})
     select id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
            coalesce(run_at, now() + make_interval(secs => coalesce(delay, 0))),
-           idempotency_key, request_fingerprint, concurrency_key, concurrency_limit{trace_value}
+           idempotency_key, request_fingerprint{limits_column}{trace_value}
     from input
 {keys_filter}    returning id, queue
 ),
@@ -185,20 +184,18 @@ with step_input as (
     from unnest(
         %(keys)s::text[], %(kinds)s::text[], %(job_types)s::text[], %(queues)s::text[],
         %(priorities)s::smallint[], %(max_attempts)s::integer[], %(timeouts)s::integer[],
-        %(payloads)s::jsonb[], %(statuses)s::text[], %(deps)s::integer[], %(job_ids)s::uuid[],
-        %(concurrency_keys)s::text[], %(concurrency_limits)s::integer[]
+        %(payloads)s::jsonb[], %(statuses)s::text[], %(deps)s::integer[],
+        %(job_ids)s::uuid[]{limits_param}
     ) with ordinality as s(step_key, kind, job_type, queue, priority, max_attempts,
-                           timeout_seconds, payload, status, deps_total, job_id,
-                           concurrency_key, concurrency_limit, ord)
+                           timeout_seconds, payload, status, deps_total, job_id{limits_name},
+                           ord)
 ),
 steps as (
     insert into runledger.workflow_step_runs (
         workflow_run_id, step_key, kind, job_type, queue, priority, max_attempts,
-        timeout_seconds, payload, status, deps_total, deps_pending, job_id, concurrency_key,
-        concurrency_limit)
+        timeout_seconds, payload, status, deps_total, deps_pending, job_id{limits_column})
     select %(run_id)s, step_key, kind, job_type, queue, priority, max_attempts,
-           timeout_seconds, payload, status, deps_total, deps_total, job_id, concurrency_key,
-           concurrency_limit
+           timeout_seconds, payload, status, deps_total, deps_total, job_id{limits_column}
     from step_input
     order by ord
     returning id, step_key, status, job_id
@@ -215,10 +212,9 @@ edges as (
 jobs as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
-        workflow_run_id, step_id, step_key, concurrency_key, concurrency_limit{trace_column})
+        workflow_run_id, step_id, step_key{limits_column}{trace_column})
     select s.job_id, i.queue, i.job_type, i.payload, i.priority, i.max_attempts,
-           i.timeout_seconds, %(run_id)s, s.id, s.step_key, i.concurrency_key,
-           i.concurrency_limit{trace_value}
+           i.timeout_seconds, %(run_id)s, s.id, s.step_key{limits_value}{trace_value}
     from steps as s
     join step_input as i using (step_key)
     where s.job_id is not null
@@ -267,14 +263,42 @@ _TRACED = {
 }
 _UNKEYED = {"keys_cte": "", "keys_filter": ""}
 _KEYED = {"keys_cte": _keys_cte.lstrip("\n") + "\n", "keys_filter": _keys_filter}
-INSERT_JOBS = _insert_jobs_template.format(**_UNTRACED, **_UNKEYED)
-INSERT_TRACED_JOBS = _insert_jobs_template.format(**_TRACED, **_UNKEYED)
-INSERT_KEYED_JOBS = _insert_jobs_template.format(**_UNTRACED, **_KEYED)
-INSERT_TRACED_KEYED_JOBS = _insert_jobs_template.format(**_TRACED, **_KEYED)
+# And in two more: without the concurrency columns (no job of the batch has a concurrency
+# key; also works on a schema before version 9) and with them.
+_UNLIMITED = {"limits_param": "", "limits_name": "", "limits_column": ""}
+_LIMITED = {
+    "limits_param": ",\n        %(concurrency_keys)s::text[], %(concurrency_limits)s::integer[]",
+    "limits_name": ", concurrency_key, concurrency_limit",
+    "limits_column": ", concurrency_key, concurrency_limit",
+}
+INSERT_JOBS = _insert_jobs_template.format(**_UNTRACED, **_UNKEYED, **_UNLIMITED)
+INSERT_TRACED_JOBS = _insert_jobs_template.format(**_TRACED, **_UNKEYED, **_UNLIMITED)
+INSERT_KEYED_JOBS = _insert_jobs_template.format(**_UNTRACED, **_KEYED, **_UNLIMITED)
+INSERT_TRACED_KEYED_JOBS = _insert_jobs_template.format(**_TRACED, **_KEYED, **_UNLIMITED)
+INSERT_LIMITED_JOBS = _insert_jobs_template.format(**_UNTRACED, **_UNKEYED, **_LIMITED)
+INSERT_TRACED_LIMITED_JOBS = _insert_jobs_template.format(**_TRACED, **_UNKEYED, **_LIMITED)
+INSERT_KEYED_LIMITED_JOBS = _insert_jobs_template.format(**_UNTRACED, **_KEYED, **_LIMITED)
+INSERT_TRACED_KEYED_LIMITED_JOBS = _insert_jobs_template.format(**_TRACED, **_KEYED, **_LIMITED)
+_INSERT_JOBS = {
+    # (traced, idempotency keys, concurrency keys)
+    (False, False, False): INSERT_JOBS,
+    (True, False, False): INSERT_TRACED_JOBS,
+    (False, True, False): INSERT_KEYED_JOBS,
+    (True, True, False): INSERT_TRACED_KEYED_JOBS,
+    (False, False, True): INSERT_LIMITED_JOBS,
+    (True, False, True): INSERT_TRACED_LIMITED_JOBS,
+    (False, True, True): INSERT_KEYED_LIMITED_JOBS,
+    (True, True, True): INSERT_TRACED_KEYED_LIMITED_JOBS,
+}
+_STEPS_UNLIMITED = {"limits_param": "", "limits_name": "", "limits_column": "",
+                    "limits_value": ""}  # fmt: skip
+_STEPS_LIMITED = {**_LIMITED, "limits_value": ", i.concurrency_key, i.concurrency_limit"}
 INSERT_RUN = _insert_run_template.format(**_UNTRACED)
 INSERT_TRACED_RUN = _insert_run_template.format(**_TRACED)
-INSERT_RUN_STEPS = _insert_run_steps_template.format(**_UNTRACED)
-INSERT_TRACED_RUN_STEPS = _insert_run_steps_template.format(**_TRACED)
+INSERT_RUN_STEPS = _insert_run_steps_template.format(**_UNTRACED, **_STEPS_UNLIMITED)
+INSERT_TRACED_RUN_STEPS = _insert_run_steps_template.format(**_TRACED, **_STEPS_UNLIMITED)
+INSERT_LIMITED_RUN_STEPS = _insert_run_steps_template.format(**_UNTRACED, **_STEPS_LIMITED)
+INSERT_TRACED_LIMITED_RUN_STEPS = _insert_run_steps_template.format(**_TRACED, **_STEPS_LIMITED)
 
 
 @attrs.frozen(kw_only=True)
@@ -593,6 +617,11 @@ def _copy_jobs(
     return ids
 
 
+def _limited(batch: Sequence[_Resolved]) -> bool:
+    """Whether a job of ``batch`` has a concurrency key (the statement names the columns)."""
+    return any(r.concurrency_key is not None for r in batch)
+
+
 def _copy_key(key: str | None) -> str:
     return "\\N" if key is None else copy_text(key)
 
@@ -604,10 +633,7 @@ def _insert_jobs(
     for start in range(0, len(resolved), BATCH_SIZE):
         batch = resolved[start : start + BATCH_SIZE]
         keyed = any(r.job.idempotency_key is not None for r in batch)
-        if keyed:
-            statement = INSERT_KEYED_JOBS if trace_context is None else INSERT_TRACED_KEYED_JOBS
-        else:
-            statement = INSERT_JOBS if trace_context is None else INSERT_TRACED_JOBS
+        statement = _INSERT_JOBS[trace_context is not None, keyed, _limited(batch)]
         inserted.update(
             _write(conn, statement, batch, payloads[start : start + BATCH_SIZE], trace_context)
         )
@@ -702,8 +728,8 @@ def _resolve_conflicts(
                 takers[scope, key] = i
         written: set[uuid.UUID] = set()
         if free:
-            statement = INSERT_KEYED_JOBS if trace_context is None else INSERT_TRACED_KEYED_JOBS
             batch = [resolved[i] for i in free]
+            statement = _INSERT_JOBS[trace_context is not None, True, _limited(batch)]
             written.update(_write(conn, statement, batch, [payloads[i] for i in free],
                                   trace_context))  # fmt: skip
         order = list(takers.values())
@@ -841,8 +867,15 @@ def enqueue_workflow(
                 )
             return existing[0]  # type: ignore[no-any-return]
         is_job = [s.kind is StepKind.JOB for s in steps]
+        if any(k[0] is not None for k in keys):
+            statement = (
+                INSERT_LIMITED_RUN_STEPS if trace_context is None
+                else INSERT_TRACED_LIMITED_RUN_STEPS
+            )  # fmt: skip
+        else:
+            statement = INSERT_RUN_STEPS if trace_context is None else INSERT_TRACED_RUN_STEPS
         conn.execute(
-            INSERT_RUN_STEPS if trace_context is None else INSERT_TRACED_RUN_STEPS,
+            statement,
             {
                 "run_id": run_id,
                 "name": workflow.name,
