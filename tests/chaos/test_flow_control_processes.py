@@ -62,6 +62,7 @@ class Workers:
     """Three ``runledger worker`` processes of ``APP``, stopped with SIGTERM."""
 
     def __init__(self, dsn: str, directory: Path, queues: str, poll_interval: float) -> None:
+        """``queues`` is comma-separated; ``{n}`` in it becomes the worker's number (0..2)."""
         (directory / "fc_app.py").write_text(APP)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEDGER_")}
         env.pop("DATABASE_URL", None)
@@ -73,7 +74,7 @@ class Workers:
         )
         self.logs = [directory / f"worker-{n}.log" for n in range(3)]
         self.procs: list[subprocess.Popen[bytes]] = []
-        for log in self.logs:
+        for n, log in enumerate(self.logs):
             with log.open("wb") as out:
                 self.procs.append(
                     subprocess.Popen(
@@ -87,7 +88,7 @@ class Workers:
                             "--concurrency",
                             "4",
                             "--queues",
-                            queues,
+                            queues.format(n=n),
                             "--log-level",
                             "warning",
                         ],
@@ -216,15 +217,26 @@ def test_a_paused_queue_has_no_start_while_paused(
     dsn: str, tmp_path: Path, control: psycopg.Connection[Any]
 ) -> None:
     with control.transaction():
-        runledger.enqueue_many(control, [runledger.Job("fc.plain", queue="paused")] * 3000)
-    workers = start(dsn, tmp_path, "paused")
+        runledger.enqueue_many(control, [runledger.Job("fc.plain", queue="paused")] * 1500)
+    workers = start(dsn, tmp_path, "paused,marker-{n}")
     try:
         wait_for(workers, lambda: succeeded(control, "paused") >= 100, timeout=20, what="100")
         runledger.pause_queue(control, "paused")
         paused: datetime.datetime = scalar(control, "select clock_timestamp()")
-        # paused long enough for every worker to poll and be woken several times
-        time.sleep(1.5)
-        wait_for(workers, lambda: True, timeout=1, what="")
+        # A job for each worker on a queue of its own, enqueued after the pause: once all
+        # three have run, every worker has claimed since (its two queues in one statement).
+        with control.transaction():
+            runledger.enqueue_many(
+                control, [runledger.Job("fc.plain", queue=f"marker-{n}") for n in range(3)]
+            )
+        wait_for(
+            workers,
+            lambda: (
+                scalar(control, "select count(*) from fc_runs where queue like 'marker-%%'") == 3
+            ),
+            timeout=20,
+            what="each worker's marker job",
+        )
         resumed: datetime.datetime = scalar(control, "select clock_timestamp()")
         starts_while_paused = scalar(
             control,
@@ -236,8 +248,8 @@ def test_a_paused_queue_has_no_start_while_paused(
             control, "select count(*) from runledger.jobs where status = 'running'"
         )
         runledger.resume_queue(control, "paused")
-        wait_for(workers, lambda: succeeded(control, "paused") == 3000, timeout=25, what="all 3000")
+        wait_for(workers, lambda: succeeded(control, "paused") == 1500, timeout=25, what="all 1500")
     finally:
         workers.stop()
     assert starts_while_paused == 0
-    assert running_after == 0  # running jobs finished while paused
+    assert running_after == 0  # the queue's running jobs finished while it was paused
