@@ -72,9 +72,17 @@ with candidates as (
           and j.queue = q.queue
           and j.job_type = any(%(job_types)s::text[])
           and j.run_at <= now()
-          and (j.concurrency_key is null or j.concurrency_limit > (
-                   select count(*) from only runledger.jobs as r
-                   where r.concurrency_key = j.concurrency_key and r.status = 'running'))
+          -- (key, limit) pairs of the full keys: a key with n running jobs is full for
+          -- the limits 1..n. Read once per claim (a hashed subplan, built the first time a
+          -- keyed job is met) from jobs_running_keys, then one hash probe per keyed row.
+          and (j.concurrency_key is null
+               or (j.concurrency_key, j.concurrency_limit) not in (
+                   select k.concurrency_key, n.n
+                   from (select r.concurrency_key, count(*)::integer as running
+                         from only runledger.jobs as r
+                         where r.status = 'running' and r.concurrency_key is not null
+                         group by r.concurrency_key) as k
+                   cross join lateral generate_series(1, k.running) as n(n)))
         order by j.priority desc, j.run_at, j.id
         limit %(limit)s
         for no key update skip locked

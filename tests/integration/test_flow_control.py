@@ -16,7 +16,15 @@ import pytest
 import runledger
 from runledger import AttemptOutcome, JobStatus
 from runledger.errors import IdempotencyConflict
-from runledger.postgres.attempts import AttemptResult, Claim, ClaimedJob, claim_round, finish
+from runledger.postgres.attempts import (
+    CLAIM_JOBS,
+    AttemptResult,
+    Claim,
+    ClaimedJob,
+    claim_params,
+    claim_round,
+    finish,
+)
 from runledger.postgres.channels import JOBS
 
 Conn = psycopg.Connection[Any]
@@ -369,3 +377,28 @@ def test_workflow_steps_carry_their_keys_to_their_jobs(conn: Conn) -> None:
         (run_id,),
     ).fetchall()
     assert rows == [("a", "first", 2), ("b", "second", 1), ("c", "tenant:7", 1)]
+
+
+def test_jobs_of_full_keys_cost_one_hash_probe_each(conn: Conn) -> None:
+    # A backlog of a full key at the head of the queue is passed over row by row: each row
+    # must cost a probe of a set built once, not a count of the key's running jobs.
+    runledger.enqueue(conn, "t", concurrency_key="k", priority=5)
+    conn.commit()
+    assert len(claim_now(conn).jobs) == 1
+    runledger.enqueue_many(conn, [runledger.Job("t", concurrency_key="k", priority=5)] * 500)
+    free = runledger.enqueue(conn, "t")
+    conn.commit()
+    params = claim_params(
+        worker="w", queues=["default"], job_types=["t"], limit=1, lease_seconds=60
+    )
+    conn.execute("set local plan_cache_mode = force_generic_plan")
+    plan = "\n".join(
+        r[0]
+        for r in conn.execute(
+            "explain (analyze, buffers, costs off, timing off) " + CLAIM_JOBS, params
+        ).fetchall()
+    )
+    conn.rollback()
+    assert "hashed SubPlan" in plan, plan
+    assert "loops=500" not in plan and "loops=501" not in plan, plan
+    assert ids(claim_now(conn, limit=1)) == {free}
