@@ -402,3 +402,85 @@ def test_jobs_of_full_keys_cost_one_hash_probe_each(conn: Conn) -> None:
     assert "hashed SubPlan" in plan, plan
     assert "loops=500" not in plan and "loops=501" not in plan, plan
     assert ids(claim_now(conn, limit=1)) == {free}
+
+
+def watch(observer: Conn, errors: list[BaseException]) -> tuple[int, int]:
+    """Until the queue "mail" is empty (or a thread failed): the most running jobs of one key,
+    and of the queue, in any snapshot the observer took."""
+    worst_key = worst_queue = 0
+    deadline = time.monotonic() + 20
+    while not errors and time.monotonic() < deadline:
+        row = observer.execute(
+            "select coalesce(max(n), 0), coalesce(sum(n), 0) from (select count(*) as n"
+            " from only runledger.jobs where status = 'running' group by concurrency_key) s"
+        ).fetchone()
+        assert row is not None
+        worst_key, worst_queue = max(worst_key, row[0]), max(worst_queue, row[1])
+        left = observer.execute(
+            "select count(*) from only runledger.jobs where queue = 'mail'"
+        ).fetchone()
+        if left == (0,):
+            break
+    return worst_key, worst_queue
+
+
+def test_claims_finishes_and_setting_changes_racing_never_exceed_a_limit(
+    dsn: str, conn: Conn, observer: Conn
+) -> None:
+    # Four claimers claim and finish keyed jobs of a limited queue while another session
+    # keeps changing the queue's settings. In every snapshot an observer takes, no key and
+    # not the queue is over its limit; nothing deadlocks or fails.
+    jobs = [
+        runledger.Job("t", {"n": n}, queue="mail", concurrency_key=f"k{n % 3}",
+                      concurrency_limit=2)
+        for n in range(600)
+    ]  # fmt: skip
+    runledger.enqueue_many(conn, jobs)
+    runledger.set_queue_limits(conn, "mail", concurrency=4)
+    conn.commit()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def claimer() -> None:
+        try:
+            with psycopg.connect(dsn) as c:
+                while not stop.is_set():
+                    got = claim_now(c, limit=3, queues=("mail",))
+                    if got.jobs:
+                        succeed(c, *got.jobs)
+        except BaseException as err:
+            errors.append(err)
+            raise
+
+    def changer() -> None:
+        try:
+            with psycopg.connect(dsn) as c:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    if n % 3 == 0:
+                        runledger.pause_queue(c, "mail")
+                    elif n % 3 == 1:
+                        runledger.resume_queue(c, "mail")
+                    runledger.set_queue_limits(c, "mail", concurrency=3 + n % 2)
+                    c.commit()
+        except BaseException as err:
+            errors.append(err)
+            raise
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    threads.append(threading.Thread(target=changer))
+    for thread in threads:
+        thread.start()
+    try:
+        worst_key, worst_queue = watch(observer, errors)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors
+    assert worst_key <= 2
+    assert worst_queue <= 4
+    assert observer.execute(
+        "select count(*) from runledger.jobs where status = 'succeeded'"
+    ).fetchone() == (600,)
