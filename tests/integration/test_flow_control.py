@@ -26,6 +26,7 @@ from runledger.postgres.attempts import (
     finish,
 )
 from runledger.postgres.channels import JOBS
+from runledger.postgres.retention import sweep_orphan_events
 
 Conn = psycopg.Connection[Any]
 
@@ -484,3 +485,21 @@ def test_claims_finishes_and_setting_changes_racing_never_exceed_a_limit(
     assert observer.execute(
         "select count(*) from runledger.jobs where status = 'succeeded'"
     ).fetchone() == (600,)
+
+
+def test_the_orphan_sweep_prunes_old_queue_events_and_leaves_the_settings(conn: Conn) -> None:
+    runledger.enqueue(conn, "t", queue="mail")
+    runledger.pause_queue(conn, "mail", by="ops")
+    conn.execute("update runledger.events set occurred_at = now() - interval '40 days'")
+    conn.commit()
+
+    swept = sweep_orphan_events(conn, datetime.timedelta(days=30))
+    conn.commit()
+
+    # queue.* events name neither a job nor a run: old ones go with the orphans (the job's
+    # own event stays, its job exists); the pause itself is in runledger.queues
+    kinds = [r[0] for r in conn.execute("select kind from runledger.events").fetchall()]
+    assert swept.deleted == 1
+    assert kinds == ["job.enqueued"]
+    assert runledger.queue_settings(conn, "mail").paused_by == "ops"
+    assert claim_now(conn, queues=("mail",)).jobs == ()
