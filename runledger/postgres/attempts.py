@@ -39,7 +39,10 @@ DEFAULT_MAX_ATTEMPTS = 5
 # Claims up to %(limit)s due jobs of the given queues and types: highest priority first, then
 # oldest run_at, then id. SKIP LOCKED: a claim never waits for a job row. With several
 # queues, rows locked beyond the limit stay locked (unclaimed) only until the commit. The
-# step rows of claimed workflow jobs are marked running in the same statement.
+# step rows of claimed workflow jobs are marked running in the same statement. Flow control
+# (schema 9, docs/flow-control.md): paused queues are not scanned, jobs of full keys are
+# passed over, and candidates with a key or on a limited queue are claimed only as
+# runledger.admit_jobs admits them; the others are claimed as they always were.
 CLAIM_JOBS = """
 with candidates as (
     -- One ordered index scan per queue (a "queue = any(...)" filter would sort every queued
