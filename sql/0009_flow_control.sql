@@ -65,3 +65,126 @@ alter table runledger.events add constraint events_kind_check check (kind in (
     'step.queued', 'step.waiting', 'step.succeeded', 'step.failed', 'step.cancelled',
     'queue.paused', 'queue.resumed', 'queue.limited')) not valid;
 create index events_queue on runledger.events (queue, id) where queue is not null;
+
+-- The claim's admission of constrained candidates: jobs with a concurrency key, and jobs of
+-- queues with a concurrency or rate limit. The claim has locked the candidates' rows (SKIP
+-- LOCKED) and passes them in claim order with their queue, key, limit and whether the claim's
+-- snapshot saw a limit on their queue; this returns the ids it admits. VOLATILE: under READ
+-- COMMITTED each statement in it takes a fresh snapshot, so a count read after a lock sees
+-- every claim that held that lock before (an advisory xact lock is released after its
+-- transaction's commit is visible). Lock order, after the job rows: queue rows in queue
+-- order, then key advisory locks in key order; every one is a try (SKIP LOCKED, try-lock),
+-- so a claim never waits here: a queue or key another claim is admitting admits nothing this
+-- round. Nothing is counted but running rows (jobs_running_queue, jobs_running_keys), so a
+-- crashed worker's job stops counting when the reaper releases its lease. The rate is
+-- counted in fixed windows aligned to the epoch, by the claim's now() (its jobs' started_at),
+-- in the queue row's window_start and window_starts.
+create function runledger.admit_jobs(
+    ids uuid[], queues text[], keys text[], limits integer[], limited boolean[]
+) returns setof uuid
+language plpgsql volatile
+as $$
+declare
+    qs text[];             -- limited queues, in queue order
+    q_room integer[];      -- per qs: starts still allowed this round (null: unbounded)
+    q_window timestamptz[];  -- per qs: the rate window written back (null: no rate)
+    q_used integer[];      -- per qs: starts counted in that window, this round's included
+    ks text[];             -- keys, in key order
+    k_running integer[];   -- per ks: running jobs with the key, this round's admitted
+                           -- included (null: the key's lock is another claim's)
+    s record;
+    i integer;
+    n integer;
+    p integer;
+    running integer;
+    room integer;
+    win timestamptz;
+    used integer;
+begin
+    if current_setting('transaction_isolation') <> 'read committed' then
+        -- A snapshot kept for the whole transaction would count stale running jobs.
+        raise exception 'runledger.admit_jobs needs READ COMMITTED, not %',
+            current_setting('transaction_isolation')
+            using errcode = 'invalid_transaction_state';
+    end if;
+    select coalesce(array_agg(q order by q), '{}') into qs
+    from (select distinct q from unnest(queues, limited) as u(q, l) where l) as d;
+    q_room := array_fill(0, array[cardinality(qs)]);
+    q_window := array_fill(null::timestamptz, array[cardinality(qs)]);
+    q_used := array_fill(0, array[cardinality(qs)]);
+    for i in 1 .. cardinality(qs) loop
+        select * into s from runledger.queues as q where q.queue = qs[i]
+        for update skip locked;
+        if not found or s.paused then
+            continue;  -- another claim or a settings change holds it, or paused since: none
+        end if;
+        room := null;
+        if s.concurrency is not null then
+            select count(*) into running from only runledger.jobs as j
+            where j.queue = qs[i] and j.status = 'running';
+            room := greatest(s.concurrency - running, 0);
+        end if;
+        if s.rate is not null then
+            win := to_timestamp(floor(extract(epoch from now()) / s.per_seconds::numeric)
+                                * s.per_seconds::numeric);
+            if s.window_start is null or s.window_start < win then
+                used := 0;
+            elsif s.window_start > win then
+                used := s.rate;  -- a claim that began later opened the next window
+            else
+                used := s.window_starts;
+            end if;
+            room := least(room, greatest(s.rate - used, 0));
+            if s.window_start is null or s.window_start <= win then
+                q_window[i] := win;  -- written back; never over a newer window
+                q_used[i] := used;
+            end if;
+        end if;
+        q_room[i] := room;
+    end loop;
+
+    select coalesce(array_agg(k order by k), '{}') into ks
+    from (select distinct k from unnest(keys) as u(k) where k is not null) as d;
+    k_running := array_fill(null::integer, array[cardinality(ks)]);
+    for i in 1 .. cardinality(ks) loop
+        if pg_try_advisory_xact_lock(hashtextextended('runledger.concurrency:' || ks[i], 0)) then
+            select count(*) into running from only runledger.jobs as j
+            where j.concurrency_key = ks[i] and j.status = 'running';
+            k_running[i] := running;
+        end if;
+    end loop;
+
+    for n in 1 .. cardinality(ids) loop
+        p := null;
+        if limited[n] then
+            p := array_position(qs, queues[n]);
+            if q_room[p] is not null and q_room[p] <= 0 then
+                continue;
+            end if;
+        end if;
+        if keys[n] is not null then
+            i := array_position(ks, keys[n]);
+            -- each job starts while fewer than its own limit run with its key
+            if k_running[i] is null or k_running[i] >= limits[n] then
+                continue;
+            end if;
+            k_running[i] := k_running[i] + 1;
+        end if;
+        if p is not null then
+            q_room[p] := q_room[p] - 1;
+            q_used[p] := q_used[p] + 1;
+        end if;
+        return next ids[n];
+    end loop;
+
+    for i in 1 .. cardinality(qs) loop
+        if q_window[i] is not null then
+            update runledger.queues as q
+            set window_start = q_window[i], window_starts = q_used[i]
+            where q.queue = qs[i]
+              and (q.window_start is distinct from q_window[i] or q.window_starts <> q_used[i]);
+        end if;
+    end loop;
+    return;
+end;
+$$;

@@ -122,6 +122,12 @@ def _job_fields(job: JobRecord, now: datetime.datetime) -> list[tuple[str, str]]
         ("timeout", "" if job.timeout_seconds is None else f"{job.timeout_seconds}s"),
         ("workflow", workflow),
         ("idempotency key", job.idempotency_key or ""),
+        (
+            "concurrency key",
+            ""
+            if job.concurrency_key is None
+            else f"{job.concurrency_key} (limit {job.concurrency_limit})",
+        ),
         ("created", when(job.created_at, now)),
         ("run at", when(job.run_at, now) if job.status is JobStatus.QUEUED else ""),
         ("last started", when(job.started_at, now)),

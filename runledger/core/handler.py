@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import attrs
 
@@ -15,6 +16,9 @@ class HandlerDefaults:
     queue: str | None = None
     max_attempts: int | None = None
     timeout_seconds: int | None = None
+    concurrency_key: str | Callable[[Any], str] | None = None
+    """A key for every job of the type, or a function of the job's payload returning one."""
+    concurrency_limit: int | None = None
 
 
 class HandlerCatalog(Protocol):

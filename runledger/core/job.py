@@ -191,6 +191,12 @@ class Job:
             job is in the ledger (``Unique.forever()``, the default), while it is queued or
             running (``Unique.active()``), or for a period from its enqueue
             (``Unique.within(timedelta(hours=1))``). Needs ``idempotency_key``.
+        concurrency_key: the job starts only while fewer than ``concurrency_limit`` jobs with
+            this key are running, across all runtimes (``docs/flow-control.md``); None takes
+            the handler's key when enqueue is given a registry. At most
+            ``MAX_IDEMPOTENCY_KEY_BYTES`` bytes of UTF-8.
+        concurrency_limit: a positive int, with a key; None takes the handler's limit, else
+            ``DEFAULT_CONCURRENCY_LIMIT`` (1).
     """
 
     job_type: str
@@ -203,6 +209,8 @@ class Job:
     timeout_seconds: int | None = attrs.field(default=None, kw_only=True)
     idempotency_key: str | None = attrs.field(default=None, kw_only=True)
     unique: Unique = attrs.field(default=FOREVER, kw_only=True)
+    concurrency_key: str | None = attrs.field(default=None, kw_only=True)
+    concurrency_limit: int | None = attrs.field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         check_job_type(self.job_type)
@@ -224,6 +232,11 @@ class Job:
         check_timeout(self.timeout_seconds)
         check_idempotency_key(self.idempotency_key)
         check_unique(self.unique, self.idempotency_key)
+        if self.concurrency_key is not None or self.concurrency_limit is not None:
+            # core.limits builds on this module's checks, so it is imported here
+            from runledger.core.limits import check_concurrency
+
+            check_concurrency(self.concurrency_key, self.concurrency_limit)
 
     @property
     def stored_payload(self) -> JsonValue:
@@ -238,8 +251,9 @@ class Job:
     def fingerprint(self) -> str:
         """A digest of what makes two keyed requests "the same request".
 
-        Covers type, payload, queue, priority, max_attempts and timeout; not the start time,
-        since a client retrying "in 10 minutes" a minute later asks for the same job.
+        Covers type, payload, queue, priority, max_attempts, timeout, unique window and
+        concurrency key; not the start time, since a client retrying "in 10 minutes" a minute
+        later asks for the same job.
         """
         return fingerprint(
             {
@@ -250,6 +264,7 @@ class Job:
                 "max_attempts": self.max_attempts,
                 "timeout_seconds": self.timeout_seconds,
                 **self.unique.request_part(),
+                **concurrency_request_part(self.concurrency_key, self.concurrency_limit),
             }
         )
 
@@ -261,6 +276,12 @@ def check_unique(unique: object, idempotency_key: str | None) -> None:
         raise InvalidUnique(given=unique, reason="expected a runledger.Unique")
     if unique.mode is not UniqueMode.FOREVER and idempotency_key is None:
         raise InvalidUnique(given=unique, reason="it needs an idempotency_key")
+
+
+def concurrency_request_part(key: str | None, limit: int | None) -> dict[str, Any]:
+    """What a concurrency key adds to a keyed request's fingerprint: nothing without one, so
+    that keys enqueued before concurrency keys existed still match the same request."""
+    return {} if key is None else {"concurrency_key": key, "concurrency_limit": limit}
 
 
 def fingerprint(request: Any) -> str:

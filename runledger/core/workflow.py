@@ -34,6 +34,7 @@ from runledger.core.errors import (
     UnknownResultStep,
     WorkflowBuildError,
 )
+from runledger.core.limits import check_concurrency
 from runledger.core.payload import JsonValue, check_json
 from runledger.core.status import ReleaseMode, StepKind
 
@@ -62,6 +63,8 @@ class StepSpec:
     max_attempts: int | None = None
     timeout_seconds: int | None = None
     dependencies: tuple[Dependency, ...] = ()
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     @property
     def prerequisites(self) -> tuple[str, ...]:
@@ -77,6 +80,8 @@ class StepSpec:
             "priority": self.priority,
             "max_attempts": self.max_attempts,
             "timeout_seconds": self.timeout_seconds,
+            "concurrency_key": self.concurrency_key,
+            "concurrency_limit": self.concurrency_limit,
         }
         return tuple(sorted(name for name, value in given.items() if value is not None))
 
@@ -132,6 +137,8 @@ class Workflow:
                     "max_attempts": s.max_attempts,
                     "timeout_seconds": s.timeout_seconds,
                     "dependencies": [[d.prerequisite, str(d.mode)] for d in s.dependencies],
+                    # only when given: runs enqueued before keys existed keep their digest
+                    **jobopts.concurrency_request_part(s.concurrency_key, s.concurrency_limit),
                 }
                 for s in self.steps
             ],
@@ -214,6 +221,7 @@ def _validate_step(name: str, spec: StepSpec) -> None:
         jobopts.check_priority(spec.priority, step_key=key)
     jobopts.check_max_attempts(spec.max_attempts, step_key=key)
     jobopts.check_timeout(spec.timeout_seconds, step_key=key)
+    check_concurrency(spec.concurrency_key, spec.concurrency_limit, step_key=key)
     check_json(spec.payload, step_key=key)
 
 
@@ -271,6 +279,8 @@ class _StepDraft:
     max_attempts: int | None = None
     timeout_seconds: int | None = None
     dependencies: list[Dependency] = attrs.field(factory=list)
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     def freeze(self) -> StepSpec:
         return StepSpec(
@@ -283,6 +293,8 @@ class _StepDraft:
             max_attempts=self.max_attempts,
             timeout_seconds=self.timeout_seconds,
             dependencies=tuple(self.dependencies),
+            concurrency_key=self.concurrency_key,
+            concurrency_limit=self.concurrency_limit,
         )
 
 
@@ -349,6 +361,8 @@ class WorkflowBuilder:
         priority: int | None = None,
         max_attempts: int | None = None,
         timeout_seconds: int | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
     ) -> Self:
         """Open a new step; later step settings apply to it until the next ``step()``."""
         draft = _StepDraft(
@@ -360,6 +374,8 @@ class WorkflowBuilder:
             priority=priority,
             max_attempts=max_attempts,
             timeout_seconds=timeout_seconds,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
         self._steps.append(draft)
         self.after(*_keys(after))
@@ -420,6 +436,13 @@ class WorkflowBuilder:
     def timeout_seconds(self, seconds: int) -> Self:
         """Set the time limit of one attempt of the current step's job."""
         self._current("timeout_seconds").timeout_seconds = seconds
+        return self
+
+    def concurrency(self, key: str, limit: int | None = None) -> Self:
+        """Let the current step's job start only while fewer than ``limit`` (default: its
+        handler's, else 1) jobs with ``key`` run (see ``runledger.Job``)."""
+        draft = self._current("concurrency")
+        draft.concurrency_key, draft.concurrency_limit = key, limit
         return self
 
     def build(self) -> Workflow:

@@ -39,26 +39,82 @@ DEFAULT_MAX_ATTEMPTS = 5
 # Claims up to %(limit)s due jobs of the given queues and types: highest priority first, then
 # oldest run_at, then id. SKIP LOCKED: a claim never waits for a job row. With several
 # queues, rows locked beyond the limit stay locked (unclaimed) only until the commit. The
-# step rows of claimed workflow jobs are marked running in the same statement.
+# step rows of claimed workflow jobs are marked running in the same statement. Flow control
+# (schema 9, docs/flow-control.md): paused queues are not scanned, jobs of full keys are
+# passed over, and candidates with a key or on a limited queue are claimed only as
+# runledger.admit_jobs admits them; the others are claimed as they always were.
 CLAIM_JOBS = """
 with candidates as (
     -- One ordered index scan per queue (a "queue = any(...)" filter would sort every queued
-    -- row), then the best of them across queues.
-    select c.id, c.priority, c.run_at
-    from unnest(%(queues)s::text[]) as q(queue)
+    -- row), then the best of them across queues. A job whose key is full is passed over, so
+    -- that it never holds back the jobs behind it.
+    select c.id, c.priority, c.run_at, c.queue, c.concurrency_key, c.concurrency_limit,
+           q.limited
+    from (
+        -- The queues to scan: not paused, and not full as this statement's snapshot sees them
+        -- (a plain read: admit_jobs decides exactly). One index probe per queue; a queue without
+        -- a row in runledger.queues has no limit.
+        select q.queue, s.queue is not null and (s.concurrency is not null or s.rate is not null)
+                   as limited
+        from unnest(%(queues)s::text[]) as q(queue)
+        left join runledger.queues as s on s.queue = q.queue
+        where s.queue is null
+           or not (s.paused
+                   -- the rate window of this claim's now() is full, or a later one opened
+                   or coalesce((s.window_start, s.window_starts) >= (to_timestamp(
+                          floor(extract(epoch from now()) / s.per_seconds::numeric)
+                          * s.per_seconds::numeric), s.rate), false)
+                   or case when s.concurrency is null then false else s.concurrency <= (
+                          select count(*) from only runledger.jobs as r
+                          where r.queue = s.queue and r.status = 'running') end)
+    ) as q
     cross join lateral (
-        select j.id, j.priority, j.run_at
+        select j.id, j.priority, j.run_at, j.queue, j.concurrency_key, j.concurrency_limit
         from only runledger.jobs as j
         where j.status = 'queued'
           and j.queue = q.queue
           and j.job_type = any(%(job_types)s::text[])
           and j.run_at <= now()
+          -- (key, limit) pairs of the full keys: a key with n running jobs is full for
+          -- the limits 1..n. Read once per claim (a hashed subplan, built the first time a
+          -- keyed job is met) from jobs_running_keys, then one hash probe per keyed row.
+          and (j.concurrency_key is null
+               or (j.concurrency_key, j.concurrency_limit) not in (
+                   select k.concurrency_key, n.n
+                   from (select r.concurrency_key, count(*)::integer as running
+                         from only runledger.jobs as r
+                         where r.status = 'running' and r.concurrency_key is not null
+                         group by r.concurrency_key) as k
+                   cross join lateral generate_series(1, k.running) as n(n)))
         order by j.priority desc, j.run_at, j.id
         limit %(limit)s
         for no key update skip locked
     ) as c
     order by c.priority desc, c.run_at, c.id
     limit %(limit)s
+),
+constrained as (
+    select array_agg(c.id order by c.priority desc, c.run_at, c.id) as ids,
+           array_agg(c.queue order by c.priority desc, c.run_at, c.id) as queues,
+           array_agg(c.concurrency_key order by c.priority desc, c.run_at, c.id) as keys,
+           array_agg(c.concurrency_limit order by c.priority desc, c.run_at, c.id) as limits,
+           array_agg(c.limited order by c.priority desc, c.run_at, c.id) as limited
+    from candidates as c
+    where c.limited or c.concurrency_key is not null
+),
+admitted as (
+    -- Unconstrained candidates are claimed as they are; constrained ones as admit_jobs
+    -- (schema 0009) admits them, under their queue's row lock and their keys' advisory locks.
+    select c.id, c.priority, c.run_at
+    from candidates as c
+    where not (c.limited or c.concurrency_key is not null)
+    union all
+    select c.id, c.priority, c.run_at
+    from constrained as k
+    cross join lateral runledger.admit_jobs(k.ids, k.queues, k.keys, k.limits, k.limited)
+        as a(id)
+    join candidates as c on c.id = a.id
+    where k.ids is not null
 ),
 claimed as (
     update only runledger.jobs as j
@@ -77,7 +133,7 @@ claimed as (
         -- the jobs idle threads start at once; the runtime marks the others (prefetched)
         -- when their handlers start (MARK_STARTED)
         handler_started_at = case when j.id = any(array(
-            select c.id from candidates as c
+            select c.id from admitted as c
             order by c.priority desc, c.run_at, c.id
             limit %(start_now)s)) then now() end,
         -- a claimed job may wait for a thread (prefetch): the heartbeat makes this exact
@@ -87,7 +143,7 @@ claimed as (
                 (%(defaults)s::jsonb -> j.job_type ->> 'timeout_seconds')::integer)),
         updated_at = now()
     -- by primary key whatever the row estimate: the generic plan never guesses the limit
-    where j.id = any(array(select c.id from candidates as c))
+    where j.id = any(array(select c.id from admitted as c))
     returning j.id, j.job_type, j.queue, j.payload, j.priority, j.attempt, j.max_attempts,
               j.timeout_seconds, j.lease_token, j.workflow_run_id, j.step_id, j.step_key,
               j.started_at, j.scheduled_at, j.handler_started_at is not null as started,
@@ -124,7 +180,10 @@ select c.id, c.job_type, c.queue, c.payload, c.priority, c.attempt, c.max_attemp
        ) end as upstream,
        c.started,
        c.trace_context,
-       c.run_at
+       c.run_at,
+       -- candidates admit_jobs turned away (a key or queue full or being admitted by another
+       -- claim): the claimer claims again at once when it also got some
+       (select count(*) from candidates) - (select count(*) from admitted) as deferred
 from claimed as c
 order by c.priority desc, c.id
 """
@@ -230,7 +289,7 @@ done as (
     from input as u, locked as l
     where j.id = u.id and l.id = j.id and j.lease_token = u.token
     returning j.id, j.status, j.run_at, j.attempt, j.workflow_run_id, j.step_id, j.step_key,
-              j.job_type, j.queue, u.token
+              j.job_type, j.queue, u.token, j.concurrency_key
 ),
 attempts as (
     update runledger.job_attempts as a
@@ -273,8 +332,14 @@ steps as (
     where s.id = d.step_id and d.status = 'queued' and s.status = 'running'
 ),
 notified as (
+    -- Requeued jobs are claimable; finished jobs with a concurrency key, or of a queue with
+    -- a concurrency limit, free a slot that other runtimes' claimers may be waiting for.
     select count(pg_notify('{JOBS}', queue)) as n
-    from (select distinct queue from done where status = 'queued') as q
+    from (select distinct queue from done
+          where status = 'queued'
+             or concurrency_key is not null
+             or queue in (select q.queue from runledger.queues as q
+                          where q.concurrency is not null)) as q
 )
 select d.id, d.status, d.workflow_run_id, d.step_id, d.step_key, d.attempt, d.job_type,
        d.run_at, d.token, (select n from notified) as notified
@@ -374,6 +439,16 @@ def claim_params(
     }
 
 
+@attrs.frozen(kw_only=True)
+class Claim:
+    """What one claim got: its jobs in the order to run them, and how many candidates the
+    admission of constrained jobs turned away (a key or queue full, or locked by another
+    claim's admission): when some were, jobs behind them may be claimable at once."""
+
+    jobs: tuple[ClaimedJob, ...]
+    deferred: int
+
+
 def claim(
     conn: Conn,
     *,
@@ -386,6 +461,28 @@ def claim(
     session_generic_plan: bool = False,
     start_now: int | None = None,
 ) -> list[ClaimedJob]:
+    """``claim_round``'s jobs alone (same transaction, blocking and errors)."""
+    return list(
+        claim_round(
+            conn, worker=worker, queues=queues, job_types=job_types, limit=limit,
+            lease_seconds=lease_seconds, defaults=defaults,
+            session_generic_plan=session_generic_plan, start_now=start_now,
+        ).jobs
+    )  # fmt: skip
+
+
+def claim_round(
+    conn: Conn,
+    *,
+    worker: str,
+    queues: Sequence[str],
+    job_types: Sequence[str],
+    limit: int,
+    lease_seconds: float,
+    defaults: Mapping[str, Mapping[str, int | None]] | None = None,
+    session_generic_plan: bool = False,
+    start_now: int | None = None,
+) -> Claim:
     """Claim up to ``limit`` due jobs in the caller's transaction (commit it before running).
 
     The first ``start_now`` of them (all by default) are marked as started: their handlers
@@ -403,9 +500,17 @@ def claim(
     already. On an autocommit connection the claim commits by itself and only a session
     setting can apply (``SET LOCAL`` outside a transaction does nothing but warn), so none is
     made.
+
+    Jobs with a concurrency key, and jobs of queues with a concurrency or rate limit, are
+    admitted by ``runledger.admit_jobs`` in the same statement (see ``docs/flow-control.md``);
+    paused queues are not scanned. ``Claim.deferred`` counts the candidates it turned away.
+    The transaction must be READ COMMITTED (the default) when any are constrained: a claim
+    in a REPEATABLE READ or SERIALIZABLE transaction raises psycopg's
+    ``InvalidTransactionState`` (SQLSTATE 25000) rather than count running jobs with a stale
+    snapshot.
     """
     if limit <= 0:
-        return []
+        return Claim(jobs=(), deferred=0)
     if conn.prepare_threshold is not None and not (session_generic_plan or conn.autocommit):
         conn.execute(GENERIC_PLAN, prepare=False)
     params = claim_params(
@@ -442,7 +547,8 @@ def claim(
         )
         for row in rows
     ]
-    return sorted(jobs, key=lambda job: not job.started)
+    deferred = rows[0][19] if rows else 0
+    return Claim(jobs=tuple(sorted(jobs, key=lambda job: not job.started)), deferred=deferred)
 
 
 def mark_started(conn: Conn, attempts: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> None:

@@ -18,12 +18,25 @@ from typing import Any
 import attrs
 
 from runledger.core.handler import HandlerCatalog, HandlerDefaults
-from runledger.core.job import DEFAULT_PRIORITY, DEFAULT_QUEUE, Job, fingerprint
+from runledger.core.job import (
+    DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
+    Job,
+    concurrency_request_part,
+    fingerprint,
+)
+from runledger.core.limits import DEFAULT_CONCURRENCY_LIMIT, check_concurrency
 from runledger.core.payload import MAX_PAYLOAD_BYTES, JsonValue, dumps, dumps_within
 from runledger.core.status import StepKind, StepStatus
 from runledger.core.unique import FOREVER, Unique
 from runledger.core.workflow import Workflow
-from runledger.errors import ConfigError, DatabaseError, IdempotencyConflict, UnknownJobType
+from runledger.errors import (
+    ConfigError,
+    DatabaseError,
+    IdempotencyConflict,
+    InvalidConcurrencyKey,
+    UnknownJobType,
+)
 from runledger.postgres.channels import JOBS
 from runledger.postgres.connection import Conn, savepoint, writing
 from runledger.postgres.copytext import copy_int, copy_json_text, copy_text
@@ -84,19 +97,20 @@ with input as (
         %(ids)s::uuid[], %(queues)s::text[], %(job_types)s::text[],
         %(priorities)s::smallint[], %(max_attempts)s::integer[], %(timeouts)s::integer[],
         %(run_ats)s::timestamptz[], %(delays)s::float8[], %(keys)s::text[],
-        %(fingerprints)s::text[]
+        %(fingerprints)s::text[]{limits_param}
     ) with ordinality as t(id, queue, job_type, priority, max_attempts, timeout_seconds,
-                           run_at, delay, idempotency_key, request_fingerprint, ord)
+                           run_at, delay, idempotency_key, request_fingerprint{limits_name},
+                           ord)
     join jsonb_array_elements(%(payloads)s::jsonb) with ordinality as p(payload, ord)
         using (ord)
 ),
 {keys_cte}inserted as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at,
-        idempotency_key, request_fingerprint{trace_column})
+        idempotency_key, request_fingerprint{limits_column}{trace_column})
     select id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
            coalesce(run_at, now() + make_interval(secs => coalesce(delay, 0))),
-           idempotency_key, request_fingerprint{trace_value}
+           idempotency_key, request_fingerprint{limits_column}{trace_value}
     from input
 {keys_filter}    returning id, queue
 ),
@@ -170,16 +184,18 @@ with step_input as (
     from unnest(
         %(keys)s::text[], %(kinds)s::text[], %(job_types)s::text[], %(queues)s::text[],
         %(priorities)s::smallint[], %(max_attempts)s::integer[], %(timeouts)s::integer[],
-        %(payloads)s::jsonb[], %(statuses)s::text[], %(deps)s::integer[], %(job_ids)s::uuid[]
+        %(payloads)s::jsonb[], %(statuses)s::text[], %(deps)s::integer[],
+        %(job_ids)s::uuid[]{limits_param}
     ) with ordinality as s(step_key, kind, job_type, queue, priority, max_attempts,
-                           timeout_seconds, payload, status, deps_total, job_id, ord)
+                           timeout_seconds, payload, status, deps_total, job_id{limits_name},
+                           ord)
 ),
 steps as (
     insert into runledger.workflow_step_runs (
         workflow_run_id, step_key, kind, job_type, queue, priority, max_attempts,
-        timeout_seconds, payload, status, deps_total, deps_pending, job_id)
+        timeout_seconds, payload, status, deps_total, deps_pending, job_id{limits_column})
     select %(run_id)s, step_key, kind, job_type, queue, priority, max_attempts,
-           timeout_seconds, payload, status, deps_total, deps_total, job_id
+           timeout_seconds, payload, status, deps_total, deps_total, job_id{limits_column}
     from step_input
     order by ord
     returning id, step_key, status, job_id
@@ -196,9 +212,9 @@ edges as (
 jobs as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
-        workflow_run_id, step_id, step_key{trace_column})
+        workflow_run_id, step_id, step_key{limits_column}{trace_column})
     select s.job_id, i.queue, i.job_type, i.payload, i.priority, i.max_attempts,
-           i.timeout_seconds, %(run_id)s, s.id, s.step_key{trace_value}
+           i.timeout_seconds, %(run_id)s, s.id, s.step_key{limits_value}{trace_value}
     from steps as s
     join step_input as i using (step_key)
     where s.job_id is not null
@@ -247,14 +263,42 @@ _TRACED = {
 }
 _UNKEYED = {"keys_cte": "", "keys_filter": ""}
 _KEYED = {"keys_cte": _keys_cte.lstrip("\n") + "\n", "keys_filter": _keys_filter}
-INSERT_JOBS = _insert_jobs_template.format(**_UNTRACED, **_UNKEYED)
-INSERT_TRACED_JOBS = _insert_jobs_template.format(**_TRACED, **_UNKEYED)
-INSERT_KEYED_JOBS = _insert_jobs_template.format(**_UNTRACED, **_KEYED)
-INSERT_TRACED_KEYED_JOBS = _insert_jobs_template.format(**_TRACED, **_KEYED)
+# And in two more: without the concurrency columns (no job of the batch has a concurrency
+# key; also works on a schema before version 9) and with them.
+_UNLIMITED = {"limits_param": "", "limits_name": "", "limits_column": ""}
+_LIMITED = {
+    "limits_param": ",\n        %(concurrency_keys)s::text[], %(concurrency_limits)s::integer[]",
+    "limits_name": ", concurrency_key, concurrency_limit",
+    "limits_column": ", concurrency_key, concurrency_limit",
+}
+INSERT_JOBS = _insert_jobs_template.format(**_UNTRACED, **_UNKEYED, **_UNLIMITED)
+INSERT_TRACED_JOBS = _insert_jobs_template.format(**_TRACED, **_UNKEYED, **_UNLIMITED)
+INSERT_KEYED_JOBS = _insert_jobs_template.format(**_UNTRACED, **_KEYED, **_UNLIMITED)
+INSERT_TRACED_KEYED_JOBS = _insert_jobs_template.format(**_TRACED, **_KEYED, **_UNLIMITED)
+INSERT_LIMITED_JOBS = _insert_jobs_template.format(**_UNTRACED, **_UNKEYED, **_LIMITED)
+INSERT_TRACED_LIMITED_JOBS = _insert_jobs_template.format(**_TRACED, **_UNKEYED, **_LIMITED)
+INSERT_KEYED_LIMITED_JOBS = _insert_jobs_template.format(**_UNTRACED, **_KEYED, **_LIMITED)
+INSERT_TRACED_KEYED_LIMITED_JOBS = _insert_jobs_template.format(**_TRACED, **_KEYED, **_LIMITED)
+_INSERT_JOBS = {
+    # (traced, idempotency keys, concurrency keys)
+    (False, False, False): INSERT_JOBS,
+    (True, False, False): INSERT_TRACED_JOBS,
+    (False, True, False): INSERT_KEYED_JOBS,
+    (True, True, False): INSERT_TRACED_KEYED_JOBS,
+    (False, False, True): INSERT_LIMITED_JOBS,
+    (True, False, True): INSERT_TRACED_LIMITED_JOBS,
+    (False, True, True): INSERT_KEYED_LIMITED_JOBS,
+    (True, True, True): INSERT_TRACED_KEYED_LIMITED_JOBS,
+}
+_STEPS_UNLIMITED = {"limits_param": "", "limits_name": "", "limits_column": "",
+                    "limits_value": ""}  # fmt: skip
+_STEPS_LIMITED = {**_LIMITED, "limits_value": ", i.concurrency_key, i.concurrency_limit"}
 INSERT_RUN = _insert_run_template.format(**_UNTRACED)
 INSERT_TRACED_RUN = _insert_run_template.format(**_TRACED)
-INSERT_RUN_STEPS = _insert_run_steps_template.format(**_UNTRACED)
-INSERT_TRACED_RUN_STEPS = _insert_run_steps_template.format(**_TRACED)
+INSERT_RUN_STEPS = _insert_run_steps_template.format(**_UNTRACED, **_STEPS_UNLIMITED)
+INSERT_TRACED_RUN_STEPS = _insert_run_steps_template.format(**_TRACED, **_STEPS_UNLIMITED)
+INSERT_LIMITED_RUN_STEPS = _insert_run_steps_template.format(**_UNTRACED, **_STEPS_LIMITED)
+INSERT_TRACED_LIMITED_RUN_STEPS = _insert_run_steps_template.format(**_TRACED, **_STEPS_LIMITED)
 
 
 @attrs.frozen(kw_only=True)
@@ -266,6 +310,8 @@ class _Resolved:
     queue: str
     max_attempts: int | None
     timeout_seconds: int | None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     def fingerprint(self) -> str:
         return fingerprint(
@@ -277,6 +323,7 @@ class _Resolved:
                 "max_attempts": self.max_attempts,
                 "timeout_seconds": self.timeout_seconds,
                 **self.job.unique.request_part(),
+                **concurrency_request_part(self.concurrency_key, self.concurrency_limit),
             }
         )
 
@@ -301,11 +348,51 @@ def _options(job: Job, defaults: HandlerDefaults | None) -> tuple[str, int | Non
     )
 
 
+def concurrency(
+    job_type: str,
+    payload: JsonValue,
+    key: str | None,
+    limit: int | None,
+    defaults: HandlerDefaults | None,
+    *,
+    step_key: str | None = None,
+) -> tuple[str | None, int | None]:
+    """The concurrency key and limit a job (or step) is written with: its own key, else its
+    handler's (a function of the payload is called here); the limit its own, else the
+    handler's, else ``DEFAULT_CONCURRENCY_LIMIT``.
+
+    Raises:
+        InvalidConcurrencyKey: the handler's function raised or returned no valid key.
+    """
+    if key is None and defaults is not None and defaults.concurrency_key is not None:
+        found = defaults.concurrency_key
+        if callable(found):
+            try:
+                key = found({} if payload is None else payload)
+            except Exception as err:
+                raise InvalidConcurrencyKey(
+                    key=None, limit=limit, step_key=step_key,
+                    reason=f"the concurrency_key function of handler {job_type!r} raised "
+                    f"{type(err).__name__}: {err}",
+                ) from err  # fmt: skip
+        else:
+            key = found
+        check_concurrency(key, limit, step_key=step_key)
+    if key is None:
+        return None, None
+    default_limit = defaults.concurrency_limit if defaults is not None else None
+    return key, limit or default_limit or DEFAULT_CONCURRENCY_LIMIT
+
+
 def _resolve(job: Job, registry: HandlerCatalog | None, job_id: uuid.UUID) -> _Resolved:
-    queue, max_attempts, timeout_seconds = _options(job, _defaults(registry, job.job_type))
+    defaults = _defaults(registry, job.job_type)
+    queue, max_attempts, timeout_seconds = _options(job, defaults)
+    key, limit = concurrency(
+        job.job_type, job.payload, job.concurrency_key, job.concurrency_limit, defaults
+    )
     return _Resolved(
         job=job, id=job_id, queue=queue, max_attempts=max_attempts,
-        timeout_seconds=timeout_seconds,
+        timeout_seconds=timeout_seconds, concurrency_key=key, concurrency_limit=limit,
     )  # fmt: skip
 
 
@@ -328,6 +415,8 @@ def enqueue(
     timeout_seconds: int | None = None,
     idempotency_key: str | None = None,
     unique: Unique = FOREVER,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
     registry: HandlerCatalog | None = None,
     max_payload_bytes: int | None = None,
 ) -> uuid.UUID:
@@ -346,6 +435,10 @@ def enqueue(
     ``Unique.within(period)`` for ``period`` from its enqueue. After the window, the enqueue
     queues a new job, which holds the key from then on. Two transactions enqueueing one key at
     once make one job: the second waits for the first to commit (or roll back).
+
+    With ``concurrency_key``, the job starts only while fewer than ``concurrency_limit``
+    (default: the handler's, else 1) jobs with that key run, across all runtimes; with a
+    ``registry``, a job without a key takes its handler's (see ``docs/flow-control.md``).
 
     The payload's canonical JSON may be at most ``max_payload_bytes`` bytes; None takes
     ``RUNLEDGER_MAX_PAYLOAD_BYTES`` from the environment, else 1 MiB (see ``payload_limit``).
@@ -375,6 +468,8 @@ def enqueue(
         timeout_seconds=timeout_seconds,
         idempotency_key=idempotency_key,
         unique=unique,
+        concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit,
     )
     return _enqueue_jobs(conn, [job], registry, payload_limit(max_payload_bytes))[0]
 
@@ -438,6 +533,19 @@ copy runledger.jobs (
     trace_context)
 from stdin
 """
+# Batches where a job has a concurrency key (its own or its handler's) add the two columns.
+COPY_KEYED_JOBS = """
+copy runledger.jobs (
+    id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at,
+    concurrency_key, concurrency_limit)
+from stdin
+"""
+COPY_TRACED_KEYED_JOBS = """
+copy runledger.jobs (
+    id, queue, job_type, payload, priority, max_attempts, timeout_seconds, run_at,
+    concurrency_key, concurrency_limit, trace_context)
+from stdin
+"""
 COPY_ENQUEUED_EVENTS = "copy runledger.events (kind, job_id) from stdin"
 TRANSACTION_NOW = "select now()"
 NOTIFY_QUEUES = f"""
@@ -460,16 +568,29 @@ def _copy_jobs(
     now_text = now.isoformat()
     ids = new_ids(len(jobs))
     queues: set[str] = set()
+    # Keys (and handler key functions) are resolved before the COPY starts: an invalid one
+    # raises with nothing sent.
+    keys = [
+        concurrency(j.job_type, j.payload, j.concurrency_key, j.concurrency_limit,
+                    defaults[j.job_type])
+        for j in jobs
+    ]  # fmt: skip
+    keyed = any(key is not None for key, _ in keys)
+    if keyed:
+        statement = COPY_KEYED_JOBS if trace_context is None else COPY_TRACED_KEYED_JOBS
+    else:
+        statement = COPY_JOBS if trace_context is None else COPY_TRACED_JOBS
     # One trace context for the whole call: a column only when there is one.
     trace_text = "" if trace_context is None else f"\t{copy_json_text(trace_context)}"
     with conn.cursor() as cur:
-        with cur.copy(COPY_JOBS if trace_context is None else COPY_TRACED_JOBS) as copy:
+        with cur.copy(statement) as copy:
             for start in range(0, len(jobs), COPY_CHUNK):
                 lines = []
-                for job, job_id, payload in zip(
+                for job, job_id, payload, (key, limit) in zip(
                     jobs[start : start + COPY_CHUNK],
                     ids[start : start + COPY_CHUNK],
                     payloads[start : start + COPY_CHUNK],
+                    keys[start : start + COPY_CHUNK],
                     strict=True,
                 ):
                     queue, max_attempts, timeout_seconds = _options(job, defaults[job.job_type])
@@ -485,7 +606,8 @@ def _copy_jobs(
                         f"{job_id}\t{copy_text(queue)}\t{copy_text(job.job_type)}\t"
                         f"{copy_json_text(payload)}\t{job.priority}\t"
                         f"{copy_int(max_attempts)}\t{copy_int(timeout_seconds)}\t{run_at}"
-                        f"{trace_text}\n"
+                        + (f"\t{_copy_key(key)}\t{copy_int(limit)}" if keyed else "")
+                        + f"{trace_text}\n"
                     )
                 copy.write("".join(lines))
         with cur.copy(COPY_ENQUEUED_EVENTS) as copy:
@@ -495,6 +617,15 @@ def _copy_jobs(
     return ids
 
 
+def _limited(batch: Sequence[_Resolved]) -> bool:
+    """Whether a job of ``batch`` has a concurrency key (the statement names the columns)."""
+    return any(r.concurrency_key is not None for r in batch)
+
+
+def _copy_key(key: str | None) -> str:
+    return "\\N" if key is None else copy_text(key)
+
+
 def _insert_jobs(
     conn: Conn, resolved: list[_Resolved], payloads: list[str], trace_context: str | None
 ) -> list[uuid.UUID]:
@@ -502,10 +633,7 @@ def _insert_jobs(
     for start in range(0, len(resolved), BATCH_SIZE):
         batch = resolved[start : start + BATCH_SIZE]
         keyed = any(r.job.idempotency_key is not None for r in batch)
-        if keyed:
-            statement = INSERT_KEYED_JOBS if trace_context is None else INSERT_TRACED_KEYED_JOBS
-        else:
-            statement = INSERT_JOBS if trace_context is None else INSERT_TRACED_JOBS
+        statement = _INSERT_JOBS[trace_context is not None, keyed, _limited(batch)]
         inserted.update(
             _write(conn, statement, batch, payloads[start : start + BATCH_SIZE], trace_context)
         )
@@ -542,6 +670,8 @@ def _write(
             "fingerprints": [
                 r.fingerprint() if r.job.idempotency_key is not None else None for r in batch
             ],
+            "concurrency_keys": [r.concurrency_key for r in batch],
+            "concurrency_limits": [r.concurrency_limit for r in batch],
             "trace_context": trace_context,
         },
     ).fetchone()
@@ -598,8 +728,8 @@ def _resolve_conflicts(
                 takers[scope, key] = i
         written: set[uuid.UUID] = set()
         if free:
-            statement = INSERT_KEYED_JOBS if trace_context is None else INSERT_TRACED_KEYED_JOBS
             batch = [resolved[i] for i in free]
+            statement = _INSERT_JOBS[trace_context is not None, True, _limited(batch)]
             written.update(_write(conn, statement, batch, [payloads[i] for i in free],
                                   trace_context))  # fmt: skip
         order = list(takers.values())
@@ -696,6 +826,15 @@ def enqueue_workflow(
         found = defaults.get(key)
         return given or (found and getattr(found, field)) or None
 
+    # A step's own key, else its handler's (a function of the step's payload), resolved now
+    # and stored with the step: its job gets them when it is queued.
+    keys = [
+        concurrency(s.job_type, s.payload, s.concurrency_key, s.concurrency_limit,
+                    defaults.get(s.key), step_key=s.key)
+        if s.kind is StepKind.JOB and s.job_type is not None
+        else (None, None)
+        for s in steps
+    ]  # fmt: skip
     trace_context = _trace_context_json()
     with writing(conn), savepoint(conn, "runledger_enqueue_workflow"):
         row = conn.execute(
@@ -728,8 +867,15 @@ def enqueue_workflow(
                 )
             return existing[0]  # type: ignore[no-any-return]
         is_job = [s.kind is StepKind.JOB for s in steps]
+        if any(k[0] is not None for k in keys):
+            statement = (
+                INSERT_LIMITED_RUN_STEPS if trace_context is None
+                else INSERT_TRACED_LIMITED_RUN_STEPS
+            )  # fmt: skip
+        else:
+            statement = INSERT_RUN_STEPS if trace_context is None else INSERT_TRACED_RUN_STEPS
         conn.execute(
-            INSERT_RUN_STEPS if trace_context is None else INSERT_TRACED_RUN_STEPS,
+            statement,
             {
                 "run_id": run_id,
                 "name": workflow.name,
@@ -750,6 +896,8 @@ def enqueue_workflow(
                 "statuses": statuses,
                 "deps": [len(s.dependencies) for s in steps],
                 "job_ids": job_ids,
+                "concurrency_keys": [k[0] for k in keys],
+                "concurrency_limits": [k[1] for k in keys],
                 "edge_steps": [s.key for s in steps for _ in s.dependencies],
                 "edge_prerequisites": [d.prerequisite for s in steps for d in s.dependencies],
                 "edge_modes": [str(d.mode) for s in steps for d in s.dependencies],

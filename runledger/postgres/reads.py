@@ -30,7 +30,7 @@ JOB_COLUMNS = """
     id, queue, job_type, payload, status, priority, attempt, max_attempts, timeout_seconds,
     run_at, lease_token, lease_owner, lease_expires_at, started_at, idempotency_key,
     workflow_run_id, step_key, output, last_error, cancel_reason, created_at, updated_at,
-    finished_at, progress
+    finished_at, progress, concurrency_key, concurrency_limit
 """
 GET_JOB = f"select {JOB_COLUMNS} from runledger.jobs where id = %(id)s"
 LIST_JOBS = f"""

@@ -59,6 +59,10 @@ class JobRecord:
     """The latest progress its handler reported (``ctx.progress``), or None: an object with
     ``fraction`` (0..1) or ``value`` (any JSON), maybe ``note``, and the ``attempt`` and time
     (``at``) of the report. See ``runledger.core.progress``."""
+    concurrency_key: str | None = None
+    """Its concurrency key (``docs/flow-control.md``), or None."""
+    concurrency_limit: int | None = None
+    """How many jobs with its key may run at once, or None without a key."""
 
 
 @attrs.frozen(kw_only=True)

@@ -130,13 +130,16 @@ with input as (
 inserted as (
     insert into runledger.jobs (
         id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
-        workflow_run_id, step_id, step_key, trace_context)
-    select id, queue, job_type, payload, priority, max_attempts, timeout_seconds,
-           workflow_run_id, step_id, step_key,
+        workflow_run_id, step_id, step_key, trace_context, concurrency_key, concurrency_limit)
+    select i.id, i.queue, i.job_type, i.payload, i.priority, i.max_attempts,
+           i.timeout_seconds, i.workflow_run_id, i.step_id, i.step_key,
            -- the trace of enqueue_workflow continues in every step (read, not locked)
            (select r.trace_context from runledger.workflow_runs as r
-            where r.id = input.workflow_run_id)
-    from input
+            where r.id = i.workflow_run_id),
+           -- the step's concurrency key and limit, resolved at enqueue (schema 9)
+           s.concurrency_key, s.concurrency_limit
+    from input as i
+    join runledger.workflow_step_runs as s on s.id = i.step_id
     returning id, queue, workflow_run_id, step_key
 ),
 events as (

@@ -13,7 +13,7 @@ from runledger.errors import ClaimInterrupted
 from runledger.postgres.attempts import (
     GENERIC_PLAN_SESSION,
     ClaimedJob,
-    claim,
+    claim_round,
     finish,
     orphaned_attempts,
 )
@@ -96,7 +96,8 @@ class Claimer:
             # Threads that would take a claimed job at once: those jobs are marked started
             # by the claim itself; the rest wait in prefetch, unmarked until they start.
             start_now = max(table.idle - self._runnable.qsize(), 0)
-        claimed: list[ClaimedJob] = []
+        claimed: tuple[ClaimedJob, ...] = ()
+        deferred = 0
         if self._unsure:
             self._release_orphans()
         if free > 0 and self._defaults:
@@ -107,7 +108,7 @@ class Claimer:
                 alone = session_plan or conn.prepare_threshold is None
                 self._unsure = True  # until the claim's reply is read
                 with contextlib.nullcontext() if alone else conn.transaction():
-                    claimed = claim(
+                    got = claim_round(
                         conn,
                         worker=self._worker_id,
                         queues=self._queues,
@@ -119,12 +120,18 @@ class Claimer:
                         start_now=start_now,
                     )
                 self._unsure = False
+            claimed, deferred = got.jobs, got.deferred
             for job in claimed:
                 flight = self._new_flight(job)
                 table.adopt(flight)
                 self._runnable.put(flight)
         if free > 0 and len(claimed) == free:
             return  # there may be more: claim again once a slot frees up
+        if claimed and deferred:
+            # Flow control turned candidates away (a key or queue that filled up in this
+            # claim): the next claim passes over them to the jobs behind, so claim again now.
+            # Not when it got nothing: a queue or key another claim was admitting would spin.
+            return
         if not stop.is_set():
             self.wake.wait(self._poll_interval)
 

@@ -9,6 +9,7 @@ import attrs
 
 from runledger.core import job as jobopts
 from runledger.core.handler import HandlerDefaults
+from runledger.core.limits import check_concurrency
 from runledger.core.payload import JsonValue
 from runledger.core.retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from runledger.core.schedule import ScheduleSpec
@@ -60,11 +61,16 @@ class Registry:
         max_attempts: int | None = None,
         timeout_seconds: int | None = None,
         retry: RetryPolicy | None = None,
+        concurrency_key: str | Callable[[Any], str] | None = None,
+        concurrency_limit: int | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated ``fn(ctx, payload)`` as the handler of ``job_type``.
 
         ``queue``, ``max_attempts`` and ``timeout_seconds`` apply to jobs that do not set
-        them; ``retry`` shapes the backoff between failed attempts.
+        them; ``retry`` shapes the backoff between failed attempts. ``concurrency_key`` (a
+        str, or a function of the payload returning one, called at enqueue) and
+        ``concurrency_limit`` (default 1) apply to jobs enqueued with ``registry=`` that set
+        no key of their own; a job's own key with no limit takes this limit.
 
         Raises:
             JobOptionError: an invalid default (blank type or queue, non-positive numbers).
@@ -75,6 +81,9 @@ class Registry:
             jobopts.check_queue(queue)
         jobopts.check_max_attempts(max_attempts)
         jobopts.check_timeout(timeout_seconds)
+        check_concurrency(
+            "callable" if callable(concurrency_key) else concurrency_key, concurrency_limit
+        )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__qualname__}")
         if job_type in self._handlers:
@@ -84,6 +93,8 @@ class Registry:
             queue=queue,
             max_attempts=max_attempts,
             timeout_seconds=timeout_seconds,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
 
         def register(fn: F) -> F:

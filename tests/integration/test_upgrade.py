@@ -10,7 +10,6 @@ import pytest
 
 import runledger
 from runledger import AttemptOutcome, JobStatus
-from runledger.postgres import attempts
 from runledger.postgres.migrate import BOOTSTRAP, RECORD, latest_version, migrations
 from runledger.runtime.reaper import Reaper
 
@@ -27,6 +26,16 @@ with claimed as (
 )
 insert into runledger.job_attempts (job_id, attempt, worker, lease_token, started_at)
 select id, attempt, 'old-worker', lease_token, started_at from claimed
+"""
+
+
+# The claimed job's success as a version 7 worker wrote it (the move to job_history is the
+# schema's own trigger).
+SUCCEEDED_BY_VERSION_7 = """
+update runledger.jobs
+set status = 'succeeded', lease_token = null, lease_owner = null, lease_expires_at = null,
+    finished_at = now(), updated_at = now()
+where id = %(id)s and status = 'running'
 """
 
 
@@ -233,14 +242,9 @@ def test_upgrading_a_populated_version_7_database_lets_keys_pass_to_new_jobs(
         assert runledger.schema_version(conn) == 7
         live = runledger.enqueue(conn, "upgrade.keyed", {"n": 1}, idempotency_key="live")
         done = runledger.enqueue(conn, "upgrade.done", {"n": 2}, idempotency_key="done")
-        (claimed,) = attempts.claim(
-            conn, worker="old-worker", queues=["default"], job_types=["upgrade.done"], limit=1,
-            lease_seconds=30,
-        )  # fmt: skip
-        attempts.finish(conn, [attempts.AttemptResult(
-            job_id=done, lease_token=claimed.lease_token, status=JobStatus.SUCCEEDED,
-            outcome=AttemptOutcome.SUCCEEDED, output=None,
-        )])  # fmt: skip
+        # Run by a version 7 worker (today's claim and finish need schema 9's flow control).
+        conn.execute(CLAIMED_BY_VERSION_1, {"id": done, "token": uuid.uuid4()})
+        conn.execute(SUCCEEDED_BY_VERSION_7, {"id": done})
         # Finished but still in the hot table, as rows written before version 6 stay until the
         # reapers settle them: its key is in jobs_idempotency_key until 0008 drops the index.
         conn.execute("select runledger.reopen_jobs(array[%s]::uuid[])", (done,))
@@ -271,3 +275,42 @@ def test_upgrading_a_populated_version_7_database_lets_keys_pass_to_new_jobs(
         assert conn.execute(
             "select convalidated from pg_constraint where conname = 'events_kind_check'"
         ).fetchone() == (False,)
+
+
+def test_upgrading_a_populated_version_8_database_adds_flow_control(empty_database: str) -> None:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        install_version(conn, 8)
+        assert runledger.schema_version(conn) == 8
+        queued = runledger.enqueue(conn, "upgrade.later", {"n": 5})
+        running = runledger.enqueue(conn, "upgrade.crashed", {"n": 6})
+        finished = runledger.enqueue(conn, "upgrade.later", {"n": 7})
+        # A worker of version 8 died running one job and finished another.
+        conn.execute(CLAIMED_BY_VERSION_1, {"id": running, "token": uuid.uuid4()})
+        conn.execute(
+            "update runledger.jobs set handler_started_at = started_at where id = %s", (running,)
+        )
+        conn.execute(CLAIMED_BY_VERSION_1, {"id": finished, "token": uuid.uuid4()})
+        conn.execute(SUCCEEDED_BY_VERSION_7, {"id": finished})
+
+        assert runledger.migrate(conn) == [9]
+        runledger.check_schema(conn)
+        # The new columns are null on every old row, and their CHECKs did not scan them.
+        rows = conn.execute(
+            "select count(*) from runledger.jobs where concurrency_key is not null"
+            " or concurrency_limit is not null"
+        ).fetchone()
+        assert rows == (0,)
+        assert conn.execute(
+            "select bool_or(convalidated) from pg_constraint"
+            " where conname like 'jobs_concurrency%%'"
+        ).fetchone() == (False,)
+
+        # The dead worker's job is reaped on the new schema; the queued one runs there.
+        registry = runledger.Registry()
+        with runledger.Store(empty_database, max_size=2) as store:
+            assert Reaper(store, registry, interval=1.0, vacuum=False).reap_once() == 1
+        assert runledger.get_job(conn, finished).status is JobStatus.SUCCEEDED
+        assert run_on_upgraded_schema(empty_database, conn, queued) == 5
+        # And the new options work on the upgraded database.
+        keyed = runledger.enqueue(conn, "upgrade.later", {"n": 8}, concurrency_key="k")
+        assert runledger.get_job(conn, keyed).concurrency_limit == 1

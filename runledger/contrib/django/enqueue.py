@@ -48,7 +48,8 @@ def enqueue(
     Joins the open ``transaction.atomic(using=using)`` block (see the module docstring);
     outside one the job commits at once. ``options`` are those of ``runledger.enqueue``:
     ``queue``, ``priority``, ``run_at``, ``delay``, ``max_attempts``, ``timeout_seconds``,
-    ``idempotency_key``, ``unique``, ``max_payload_bytes``. Jobs of a type the registry knows
+    ``idempotency_key``, ``unique``, ``concurrency_key``, ``concurrency_limit``,
+    ``max_payload_bytes``. Jobs of a type the registry knows
     take its handler's defaults (queue, attempts, timeout); pass ``registry=None`` to enqueue a
     type that no handler in this project registers (one run by another service's workers).
     Blocks for one round trip.

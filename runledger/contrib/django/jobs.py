@@ -72,6 +72,8 @@ class DjangoRegistry(Registry):
         max_attempts: int | None = None,
         timeout_seconds: int | None = None,
         retry: RetryPolicy | None = None,
+        concurrency_key: str | Callable[[Any], str] | None = None,
+        concurrency_limit: int | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated ``fn(ctx, payload)`` as the handler of ``job_type``.
 
@@ -83,6 +85,8 @@ class DjangoRegistry(Registry):
             max_attempts=max_attempts,
             timeout_seconds=timeout_seconds,
             retry=retry,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
 
         def decorate(fn: F) -> F:

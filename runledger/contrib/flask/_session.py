@@ -94,6 +94,8 @@ def enqueue(
     timeout_seconds: int | None = None,
     idempotency_key: str | None = None,
     unique: Unique = FOREVER,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
     registry: HandlerCatalog | None = None,
     max_payload_bytes: int | None = None,
 ) -> uuid.UUID:
@@ -122,6 +124,8 @@ def enqueue(
         timeout_seconds=timeout_seconds,
         idempotency_key=idempotency_key,
         unique=unique,
+        concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit,
         registry=_app_registry(registry),
         max_payload_bytes=max_payload_bytes,
     )
