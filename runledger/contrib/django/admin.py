@@ -15,6 +15,7 @@ from typing import Any, ClassVar, cast
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import router
 from django.db.models import Count, IntegerField, Model, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
@@ -459,7 +460,8 @@ class QueueAdmin(LedgerAdmin):
         always), so each event records a real change."""
         data = form.cleaned_data
         by = request.user.get_username()
-        conn = psycopg_connection(obj._state.db or "default")
+        # The database the admin's changeform transaction is on.
+        conn = psycopg_connection(router.db_for_write(Queue, instance=obj))
         limits = {"concurrency", "rate", "per_seconds"}
         if not change or limits & set(form.changed_data):
             per = data.get("per_seconds")
