@@ -95,30 +95,16 @@ LIMITED_KEYS = 500
 """Concurrency keys of the keyed figure, limit 1 each, jobs spread over them round-robin."""
 LIMITED_QUEUE_CONCURRENCY = 8
 """The queue's concurrency limit in the limited-queue figure: half the runtime's threads."""
-# Starts that broke a limit, from the attempts: a key's attempt that began before the key's
-# previous attempt ended (attempts of one key ordered by start).
-KEY_OVERLAPS = """
-select count(*) from (
-    select a.started_at < lag(a.finished_at) over (
-               partition by j.concurrency_key order by a.started_at, a.id) as early
-    from runledger.job_attempts as a
-    join runledger.jobs as j on j.id = a.job_id
-    where j.concurrency_key is not null
-) as s
-where early
-"""
-# The most attempts of the queue running at once: +1 at each start, -1 at each end (an end
-# sorts before a start at the same instant), the running sum's maximum.
-MAX_RUNNING = """
-select coalesce(max(running), 0) from (
-    select sum(step) over (order by at, step, id) as running
-    from (
-        select a.started_at as at, 1 as step, a.id from runledger.job_attempts as a
-        union all
-        select a.finished_at, -1, a.id from runledger.job_attempts as a
-        where a.finished_at is not null
-    ) as edges
-) as s
+# What a limit caps, in one committed snapshot: the queue's running jobs, and the most running
+# jobs of one concurrency key. The attempts' times cannot say it: started_at and finished_at
+# are the start of the claim's and the finish's transactions, not when their rows changed.
+RUNNING_NOW = """
+select (select count(*) from only runledger.jobs
+        where status = 'running' and queue = %(queue)s),
+       (select coalesce(max(n), 0) from (
+            select count(*) as n from only runledger.jobs
+            where status = 'running' and concurrency_key is not null
+            group by concurrency_key) as k)
 """
 DB_NOW = "select clock_timestamp()"
 IS_QUEUED = "select status = 'queued' from runledger.jobs where id = %s"
@@ -610,6 +596,9 @@ def measure_throughput(
                 admin, QUEUE, concurrency=workload.queue_concurrency, by="throughput.py"
             )
         settle(admin)
+        sampler = LimitSampler(dsn) if workload.label else None
+        if sampler is not None:
+            sampler.start()
         with workers(dsn, setup) as alive:
 
             def started() -> bool:
@@ -621,8 +610,10 @@ def measure_throughput(
             t0 = db_now(admin)
             until = time.perf_counter() + span + 0.2
             refilled = keep_fed(feeder, until=until, floor=floor, alive=alive)
+        held = sampler.stop() if sampler is not None else None
     windows = window_rates(admin, t0, plan)
-    note = "; ".join(n for n in (check_ledger(admin), check_limits(admin, workload)) if n)
+    limits = check_limits(workload, held) if held is not None else ""
+    note = "; ".join(n for n in (check_ledger(admin), limits) if n)
     return Throughput(
         name=f"{setup.name} {workload.label}".strip(),
         windows=windows,
@@ -634,19 +625,62 @@ def measure_throughput(
     ).with_evidence(probe.samples, t0)
 
 
-def check_limits(admin: Conn, workload: Workload) -> str:
-    """Whether the figure's limits held, from its attempts: a note, "" for no limit."""
+@attrs.frozen(kw_only=True)
+class Held:
+    """The most running jobs a ``LimitSampler`` saw: in the queue, and of one key."""
+
+    samples: int
+    queue: int
+    key: int
+
+
+class LimitSampler:
+    """Reads ``RUNNING_NOW`` every ``interval`` seconds on its own connection while a figure
+    runs (each read a fresh snapshot of committed rows, as a claim counts them)."""
+
+    def __init__(self, dsn: str, interval: float = 0.02) -> None:
+        self._dsn = dsn
+        self._interval = interval
+        self._stop = threading.Event()
+        self._seen: list[tuple[int, int]] = []
+        self._thread = threading.Thread(target=self._run, name="bench-limits", daemon=True)
+
+    def start(self) -> None:
+        """Start sampling."""
+        self._thread.start()
+
+    def stop(self) -> Held:
+        """Stop sampling; the most seen."""
+        self._stop.set()
+        self._thread.join()
+        return Held(
+            samples=len(self._seen),
+            queue=max((q for q, _ in self._seen), default=0),
+            key=max((k for _, k in self._seen), default=0),
+        )
+
+    def seen(self) -> int:
+        """How many samples so far."""
+        return len(self._seen)
+
+    def _run(self) -> None:
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            while not self._stop.is_set():
+                row = conn.execute(RUNNING_NOW, {"queue": QUEUE}).fetchone()
+                if row is not None:
+                    self._seen.append((int(row[0]), int(row[1])))
+                self._stop.wait(self._interval)
+
+
+def check_limits(workload: Workload, held: Held) -> str:
+    """Whether the figure's limit held in every sample: a note."""
+    every = f"in {held.samples:,} samples"
     if workload.keys:
-        row = admin.execute(KEY_OVERLAPS).fetchone()
-        overlaps = int(row[0]) if row else 0
-        if overlaps:
-            return f"KEY LIMIT BROKEN: {overlaps:,} starts while their key ran"
-        return "no key ran twice at once"
+        broken = "KEY LIMIT BROKEN: " if held.key > 1 else ""
+        return f"{broken}at most {held.key} running per key (limit 1) {every}"
     if workload.queue_concurrency is not None:
-        row = admin.execute(MAX_RUNNING).fetchone()
-        most = int(row[0]) if row else 0
-        broken = "QUEUE LIMIT BROKEN: " if most > workload.queue_concurrency else ""
-        return f"{broken}at most {most} running (limit {workload.queue_concurrency})"
+        broken = "QUEUE LIMIT BROKEN: " if held.queue > workload.queue_concurrency else ""
+        return f"{broken}at most {held.queue} running (limit {workload.queue_concurrency}) {every}"
     return ""
 
 

@@ -5,6 +5,7 @@ run against the schema, and the claim statement carries every parameter of the r
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import throughput
 from throughput import (
     KeyedJobsUnsupported,
+    LimitSampler,
     Throughput,
     Workload,
     check_limits,
@@ -24,6 +26,7 @@ from throughput import (
 )
 
 import runledger
+from runledger.postgres.attempts import claim
 
 
 def _takes_keys() -> bool:
@@ -62,12 +65,38 @@ def test_the_workloads_are_named_in_the_figures() -> None:
     assert Workload(queue_concurrency=8).label == "queue limit 8"
 
 
-def test_the_limit_checks_run_on_the_schema(autocommit_conn: psycopg.Connection[Any]) -> None:
-    assert check_limits(autocommit_conn, Workload(keys=500)) == "no key ran twice at once"
-    assert check_limits(autocommit_conn, Workload(queue_concurrency=8)) == (
-        "at most 0 running (limit 8)"
+def test_the_limit_sampler_counts_running_jobs_per_queue_and_per_key(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    runledger.enqueue_many(
+        autocommit_conn, [runledger.Job(throughput.JOB_TYPE, queue=throughput.QUEUE)] * 3
     )
-    assert check_limits(autocommit_conn, Workload()) == ""
+    # Three running jobs, two of them under one key.
+    with autocommit_conn.transaction():
+        claimed = claim(
+            autocommit_conn, worker="t", queues=[throughput.QUEUE],
+            job_types=[throughput.JOB_TYPE], limit=3, lease_seconds=60,
+        )  # fmt: skip
+    autocommit_conn.execute(
+        "update runledger.jobs set concurrency_key = %s, concurrency_limit = 1 where id = %s",
+        ("b", claimed[0].id),
+    )
+    autocommit_conn.execute(
+        "update runledger.jobs set concurrency_key = 'a', concurrency_limit = 1 where id = any(%s)",
+        ([job.id for job in claimed[1:]],),
+    )
+    sampler = LimitSampler(dsn, interval=0.01)
+    sampler.start()
+    deadline = time.monotonic() + 10
+    while not sampler.seen() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    held = sampler.stop()
+
+    assert (held.queue, held.key) == (3, 2)
+    assert check_limits(Workload(keys=500), held).startswith("KEY LIMIT BROKEN: at most 2 ")
+    assert check_limits(Workload(queue_concurrency=3), held).startswith("at most 3 running")
+    assert check_limits(Workload(), held) == ""
 
 
 def test_the_pgbench_claim_has_every_parameter_and_runs(
