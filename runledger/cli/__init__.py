@@ -5,10 +5,11 @@ Commands::
     runledger migrate [--sql | --check]       install or upgrade the schema
     runledger worker --app pkg.mod:registry   run jobs until SIGTERM/SIGINT
     runledger status                          queue depth per queue and status
+    runledger queues list|limit Q|pause Q|resume Q  flow control: limits and pauses
     runledger jobs list|show ID|cancel ID|requeue ID
     runledger runs list|show ID|retry ID      a run's steps drawn as a tree; retry a failed run
     runledger schedules list|pause NAME|resume NAME
-    runledger events --job ID | --run ID      the timeline of a job or a run
+    runledger events --job ID | --run ID | --queue Q  the timeline of a job, run or queue
     runledger workers                         the registered workers, live and stale
     runledger health [--max-age S]            exit 0 if this host's worker was seen lately
     runledger prune --older-than 7d           delete finished jobs and runs (--dry-run)
@@ -37,6 +38,7 @@ from runledger.cli import (
     _events,
     _jobs,
     _prune,
+    _queue_settings,
     _queues,
     _runs,
     _schedules,
@@ -63,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     database, as_json = dsn_option(), json_option()
     _service.add_commands(commands, database)
     _queues.add_commands(commands, database, as_json)
+    _queue_settings.add_commands(commands, database, as_json)
     _jobs.add_commands(commands, database, as_json)
     _runs.add_commands(commands, database, as_json)
     _schedules.add_commands(commands, database, as_json)

@@ -1,4 +1,5 @@
-"""``runledger events --job ID | --run ID``: the ledger's timeline of a job or a run."""
+"""``runledger events --job ID | --run ID | --queue Q``: the ledger's timeline of a job, a
+run, or a queue's settings (``queue.paused``, ``queue.resumed``, ``queue.limited``)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def _details(data: JsonValue) -> str:
 
 def _events(args: argparse.Namespace) -> int:
     with reading(args) as conn:
-        events = list_events(conn, job_id=args.job, run_id=args.run)
-        if not events:
+        events = list_events(conn, job_id=args.job, run_id=args.run, queue=args.queue)
+        if not events and args.queue is None:
             # No rows may mean no such job or run (events have no foreign keys: the history
             # outlives pruned rows, so a pruned job with events still shows them).
             if args.job is not None:
@@ -44,8 +45,10 @@ def _events(args: argparse.Namespace) -> int:
         return 0
     first = events[0].occurred_at
     per_run = args.run is not None
-    headers = ["TIME", "ELAPSED", "EVENT", *(["STEP"] if per_run else []), "ATTEMPT",
-               *(["JOB"] if per_run else []), "DETAILS"]  # fmt: skip
+    per_job = args.queue is None  # queue events have no attempt
+    headers = ["TIME", "ELAPSED", "EVENT", *(["STEP"] if per_run else []),
+               *(["ATTEMPT"] if per_job else []), *(["JOB"] if per_run else []),
+               "DETAILS"]  # fmt: skip
     rows = []
     for event in events:
         row = [
@@ -55,7 +58,8 @@ def _events(args: argparse.Namespace) -> int:
         ]
         if per_run:
             row.append(event.step_key or "")
-        row.append("" if event.attempt is None else str(event.attempt))
+        if per_job:
+            row.append("" if event.attempt is None else str(event.attempt))
         if per_run:
             row.append("" if event.job_id is None else str(event.job_id))
         row.append(_details(event.data))
@@ -71,13 +75,17 @@ def add_commands(
     events = commands.add_parser(
         "events",
         parents=[database, as_json],
-        help="the timeline of a job or a workflow run",
+        help="the timeline of a job, a workflow run or a queue's settings",
         description="Every lifecycle transition the ledger recorded for a job or a workflow "
-        "run, oldest first, with the time since the first.",
+        "run, or every change of a queue's settings (pauses, resumes, limits), oldest first, "
+        "with the time since the first.",
     )
     which = events.add_mutually_exclusive_group(required=True)
     which.add_argument("--job", type=identifier("job"), metavar="ID", help="a job's events")
     which.add_argument(
         "--run", type=identifier("workflow run"), metavar="ID", help="a workflow run's events"
+    )
+    which.add_argument(
+        "--queue", metavar="QUEUE", help="a queue's queue.paused/resumed/limited events"
     )
     events.set_defaults(func=_events)

@@ -1,4 +1,5 @@
-"""Operator reads: queue status, recent jobs and runs, step progress (for the CLI and admin).
+"""Operator reads: queue status and settings, recent jobs and runs, step progress (for the CLI
+and admin).
 
 Plain SELECTs on the caller's connection, like ``runledger.postgres.reads``; none locks.
 """
@@ -9,9 +10,11 @@ import datetime
 import uuid
 from typing import Any
 
+import attrs
 from psycopg.rows import class_row, dict_row
 
 from runledger.postgres.connection import Conn, reading
+from runledger.postgres.queues import QueueSettings
 from runledger.postgres.reads import JOB_COLUMNS
 from runledger.postgres.records import JobRecord
 
@@ -29,6 +32,29 @@ where status in ('queued', 'running')
    or (status = 'failed' and finished_at > now() - interval '1 hour')
 group by queue, status
 order by queue, status
+"""
+
+# Every queue with settings or with queued or running jobs: its settings (the defaults when it
+# has no row) beside its running, queued and due jobs. The counts use the partial indexes of
+# running and queued jobs; a queue of millions of queued jobs makes this read take a while.
+QUEUE_OVERVIEW = """
+with counts as (
+    select queue,
+           count(*) filter (where status = 'running') as running,
+           count(*) filter (where status = 'queued') as queued,
+           count(*) filter (where status = 'queued' and run_at <= now()) as due
+    from runledger.jobs
+    where status in ('queued', 'running')
+    group by queue
+)
+select coalesce(q.queue, c.queue) as queue,
+       coalesce(q.paused, false) as paused, q.paused_at, q.paused_by,
+       q.concurrency, q.rate, q.per_seconds as per, q.updated_at,
+       coalesce(c.running, 0) as running, coalesce(c.queued, 0) as queued,
+       coalesce(c.due, 0) as due
+from runledger.queues as q
+full join counts as c on c.queue = q.queue
+order by 1
 """
 
 # list_jobs, newest first: ids are UUIDv7, so "order by id desc" is creation order and walks
@@ -92,6 +118,48 @@ def queue_status(conn: Conn) -> list[tuple[Any, ...]]:
     recently failed jobs."""
     with reading(conn):
         return conn.execute(STATUS_QUERY).fetchall()
+
+
+@attrs.frozen(kw_only=True)
+class QueueState:
+    """A queue's settings and how many of its jobs run and wait, read in one statement.
+
+    Attributes:
+        settings: its flow-control settings (the defaults when it has none).
+        running: its jobs running now (claimed, lease held).
+        queued: its queued jobs, due or not.
+        due: those of its queued jobs whose ``run_at`` has come.
+    """
+
+    settings: QueueSettings
+    running: int
+    queued: int
+    due: int
+
+
+def queue_overview(conn: Conn) -> list[QueueState]:
+    """Every queue that has settings or queued or running jobs, by name. Reads only; one
+    statement, so the counts and settings agree."""
+    with reading(conn), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(QUEUE_OVERVIEW).fetchall()
+    return [
+        QueueState(
+            settings=QueueSettings(
+                queue=row["queue"],
+                paused=row["paused"],
+                paused_at=row["paused_at"],
+                paused_by=row["paused_by"],
+                concurrency=row["concurrency"],
+                rate=row["rate"],
+                per=row["per"],
+                updated_at=row["updated_at"],
+            ),
+            running=row["running"],
+            queued=row["queued"],
+            due=row["due"],
+        )
+        for row in rows
+    ]
 
 
 def recent_jobs(

@@ -26,6 +26,11 @@ COMMANDS = [
     ["schedules", "list"],
     ["schedules", "pause", "nightly"],
     ["events", "--job", str(uuid.UUID(int=1))],
+    ["events", "--queue", "mail"],
+    ["queues", "list"],
+    ["queues", "limit", "mail", "--concurrency", "2"],
+    ["queues", "pause", "mail"],
+    ["queues", "resume", "mail"],
 ]
 
 

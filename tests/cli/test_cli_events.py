@@ -85,10 +85,10 @@ def test_events_json_is_the_list_of_event_records(
     assert parse_time(events[0]["occurred_at"]) <= parse_time(events[2]["occurred_at"])
 
 
-def test_events_needs_exactly_one_of_job_and_run_and_an_existing_one(cli: Cli) -> None:
+def test_events_needs_exactly_one_of_job_run_and_queue_and_an_existing_job_or_run(cli: Cli) -> None:
     missing = uuid.uuid4()
 
-    assert "one of the arguments --job --run is required" in refused(cli("events"), code=2)
+    assert "one of the arguments --job --run --queue is required" in refused(cli("events"), code=2)
     assert "not allowed with argument" in refused(
         cli.inline("events", "--job", str(missing), "--run", str(missing)), code=2
     )

@@ -198,3 +198,30 @@ class Schedule(LedgerModel):
 
     def __str__(self) -> str:
         return str(self.name)
+
+
+class Queue(LedgerModel):
+    """A row of ``runledger.queues``: a queue's flow-control settings (schema 0009).
+
+    Only queues that were ever limited or paused have a row. Change them with
+    ``runledger.set_queue_limits``, ``pause_queue`` and ``resume_queue`` (the admin does),
+    which write the ``queue.*`` events; the claim's rate window (``window_start``,
+    ``window_starts``) is not mapped.
+    """
+
+    queue = models.TextField(primary_key=True)
+    paused = models.BooleanField()
+    paused_at = models.DateTimeField(null=True)
+    paused_by = models.TextField(null=True)
+    concurrency = models.IntegerField(null=True, blank=True)
+    rate = models.IntegerField(null=True, blank=True)
+    per_seconds = models.FloatField(null=True, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = 'runledger"."queues'
+        ordering: ClassVar = ["queue"]
+
+    def __str__(self) -> str:
+        return str(self.queue)

@@ -42,6 +42,7 @@ LEDGER_TABLES = (
     "runledger.workflow_step_runs",
     "runledger.workflow_runs",
     "runledger.schedules",
+    "runledger.queues",
 )
 
 

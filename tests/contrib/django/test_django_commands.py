@@ -45,6 +45,7 @@ DJANGO_MIGRATIONS = [
     "0007_snooze_progress",
     "0008_unique_retry",
     "0009_flow_control",
+    "0010_queue",
 ]
 
 

@@ -34,6 +34,7 @@ def test_the_app_is_installed_under_the_label_runledger() -> None:
     assert {m.__name__ for m in config.get_models()} == {
         "Job",
         "JobAttempt",
+        "Queue",
         "Schedule",
         "WorkflowRun",
         "WorkflowStepRun",
