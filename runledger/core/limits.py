@@ -7,9 +7,12 @@ Pure validation, shared by ``Job``, workflow steps, handler defaults and
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
-from runledger.core.errors import InvalidConcurrencyKey, InvalidQueueLimit
-from runledger.core.job import MAX_INT, check_text
+import attrs
+
+from runledger.core.errors import ConfigError, InvalidConcurrencyKey, InvalidQueueLimit
+from runledger.core.job import MAX_INT, check_queue, check_text
 
 DEFAULT_CONCURRENCY_LIMIT = 1
 """How many jobs with one concurrency key may run at once when the key is given alone."""
@@ -62,3 +65,42 @@ def check_queue_limits(queue: str, *, concurrency: object, rate: object, per: ob
             queue=queue, field="per", value=per,
             reason=f"must be a number of seconds above 0 and at most {MAX_PER_SECONDS:,.0f}",
         )  # fmt: skip
+
+
+@attrs.frozen(kw_only=True)
+class QueueLimits:
+    """A queue's limits as a framework setting states them (``RUNLEDGER_QUEUE_LIMITS``)."""
+
+    concurrency: int | None = None
+    rate: int | None = None
+    per: float = 1.0
+
+
+_LIMIT_KEYS = frozenset({"concurrency", "rate", "per"})
+_EXPECTED = (
+    'a mapping of queue name to its limits, e.g. {"mail": {"concurrency": 5, "rate": 100, '
+    '"per": 60}}'
+)
+
+
+def parse_queue_limits(value: object, *, name: str) -> dict[str, QueueLimits]:
+    """The limits a ``RUNLEDGER_QUEUE_LIMITS`` setting (``name``) states, by queue.
+
+    Raises:
+        ConfigError: it is not a mapping of queue names to mappings with only the keys
+            ``concurrency``, ``rate`` and ``per``.
+        InvalidQueueLimit: a limit is out of range.
+        BlankQueue / TextTooLong: a queue name is invalid.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(name=name, value=value, expected=_EXPECTED)
+    parsed: dict[str, QueueLimits] = {}
+    for queue, limits in value.items():
+        check_queue(queue)
+        if not isinstance(limits, Mapping) or not set(limits) <= _LIMIT_KEYS:
+            raise ConfigError(name=f"{name}[{queue!r}]", value=limits, expected=_EXPECTED)
+        concurrency, rate = limits.get("concurrency"), limits.get("rate")
+        per = limits.get("per", 1.0)
+        check_queue_limits(queue, concurrency=concurrency, rate=rate, per=per)
+        parsed[queue] = QueueLimits(concurrency=concurrency, rate=rate, per=float(per))
+    return parsed

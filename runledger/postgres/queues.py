@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import datetime
 import enum
+from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
 from psycopg.rows import class_row
 
 from runledger.core.job import check_queue
-from runledger.core.limits import check_queue_limits
+from runledger.core.limits import QueueLimits, check_queue_limits
 from runledger.postgres.connection import Conn, reading, writing
 
 
@@ -58,6 +59,15 @@ class QueueSettings:
     def limited(self) -> bool:
         """Whether the queue has a concurrency or rate limit."""
         return self.concurrency is not None or self.rate is not None
+
+    def limits_text(self) -> str:
+        """The limits in a few words: ``concurrency 5, rate 100 per 60 s`` or ``no limits``."""
+        parts = []
+        if self.concurrency is not None:
+            parts.append(f"concurrency {self.concurrency}")
+        if self.rate is not None:
+            parts.append(f"rate {self.rate} per {self.per:g} s")
+        return ", ".join(parts) or "no limits"
 
 
 _COLUMNS = """queue, paused, paused_at, paused_by, concurrency, rate, per_seconds as per,
@@ -246,3 +256,28 @@ def list_queue_settings(conn: Conn) -> list[QueueSettings]:
     """Every queue that has settings, by name. Reads only."""
     with reading(conn), conn.cursor(row_factory=class_row(QueueSettings)) as cur:
         return cur.execute(SELECT_QUEUES).fetchall()
+
+
+def apply_queue_limits(
+    conn: Conn, limits: Mapping[str, QueueLimits], *, by: str | None = None
+) -> list[QueueSettings]:
+    """Make each named queue's limits what ``limits`` states (a framework's
+    ``RUNLEDGER_QUEUE_LIMITS``), in the caller's transaction; return the settings of the
+    queues it changed, by name.
+
+    A queue whose limits already match is not written (no event), so running it at every
+    deploy records only changes. Queues not named keep their settings, and pauses are left
+    alone. Blocks and raises as ``set_queue_limits``.
+    """
+    changed: list[QueueSettings] = []
+    for queue in sorted(limits):
+        wanted = limits[queue]
+        current = queue_settings(conn, queue)
+        stated = (wanted.concurrency, wanted.rate, None if wanted.rate is None else wanted.per)
+        if (current.concurrency, current.rate, current.per) == stated:
+            continue
+        settings = set_queue_limits(
+            conn, queue, concurrency=wanted.concurrency, rate=wanted.rate, per=wanted.per, by=by
+        )
+        changed.append(settings)
+    return changed

@@ -109,3 +109,35 @@ def test_sql_and_check_together_are_a_usage_error(dsn: str) -> None:
 
     assert result.exit_code == 2
     assert "not both" in result.output
+
+
+def test_migrate_applies_the_queue_limits_config_once(dsn: str) -> None:
+    app = Flask("queue_limits")
+    app.config["RUNLEDGER_DATABASE_URL"] = dsn
+    app.config["RUNLEDGER_QUEUE_LIMITS"] = {"mail": {"concurrency": 5, "rate": 100, "per": 60}}
+    Runledger(app)
+    runner = app.test_cli_runner()
+
+    first = runner.invoke(args=["runledger", "migrate"])
+    again = runner.invoke(args=["runledger", "migrate"])
+
+    assert first.exit_code == 0, first.output
+    assert "queue 'mail': concurrency 5, rate 100 per 60 s (RUNLEDGER_QUEUE_LIMITS)" in first.output
+    assert "queue 'mail'" not in again.output  # already so: nothing written
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        settings = runledger.queue_settings(conn, "mail")
+        events = runledger.list_events(conn, queue="mail")
+    assert (settings.concurrency, settings.rate, settings.per) == (5, 100, 60.0)
+    assert [e.data for e in events] == [
+        {"concurrency": 5, "rate": 100, "per": 60, "by": "RUNLEDGER_QUEUE_LIMITS"}
+    ]
+
+
+def test_an_invalid_queue_limits_config_is_refused_naming_it(dsn: str) -> None:
+    from runledger.errors import ConfigError
+
+    app = Flask("queue_limits_bad")
+    app.config["RUNLEDGER_DATABASE_URL"] = dsn
+    app.config["RUNLEDGER_QUEUE_LIMITS"] = ["mail"]
+    with pytest.raises(ConfigError, match="RUNLEDGER_QUEUE_LIMITS"):
+        Runledger(app).settings()

@@ -15,7 +15,9 @@ import pytest
 
 import runledger
 from runledger import EventKind, QueueSettings
-from runledger.errors import BlankQueue, InvalidQueueLimit
+from runledger.core.limits import parse_queue_limits
+from runledger.errors import BlankQueue, ConfigError, InvalidQueueLimit
+from runledger.postgres.queues import apply_queue_limits
 
 Conn = psycopg.Connection[Any]
 
@@ -157,3 +159,37 @@ def wait_for_lock_wait(observer: Conn) -> None:
             return
         time.sleep(0.005)
     pytest.fail("the second change never waited for the first one's lock")
+
+
+def test_apply_queue_limits_writes_only_what_differs_and_leaves_pauses(conn: Conn) -> None:
+    runledger.pause_queue(conn, "mail", by="alice")
+    runledger.set_queue_limits(conn, "other", concurrency=4)
+    stated = parse_queue_limits(
+        {"mail": {"concurrency": 5}, "other": {"concurrency": 4}}, name="SETTING"
+    )
+
+    changed = apply_queue_limits(conn, stated, by="deploy")
+
+    assert [s.queue for s in changed] == ["mail"]
+    mail = runledger.queue_settings(conn, "mail")
+    assert (mail.concurrency, mail.paused, mail.paused_by) == (5, True, "alice")
+    assert apply_queue_limits(conn, stated, by="deploy") == []
+    kinds = [e.kind for e in runledger.list_events(conn, queue="mail")]
+    assert kinds == [EventKind.QUEUE_PAUSED, EventKind.QUEUE_LIMITED]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (["mail"], ConfigError),
+        ({"mail": 5}, ConfigError),
+        ({"mail": {"concurency": 5}}, ConfigError),
+        ({"mail": {"rate": 0}}, InvalidQueueLimit),
+        ({"": {"rate": 1}}, BlankQueue),
+    ],
+)
+def test_a_queue_limits_setting_that_does_not_parse_names_itself(
+    value: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        parse_queue_limits(value, name="SETTING")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -17,5 +18,9 @@ class RunledgerConfig(AppConfig):
 
     def ready(self) -> None:
         """Import the ``jobs`` module of every installed app, which registers its handlers
-        on ``runledger.contrib.django.registry``."""
+        on ``runledger.contrib.django.registry``; apply ``settings.RUNLEDGER_QUEUE_LIMITS``
+        after each ``manage.py migrate``."""
+        from runledger.contrib.django.queue_limits import on_post_migrate
+
         autodiscover_modules("jobs")
+        post_migrate.connect(on_post_migrate, sender=self)

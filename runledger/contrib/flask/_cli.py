@@ -14,6 +14,7 @@ import runledger
 from runledger.contrib.flask._extension import EXTENSION_KEY, Runledger
 from runledger.errors import RunledgerError, SchemaNotMigrated
 from runledger.postgres.migrate import latest_version, pending, review_script, schema_version
+from runledger.postgres.queues import QueueSettings, apply_queue_limits
 from runledger.runtime.logs import configure_logging, log_format_from_env
 
 _logger = logging.getLogger("runledger.flask")
@@ -45,14 +46,20 @@ def migrate_command(show_sql: bool, check: bool) -> None:
     """Install or upgrade the runledger schema in the app's database."""
     if show_sql and check:
         raise click.UsageError("give --sql or --check, not both")
-    dsn = _extension().settings().dsn
+    settings = _extension().settings()
+    limited: list[QueueSettings] = []
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(settings.dsn, autocommit=True, connect_timeout=10) as conn:
             if show_sql or check:
                 todo = pending(conn)
                 current = schema_version(conn)
             else:
                 applied = runledger.migrate(conn)
+                if settings.queue_limits:
+                    with conn.transaction():
+                        limited = apply_queue_limits(
+                            conn, settings.queue_limits, by="RUNLEDGER_QUEUE_LIMITS"
+                        )
     except psycopg.Error as err:
         raise click.ClickException(f"cannot migrate: {str(err).strip()}") from err
     except RunledgerError as err:
@@ -71,6 +78,8 @@ def migrate_command(show_sql: bool, check: bool) -> None:
         click.echo(f"applied migrations {', '.join(map(str, applied))}; schema at {applied[-1]}")
     else:
         click.echo(f"schema already at version {latest_version()}; nothing to apply")
+    for queue in limited:
+        click.echo(f"queue {queue.queue!r}: {queue.limits_text()} (RUNLEDGER_QUEUE_LIMITS)")
 
 
 @cli.command("worker")

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from runledger.contrib.flask._dsn import to_dsn
+from runledger.core.limits import QueueLimits, parse_queue_limits
 from runledger.errors import ConfigError
 from runledger.runtime.config import RUNTIME_VARIABLES, RuntimeSettings, settings_from_env
 
@@ -31,10 +32,13 @@ class FlaskSettings(RuntimeSettings):
     Attributes:
         dsn: the libpq connection string of the database holding the ``runledger`` schema.
         run_in_process: start a runtime inside the web process (see ``Runledger``).
+        queue_limits: ``RUNLEDGER_QUEUE_LIMITS``, the queue limits ``flask runledger
+            migrate`` applies, by queue (empty when not set).
     """
 
     dsn: str
     run_in_process: bool = False
+    queue_limits: Mapping[str, QueueLimits] = attrs.field(factory=dict)
 
 
 def settings_from_config(config: Mapping[str, Any]) -> FlaskSettings:
@@ -48,13 +52,16 @@ def settings_from_config(config: Mapping[str, Any]) -> FlaskSettings:
     ``RUNLEDGER_LEASE_SECONDS``, ``RUNLEDGER_LISTEN``, ``RUNLEDGER_SHUTDOWN_TIMEOUT``,
     ``RUNLEDGER_PREFETCH``, and the retention policy's ``RUNLEDGER_RETENTION``,
     ``RUNLEDGER_KEEP_SUCCEEDED``, ``RUNLEDGER_KEEP_FAILED``, ``RUNLEDGER_KEEP_CANCELLED``); and
-    ``RUNLEDGER_RUN_IN_PROCESS``. Values may be native (``4``, ``["mail"]``, ``False``,
-    ``timedelta(days=3)``) or strings as the environment gives them (``"4"``,
-    ``"mail,default"``, ``"false"``). Reads nothing else and touches no database.
+    ``RUNLEDGER_RUN_IN_PROCESS``; and ``RUNLEDGER_QUEUE_LIMITS``, a mapping of queue names to
+    their limits (``{"mail": {"concurrency": 5, "rate": 100, "per": 60}}``) that ``flask
+    runledger migrate`` applies with ``apply_queue_limits``. Values may be native (``4``,
+    ``["mail"]``, ``False``, ``timedelta(days=3)``) or strings as the environment gives them
+    (``"4"``, ``"mail,default"``, ``"false"``). Reads nothing else and touches no database.
 
     Raises:
         ConfigError: no database URL, a URL that is not PostgreSQL, or an option that does
             not parse; the error names the config key.
+        InvalidQueueLimit / BlankQueue: ``RUNLEDGER_QUEUE_LIMITS`` states an invalid limit.
     """
     env: dict[str, str] = {}
     for key in RUNTIME_VARIABLES:
@@ -65,7 +72,15 @@ def settings_from_config(config: Mapping[str, Any]) -> FlaskSettings:
     return FlaskSettings(
         **{**attrs.asdict(runtime, recurse=False), "dsn": _database_dsn(config)},
         run_in_process=_config_flag(config, "RUNLEDGER_RUN_IN_PROCESS"),
+        queue_limits=_queue_limits(config),
     )
+
+
+def _queue_limits(config: Mapping[str, Any]) -> dict[str, QueueLimits]:
+    value = config.get("RUNLEDGER_QUEUE_LIMITS")
+    if value is None:
+        return {}
+    return parse_queue_limits(value, name="RUNLEDGER_QUEUE_LIMITS")
 
 
 def _database_dsn(config: Mapping[str, Any]) -> str:

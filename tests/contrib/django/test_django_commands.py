@@ -286,3 +286,59 @@ def test_runledger_database_url_wins() -> None:
 
     with override_settings(RUNLEDGER_DATABASE_URL="postgresql://worker@db.internal/shop"):
         assert database_dsn() == "postgresql://worker@db.internal/shop"
+
+
+# --- settings.RUNLEDGER_QUEUE_LIMITS -------------------------------------------------------
+
+
+def queue_limits(dsn: str) -> dict[str, tuple[int | None, int | None, float | None]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {
+            s.queue: (s.concurrency, s.rate, s.per) for s in runledger.list_queue_settings(conn)
+        }
+
+
+def limited_events(dsn: str, queue: str) -> list[Any]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [e.data for e in runledger.list_events(conn, queue=queue)]
+
+
+def test_migrate_applies_the_queue_limits_setting_and_records_only_changes(other: str) -> None:
+    from django.test import override_settings
+
+    limits = {"mail": {"concurrency": 5, "rate": 100, "per": 60}, "reports": {"concurrency": 2}}
+    with override_settings(RUNLEDGER_QUEUE_LIMITS=limits):
+        out = call("migrate", database="other", interactive=False, verbosity=1)
+        assert "runledger queue 'mail': concurrency 5, rate 100 per 60 s" in out
+        assert queue_limits(other) == {"mail": (5, 100, 60.0), "reports": (2, None, None)}
+        # Migrating again with the same setting writes nothing more.
+        call("migrate", database="other", interactive=False, verbosity=0)
+    assert limited_events(other, "mail") == [
+        {"concurrency": 5, "rate": 100, "per": 60, "by": "settings.RUNLEDGER_QUEUE_LIMITS"}
+    ]
+
+    # A queue the setting stops naming keeps its limits; one it changes is changed.
+    with override_settings(RUNLEDGER_QUEUE_LIMITS={"mail": {"rate": 10}}):
+        out = call("runledger_migrate", database="other")
+    assert "Queue 'mail': rate 10 per 1 s (RUNLEDGER_QUEUE_LIMITS)." in out
+    assert queue_limits(other) == {"mail": (None, 10, 1.0), "reports": (2, None, None)}
+
+
+def test_an_invalid_queue_limits_setting_fails_the_command_and_writes_nothing(
+    other: str,
+) -> None:
+    from django.core.management import CommandError
+    from django.test import override_settings
+
+    call("migrate", database="other", interactive=False, verbosity=0)
+    with (
+        override_settings(RUNLEDGER_QUEUE_LIMITS={"mail": {"concurrency": 0}}),
+        pytest.raises(CommandError, match="concurrency=0"),
+    ):
+        call("runledger_migrate", database="other")
+    with (
+        override_settings(RUNLEDGER_QUEUE_LIMITS={"mail": {"burst": 3}}),
+        pytest.raises(CommandError, match=r"RUNLEDGER_QUEUE_LIMITS\['mail'\]"),
+    ):
+        call("runledger_migrate", database="other")
+    assert queue_limits(other) == {}

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from runledger.contrib.django.connection import psycopg_connection
+from runledger.contrib.django.queue_limits import SETTING, apply_settings
 from runledger.errors import RunledgerError
 from runledger.postgres.migrate import latest_version, migrate
 
@@ -27,10 +28,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        """Migrate; print what was applied. Each migration commits on its own."""
+        """Migrate, then apply ``settings.RUNLEDGER_QUEUE_LIMITS``; print what was applied.
+        Each migration commits on its own."""
         conn = psycopg_connection(options["database"])
         try:
             applied = migrate(conn)
+            limited = apply_settings(options["database"])
         except RunledgerError as err:
             raise CommandError(str(err)) from err
         if applied:
@@ -38,3 +41,5 @@ class Command(BaseCommand):
             self.stdout.write(f"Applied runledger migrations {versions}; schema at {applied[-1]}.")
         else:
             self.stdout.write(f"runledger schema already at version {latest_version()}.")
+        for queue in limited:
+            self.stdout.write(f"Queue {queue.queue!r}: {queue.limits_text()} ({SETTING}).")
