@@ -42,30 +42,55 @@ TRY_LOCK = "select pg_try_advisory_xact_lock(%(key)s)"
 # than hold up whoever holds it.
 LOCK_TIMEOUT = "set local lock_timeout = '1s'"
 
-PRUNE_JOBS = """
-with doomed as (
-    select id
-    from runledger.jobs
-    where status = %(status)s
-      and finished_at < now() - %(keep)s::interval
-      and workflow_run_id is null
-    order by finished_at
-    limit %(limit)s
-    for update skip locked
-),
-gone_events as (
-    delete from runledger.events e using doomed d where e.job_id = d.id returning 1
+# Step 1: the due jobs, oldest first, locked (skipping those others hold), and which table
+# each is in: runledger.job_history, or the hot table for a finished job not yet moved there.
+LOCK_DUE_JOBS = """
+select id, tableoid = 'runledger.job_history'::regclass
+from runledger.jobs
+where status = %(status)s
+  and finished_at < now() - %(keep)s::interval
+  and workflow_run_id is null
+order by finished_at
+limit %(limit)s
+for update skip locked
+"""
+
+# Step 2: delete them, with their attempts and events. Each table is read through its index
+# on the job id over the batch's range of ids only (time-ordered uuids: the batch's jobs, and
+# so their rows, sit side by side in those indexes), each row read kept if its job is in the
+# batch. No plan of it reads a whole table, however large the queue, the events or the
+# history (a join on the batch let the planner scan all three for each batch), nor looks up
+# each job on its own. The attempts go here, counted: the trigger that frees the jobs' keys
+# and ticks leaves them alone (runledger.pruning, schema version 10).
+DELETE_JOBS = """
+with gone_events as (
+    delete from runledger.events as e
+    where e.job_id between %(first)s and %(last)s
+      and exists (select from unnest(%(ids)s::uuid[]) as d (id) where d.id = e.job_id)
+    returning 1
 ),
 gone_attempts as (
-    delete from runledger.job_attempts a using doomed d where a.job_id = d.id returning 1
+    delete from runledger.job_attempts as a
+    where a.job_id between %(first)s and %(last)s
+      and exists (select from unnest(%(ids)s::uuid[]) as d (id) where d.id = a.job_id)
+    returning 1
 ),
 gone_jobs as (
-    delete from runledger.jobs j using doomed d where j.id = d.id returning 1
+    delete from runledger.job_history as j
+    where j.id between %(first_history)s and %(last_history)s
+      and exists (select from unnest(%(history)s::uuid[]) as d (id) where d.id = j.id)
+    returning 1
 )
 select (select count(*) from gone_jobs),
        (select count(*) from gone_attempts),
        (select count(*) from gone_events)
 """
+DELETE_HOT_JOBS = "delete from only runledger.jobs where id = any(%(hot)s::uuid[])"
+
+# Transaction-local: tells runledger.forget_deleted_jobs that the attempts of the jobs this
+# statement deletes are already gone (schema version 10), so it does not look for them again.
+PRUNING_ON = "select set_config('runledger.pruning', 'on', true)"
+PRUNING_OFF = "select set_config('runledger.pruning', '', true)"
 
 FIND_RUNS = """
 select id
@@ -220,9 +245,33 @@ def prune_jobs(
     """
     if not _take_lock(conn):
         return Pruned(locked=False)
-    row = conn.execute(PRUNE_JOBS, {"status": str(status), "keep": keep, "limit": limit}).fetchone()
+    due = conn.execute(
+        LOCK_DUE_JOBS, {"status": str(status), "keep": keep, "limit": limit}
+    ).fetchall()
+    if not due:
+        return Pruned()
+    history = sorted(job_id for job_id, in_history in due if in_history)
+    hot = sorted(job_id for job_id, in_history in due if not in_history)
+    ids = sorted(history + hot)
+    conn.execute(PRUNING_ON)
+    row = conn.execute(
+        DELETE_JOBS,
+        {
+            "ids": ids,
+            "first": ids[0],
+            "last": ids[-1],
+            "history": history,
+            # an empty range when every job of the batch is in the hot table
+            "first_history": history[0] if history else None,
+            "last_history": history[-1] if history else None,
+        },
+    ).fetchone()
     assert row is not None
-    return Pruned(jobs=row[0], attempts=row[1], events=row[2])
+    jobs = row[0]
+    if hot:
+        jobs += conn.execute(DELETE_HOT_JOBS, {"hot": hot}).rowcount
+    conn.execute(PRUNING_OFF)
+    return Pruned(jobs=jobs, attempts=row[1], events=row[2])
 
 
 def prune_runs(

@@ -282,3 +282,131 @@ def test_history_tables_with_many_dead_rows_are_vacuumed(dsn: str, autocommit_co
     while stat("vacuum_count") == before:
         assert time.monotonic() < deadline, "no VACUUM of events was counted"
         conn.execute("select pg_sleep(0.05)")
+
+
+def fill_queue(conn: Conn, jobs: int) -> None:
+    """``jobs`` queued jobs with their ``job.enqueued`` events, analysed: a queue the pruner
+    must not read through to find what it deletes."""
+    conn.execute(
+        "with q as (insert into runledger.jobs (id, job_type) "
+        "select runledger.time_ordered_uuid(), 'ret.later' from generate_series(1, %s) "
+        "returning id) "
+        "insert into runledger.events (kind, job_id) select 'job.enqueued', id from q",
+        (jobs,),
+    )
+    conn.execute("analyze runledger.jobs, runledger.job_history, runledger.events")
+    conn.execute("analyze runledger.job_attempts")
+
+
+def finished(conn: Conn, jobs: int, days: int) -> None:
+    """``jobs`` standalone jobs that succeeded ``days`` days ago, each with an attempt and
+    two events."""
+    conn.execute(
+        """
+        with done as (
+            insert into runledger.job_history
+                (id, job_type, status, attempt, max_attempts, started_at, finished_at)
+            select runledger.time_ordered_uuid(), 'ret.ok', 'succeeded', 1, 1,
+                   now() - make_interval(days => %(days)s),
+                   now() - make_interval(days => %(days)s)
+            from generate_series(1, %(jobs)s)
+            returning id, finished_at
+        ),
+        tried as (
+            insert into runledger.job_attempts
+                (job_id, attempt, worker, lease_token, started_at, finished_at, outcome)
+            select id, 1, 'w', gen_random_uuid(), finished_at, finished_at, 'succeeded' from done
+        )
+        insert into runledger.events (kind, job_id)
+        select kind, id from done, unnest(array['job.enqueued', 'job.succeeded']) as kind
+        """,
+        {"jobs": jobs, "days": days},
+    )
+
+
+def test_prune_jobs_reaches_every_table_through_its_index_whatever_the_queue_holds(
+    autocommit_conn: Conn, count: Counter
+) -> None:
+    conn = autocommit_conn
+    # A full batch of due jobs beside 15 times as many younger ones, each with an attempt and
+    # two events as the runtime leaves them, and a queue: the batch is a fifteenth of every
+    # history table, which the pruner must reach by index rather than by reading it all.
+    finished(conn, 2_000, days=8)
+    finished(conn, 30_000, days=1)
+    fill_queue(conn, 50_000)
+
+    with conn.transaction():
+        pruned = prune_jobs(conn, JobStatus.SUCCEEDED, WEEK)
+        # This transaction's own counts, exact and without the statistics' delay.
+        scanned = conn.execute(
+            "select relname from pg_stat_xact_user_tables where schemaname = 'runledger' "
+            "and relname in ('jobs', 'job_history', 'job_attempts', 'events') and seq_scan > 0"
+        ).fetchall()
+
+    assert (pruned.jobs, pruned.attempts, pruned.events) == (2000, 2000, 4000)
+    assert scanned == []
+    assert count("jobs", "status = 'queued'") == 50_000
+
+
+def test_prune_jobs_deletes_finished_jobs_still_in_the_hot_table_with_their_attempts(
+    dsn: str, autocommit_conn: Conn, count: Counter
+) -> None:
+    conn = autocommit_conn
+    moved, left = (runledger.enqueue(conn, "ret.ok", {"n": n}) for n in range(2))
+    run_everything(dsn, conn)
+    # As a database upgraded from version 5 has them: finished, yet in the hot table.
+    conn.execute("select runledger.reopen_jobs(array[%s]::uuid[])", (left,))
+    age(conn, "jobs", [moved, left], days=8)
+
+    with conn.transaction():
+        pruned = prune_jobs(conn, JobStatus.SUCCEEDED, WEEK)
+
+    assert (pruned.jobs, pruned.attempts, pruned.events) == (2, 2, 6)
+    assert count("jobs", "id = any(%s)", ([moved, left],)) == 0
+    assert count("job_attempts", "job_id = any(%s)", ([moved, left],)) == 0
+
+
+def test_a_delete_that_says_it_pruned_the_attempts_leaves_them_to_it(
+    dsn: str, autocommit_conn: Conn, count: Counter
+) -> None:
+    conn = autocommit_conn
+    pruned, by_hand = (runledger.enqueue(conn, "ret.ok", {"n": n}) for n in range(2))
+    run_everything(dsn, conn)
+
+    with conn.transaction():
+        conn.execute("select set_config('runledger.pruning', 'on', true)")
+        conn.execute("delete from runledger.job_history where id = %s", (pruned,))
+    # The trigger did not look the attempts up again: deleting them was the statement's job.
+    assert count("job_attempts", "job_id = %s", (pruned,)) == 1
+    with conn.transaction():
+        conn.execute("delete from runledger.jobs where id = %s", (by_hand,))
+    assert count("job_attempts", "job_id = %s", (by_hand,)) == 0
+
+
+def test_history_tables_are_not_vacuumed_for_a_few_dead_rows_among_many(
+    dsn: str, autocommit_conn: Conn
+) -> None:
+    conn = autocommit_conn
+    conn.execute("alter table runledger.events set (autovacuum_enabled = false)")
+    conn.execute(
+        "insert into runledger.events (kind, job_id) "
+        "select 'job.enqueued', gen_random_uuid() from generate_series(1, 100000)"
+    )
+    conn.execute("delete from runledger.events where id <= 7000")
+
+    def dead() -> int:
+        conn.execute("select pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "select n_dead_tup, n_live_tup from pg_stat_user_tables "
+            "where schemaname = 'runledger' and relname = 'events'"
+        ).fetchone()
+        return 0 if row is None or row[1] < 90_000 else int(row[0])
+
+    deadline = time.monotonic() + 15
+    while dead() < 7000:  # statistics arrive with a short delay
+        assert time.monotonic() < deadline, "the dead rows never showed"
+        conn.execute("select pg_sleep(0.05)")
+    with runledger.Store(dsn) as store:
+        # 7,000 dead beside 93,000 live: above the 5,000 floor, below a tenth of the table.
+        assert vacuum_history_if_needed(store) == []
+        assert vacuum_history_if_needed(store, fraction=0.05) == ["events"]

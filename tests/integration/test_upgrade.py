@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from typing import Any
 
@@ -10,7 +11,9 @@ import pytest
 
 import runledger
 from runledger import AttemptOutcome, JobStatus
+from runledger.postgres import attempts
 from runledger.postgres.migrate import BOOTSTRAP, RECORD, latest_version, migrations
+from runledger.postgres.retention import prune_jobs
 from runledger.runtime.reaper import Reaper
 
 # A running attempt as version 1 claimed it (it knew nothing of handler_started_at), with a
@@ -292,7 +295,7 @@ def test_upgrading_a_populated_version_8_database_adds_flow_control(empty_databa
         conn.execute(CLAIMED_BY_VERSION_1, {"id": finished, "token": uuid.uuid4()})
         conn.execute(SUCCEEDED_BY_VERSION_7, {"id": finished})
 
-        assert runledger.migrate(conn) == [9]
+        assert runledger.migrate(conn) == list(range(9, latest_version() + 1))
         runledger.check_schema(conn)
         # The new columns are null on every old row, and their CHECKs did not scan them.
         rows = conn.execute(
@@ -314,3 +317,40 @@ def test_upgrading_a_populated_version_8_database_adds_flow_control(empty_databa
         # And the new options work on the upgraded database.
         keyed = runledger.enqueue(conn, "upgrade.later", {"n": 8}, concurrency_key="k")
         assert runledger.get_job(conn, keyed).concurrency_limit == 1
+
+
+def test_upgrading_a_populated_version_9_database_prunes_old_jobs_once_and_frees_their_keys(
+    empty_database: str,
+) -> None:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        install_version(conn, 9)
+        assert runledger.schema_version(conn) == 9
+        done = runledger.enqueue(conn, "upgrade.done", {"n": 1}, idempotency_key="k")
+        live = runledger.enqueue(conn, "upgrade.later", {"n": 2})
+        (claimed,) = attempts.claim(
+            conn, worker="old-worker", queues=["default"], job_types=["upgrade.done"], limit=1,
+            lease_seconds=30,
+        )  # fmt: skip
+        attempts.finish(conn, [attempts.AttemptResult(
+            job_id=done, lease_token=claimed.lease_token, status=JobStatus.SUCCEEDED,
+            outcome=AttemptOutcome.SUCCEEDED, output=None,
+        )])  # fmt: skip
+        conn.execute(
+            "update runledger.jobs set finished_at = now() - interval '30 days' where id = %s",
+            (done,),
+        )
+
+        assert runledger.migrate(conn) == [v for v in range(10, latest_version() + 1)]
+        runledger.check_schema(conn)
+        with conn.transaction():
+            pruned = prune_jobs(conn, JobStatus.SUCCEEDED, datetime.timedelta(days=7))
+        # Its attempt counted once, by the statement that deleted it; its key is free.
+        assert (pruned.jobs, pruned.attempts, pruned.events) == (1, 1, 3)
+        assert conn.execute(
+            "select count(*) from runledger.job_attempts where job_id = %s", (done,)
+        ).fetchone() == (0,)
+        again = runledger.enqueue(conn, "upgrade.done", {"n": 1}, idempotency_key="k")
+        assert again != done
+        # A delete by hand still takes the job's attempts with it.
+        conn.execute("delete from runledger.jobs where id = %s", (again,))
+        assert run_on_upgraded_schema(empty_database, conn, live) == 2

@@ -46,6 +46,7 @@ DJANGO_MIGRATIONS = [
     "0008_unique_retry",
     "0009_flow_control",
     "0010_queue",
+    "0011_cheap_prune",
 ]
 
 
