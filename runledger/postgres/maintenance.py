@@ -103,19 +103,27 @@ HISTORY_TABLES = (
     "workflow_step_runs",
     "workflow_step_deps",
 )
+HISTORY_DEAD_FRACTION = 0.1
+"""A history table is vacuumed once its dead rows reach this fraction of its live rows (and
+``min_dead``): each VACUUM scans all of the table's indexes, so vacuuming at a fixed count
+would scan an ever larger history for every round's few thousand pruned rows."""
 DEAD_HISTORY_ROWS = """
 select relname
 from pg_stat_user_tables
-where schemaname = 'runledger' and relname = any(%(tables)s) and n_dead_tup >= %(min_dead)s
+where schemaname = 'runledger' and relname = any(%(tables)s)
+  and n_dead_tup >= greatest(%(min_dead)s, n_live_tup * %(fraction)s)
 order by relname
 """
 # Table names come from HISTORY_TABLES only, never from input.
 VACUUM_HISTORY = {name: f"vacuum runledger.{name}" for name in HISTORY_TABLES}
 
 
-def vacuum_history_if_needed(store: Store, *, min_dead: int = 5_000) -> list[str]:
-    """VACUUM each history table (``HISTORY_TABLES``) with at least ``min_dead`` dead rows,
-    unless another runtime is vacuuming; return the tables vacuumed.
+def vacuum_history_if_needed(
+    store: Store, *, min_dead: int = 5_000, fraction: float = HISTORY_DEAD_FRACTION
+) -> list[str]:
+    """VACUUM each history table (``HISTORY_TABLES``) with at least ``min_dead`` dead rows and
+    ``fraction`` of its live rows dead, unless another runtime is vacuuming; return the
+    tables vacuumed.
 
     The pruner calls it after deleting: on a server without autovacuum (some managed ones)
     the space of pruned rows would never be reused and the tables would grow for ever. Runs
@@ -124,7 +132,8 @@ def vacuum_history_if_needed(store: Store, *, min_dead: int = 5_000) -> list[str
     """
     with store.connection() as conn:
         rows = conn.execute(
-            DEAD_HISTORY_ROWS, {"tables": list(HISTORY_TABLES), "min_dead": min_dead}
+            DEAD_HISTORY_ROWS,
+            {"tables": list(HISTORY_TABLES), "min_dead": min_dead, "fraction": fraction},
         ).fetchall()
         conn.rollback()
         due = [row[0] for row in rows]

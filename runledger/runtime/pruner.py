@@ -2,7 +2,8 @@
 
 Every runtime with a policy runs one; an advisory lock taken by each batch keeps it to one at a
 time (``runledger.postgres.retention``). A round deletes batches, oldest first, until nothing
-is due or it has used its time budget, then sweeps a few windows of orphan events.
+is due or it has used its time budget, then sweeps a few windows of orphan events (a pass over
+the old events at most once an hour).
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ this is far above what a busy queue finishes in a minute, while the lock it take
 is short."""
 SWEEP_WINDOWS = 20
 """Windows of orphan-event ids examined per round."""
+SWEEP_EVERY = 3600.0
+"""Seconds from the end of one pass of the orphan-event sweep to the start of the next. A
+pass reads every event older than the shortest keep (those of dead letters kept longer, of
+jobs scheduled far ahead, of open runs), probing for each whether its job or run still
+exists: about 3 buffers an event, 2 s of the server's time for a round's 100,000 on the
+machine of benchmarks/README.md. Orphans are rare (deleted by hand, or by a version that
+kept them), so an hour's wait costs little; starting again at once, as before, read those
+events over and over in every round."""
 
 
 class Pruner:
@@ -56,13 +65,16 @@ class Pruner:
         interval: float = PRUNE_EVERY,
         budget: float = ROUND_BUDGET,
         vacuum: bool = True,
+        sweep_every: float = SWEEP_EVERY,
     ) -> None:
         self._store = store
         self.retention = retention
         self.interval = interval
         self.budget = budget
         self.vacuum = vacuum
+        self.sweep_every = sweep_every
         self._sweep_after = 0
+        self._pass_ended: float | None = None  # time.monotonic() at the end of the last pass
         self.total = Pruned()
 
     def step(self, stop: threading.Event) -> None:
@@ -73,7 +85,8 @@ class Pruner:
     def prune_once(self, stop: threading.Event | None = None) -> Pruned:
         """Delete due jobs and runs in batches, each its own transaction, until none is due,
         ``stop`` is set, another pruner holds the lock, or the round's budget is spent; then
-        sweep up to ``SWEEP_WINDOWS`` windows of orphan events. Returns what it deleted."""
+        sweep up to ``SWEEP_WINDOWS`` windows of orphan events (unless the sweep's last pass
+        ended less than ``sweep_every`` seconds ago). Returns what it deleted."""
         started = time.monotonic()
         done = Pruned()
 
@@ -104,6 +117,13 @@ class Pruner:
 
     def _sweep(self, keep: datetime.timedelta, more: Callable[[], bool]) -> Pruned:
         deleted = 0
+        ended = self._pass_ended
+        if (
+            self._sweep_after == 0
+            and ended is not None
+            and (time.monotonic() - ended < self.sweep_every)
+        ):
+            return Pruned()  # the last pass ended less than sweep_every ago
         for _ in range(SWEEP_WINDOWS):
             if not more():
                 break
@@ -113,6 +133,7 @@ class Pruner:
             deleted += swept.deleted
             self._sweep_after = swept.next_after
             if swept.next_after == 0:
+                self._pass_ended = time.monotonic()
                 break
         return Pruned(events=deleted)
 

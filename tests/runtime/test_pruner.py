@@ -79,3 +79,22 @@ def test_retention_off_starts_no_pruner_thread(dsn: str) -> None:
         assert "runledger-reaper-0" in names
         assert "runledger-pruner-0" not in names
         assert runtime.pruner is None
+
+
+def test_a_finished_pass_of_the_orphan_sweep_waits_before_the_next(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    def orphan() -> None:
+        autocommit_conn.execute(
+            "insert into runledger.events (kind, job_id, occurred_at) "
+            "values ('job.enqueued', gen_random_uuid(), now() - interval '10 days')"
+        )
+
+    with runledger.Store(dsn) as store:
+        pruner = Pruner(store, Retention(cancelled=DAY), vacuum=False)
+        orphan()
+        assert pruner.prune_once().events == 1  # a pass, to the newest event
+        orphan()
+        assert pruner.prune_once().events == 0  # within the hour: no new pass
+        pruner.sweep_every = 0.0
+        assert pruner.prune_once().events == 1
