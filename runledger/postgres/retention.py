@@ -10,7 +10,8 @@ reaper never lock, and it takes them in the ledger's lock order (jobs, then runs
 ``runledger.postgres.workflow``). Standalone jobs are taken with ``SKIP LOCKED``, so a job
 being requeued or cancelled at that moment is left for the next round. A job of a workflow
 run goes only with its run, once the run is finished. Attempts and events go in the same
-statement as the job or run they describe.
+statement as the job or run they describe, which tells the delete trigger so
+(``runledger.pruning``) rather than let it look the attempts up again.
 """
 
 from __future__ import annotations
@@ -297,7 +298,9 @@ def prune_runs(
     ]
     if not runs:
         return Pruned()
+    conn.execute(PRUNING_ON)  # DELETE_RUNS deletes the jobs' attempts itself
     row = conn.execute(DELETE_RUNS, {"runs": runs}).fetchone()
+    conn.execute(PRUNING_OFF)
     assert row is not None
     return Pruned(runs=row[0], run_jobs=row[1], attempts=row[2], events=row[3])
 
