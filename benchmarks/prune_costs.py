@@ -9,13 +9,21 @@ in production between checkpoints) and prunes them all with the pruner's own bat
 prints, for the delete batches and for the VACUUM apart: shared buffers touched per table
 and per index (``pg_statio_user_tables`` / ``_indexes``), rows deleted per table, WAL bytes,
 WAL records and full-page images (``pg_stat_wal``, PostgreSQL 14+), and the seconds taken.
-With ``--explain`` it also prints ``EXPLAIN (ANALYZE, BUFFERS, WAL)`` of one batch.
+With ``--explain`` it also prints ``EXPLAIN (ANALYZE, BUFFERS, WAL)`` of one batch. Then it
+counts one round's orphan-event sweep, per event examined.
+
+``--steady QUEUED`` measures instead what ``history.py``'s retention figure measures, with the
+same breakdown by table and index: QUEUED jobs run by ``Runtime(concurrency=16, prefetch=64)``
+with every state kept 10 s and a pruner round every 5 s, then with retention off, twice in
+turns, counted over 20 s after a 20 s warm-up, per job run.
 
 Runs whatever ``runledger`` is first on ``sys.path``: put another checkout first on
 ``PYTHONPATH`` to measure it the same way.
 
     python benchmarks/prune_costs.py                      # a new embedded server
     python benchmarks/prune_costs.py --dsn "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    python benchmarks/prune_costs.py --jobs 50000 --queued 200000   # beside a deep queue
+    python benchmarks/prune_costs.py --steady 400000                # on against off
 """
 
 from __future__ import annotations
@@ -191,6 +199,62 @@ def sweep_round(conn: Conn, keep: datetime.timedelta) -> None:
            f"{deleted} deleted); per EXAMINED EVENT", a, b, examined)  # fmt: skip
 
 
+AUTOVACUUMS = """
+select coalesce(sum(autovacuum_count + vacuum_count), 0) from pg_stat_user_tables
+where schemaname = 'runledger'
+"""
+
+
+def steady(
+    dsn: str, queued: int, on: bool, *, warmup: float, duration: float, no_sweep: bool
+) -> None:
+    """``history.py``'s retention figure with the counters above: ``queued`` jobs run by
+    the runtime with every state kept 10 s and a pruner round every 5 s (or retention
+    off); what the server did over ``duration`` s after ``warmup`` s, per job run."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("delete from runledger.events")
+        conn.execute("delete from runledger.job_attempts")
+        conn.execute("delete from runledger.jobs")
+        for first in range(0, queued, 100_000):
+            conn.execute(QUEUE_JOBS, {"queue": QUEUE, "job_type": JOB_TYPE,
+                                      "count": min(100_000, queued - first)})  # fmt: skip
+        conn.execute("vacuum (analyze) runledger.jobs, runledger.job_attempts, runledger.events")
+        conn.execute("vacuum (analyze) runledger.job_history")
+        conn.execute("checkpoint")
+    registry = runledger.Registry()
+    lock = threading.Lock()
+    count = 0
+
+    @registry.handler(JOB_TYPE, queue=QUEUE, max_attempts=1)
+    def noop(ctx: runledger.JobContext, payload: object) -> None:
+        """Nothing."""
+
+    @registry.on_job_succeeded
+    def counted(event: object) -> None:
+        nonlocal count
+        with lock:
+            count += 1
+
+    keep = datetime.timedelta(seconds=10)
+    policy = runledger.Retention(succeeded=keep, failed=keep, cancelled=keep) if on else None
+    rt = runledger.Runtime(dsn, registry, concurrency=16, prefetch=64, queues=[QUEUE],
+                           poll_interval=0.05, scheduler=False, retention=policy)  # fmt: skip
+    if rt.pruner is not None:
+        rt.pruner.interval = 5.0
+        if no_sweep:  # as if a pass had just ended: what the sweep's first pass adds
+            rt.pruner._pass_ended = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as conn, rt:
+        time.sleep(warmup)
+        a, first, vac_a = snapshot(conn), count, conn.execute(AUTOVACUUMS).fetchone()
+        time.sleep(duration)
+        b, last, vac_b = snapshot(conn), count, conn.execute(AUTOVACUUMS).fetchone()
+        pruned = 0 if rt.pruner is None else rt.pruner.total.jobs
+        assert vac_a is not None and vac_b is not None
+        report(conn, f"retention {'on' if on else 'off'}: {(last - first) / duration:,.0f} "
+               f"jobs/s, {pruned:,} pruned in all, {vac_b[0] - vac_a[0]} VACUUMs of runledger "
+               "tables in the window; per job RUN", a, b, max(last - first, 1))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn")
@@ -201,9 +265,23 @@ def main() -> None:
         "--queued", type=int, default=0,
         help="jobs left queued (in a queue nothing claims) beside the history, as in history.py",
     )  # fmt: skip
+    parser.add_argument(
+        "--steady", type=int, default=0, metavar="QUEUED",
+        help="instead: QUEUED jobs run with retention on, then off, counted per job run",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-sweep", action="store_true",
+        help="with --steady: no orphan-event sweep pass at start (this version only)",
+    )  # fmt: skip
     args = parser.parse_args()
     print(f"runledger from {runledger.__file__}")
     keep = datetime.timedelta(0)
+    if args.steady:
+        with bench_server(args.dsn) as server, scratch_database(server) as dsn:
+            for on in (True, False, True, False):
+                steady(dsn, args.steady, on, warmup=20.0, duration=20.0,
+                       no_sweep=args.no_sweep)  # fmt: skip
+        return
     with bench_server(args.dsn) as server, scratch_database(server) as dsn:
         fill(dsn, args.jobs)
         with psycopg.connect(dsn, autocommit=True) as conn:
