@@ -57,12 +57,14 @@ for update skip locked
 """
 
 # Step 2: delete them, with their attempts and events. Each table is read through its index
-# on the job id over the batch's range of ids only (time-ordered uuids: the batch's jobs, and
-# so their rows, sit side by side in those indexes), each row read kept if its job is in the
-# batch. No plan of it reads a whole table, however large the queue, the events or the
-# history (a join on the batch let the planner scan all three for each batch), nor looks up
-# each job on its own. The attempts go here, counted: the trigger that frees the jobs' keys
-# and ticks leaves them alone (runledger.pruning, schema version 10).
+# on the job id, over the batch's range of ids only (ids are time-ordered UUIDs unless the
+# caller gave its own: the batch's jobs, and so their rows, sit side by side in those
+# indexes), and a row read goes if its job is in the batch. The planner reads that range, or
+# probes the index once per job of the batch when it estimates that cheaper; either way no
+# plan reads a whole table, however large the queue, the events or the history (joining the
+# batch to the tables, as before, let it scan all three for each batch). The attempts go
+# here, counted: the trigger that frees the jobs' keys and ticks then leaves them alone
+# (runledger.pruning, schema version 10).
 DELETE_JOBS = """
 with gone_events as (
     delete from runledger.events as e
