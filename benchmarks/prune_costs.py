@@ -110,25 +110,38 @@ def report(conn: Conn, title: str, a: dict[str, Any], b: dict[str, Any], jobs: i
     print(f"  runledger buffers {total:.1f}/job")
 
 
-def fill(dsn: str, jobs: int) -> None:
-    """Queue ``jobs`` no-op jobs and run them all with the runtime, retention off."""
+class Succeeded:
+    """Counts the jobs that succeeded; ``done`` is set once ``target`` of them have."""
+
+    def __init__(self, target: int | None) -> None:
+        self.count = 0
+        self.done = threading.Event()
+        self._target = target
+        self._lock = threading.Lock()
+
+    def __call__(self, event: object) -> None:
+        with self._lock:
+            self.count += 1
+            if self._target is not None and self.count >= self._target:
+                self.done.set()
+
+
+def noop_registry(target: int | None = None) -> tuple[runledger.Registry, Succeeded]:
+    """A registry with the no-op handler, and the counter of its successes."""
     registry = runledger.Registry()
-    done = threading.Event()
-    lock = threading.Lock()
-    count = 0
 
     @registry.handler(JOB_TYPE, queue=QUEUE, max_attempts=1)
     def noop(ctx: runledger.JobContext, payload: object) -> None:
         """Nothing."""
 
-    @registry.on_job_succeeded
-    def counted(event: object) -> None:
-        nonlocal count
-        with lock:
-            count += 1
-            if count >= jobs:
-                done.set()
+    succeeded = Succeeded(target)
+    registry.on_job_succeeded(succeeded)
+    return registry, succeeded
 
+
+def fill(dsn: str, jobs: int) -> None:
+    """Queue ``jobs`` no-op jobs and run them all with the runtime, retention off."""
+    registry, succeeded = noop_registry(target=jobs)
     with psycopg.connect(dsn, autocommit=True) as conn:
         for first in range(0, jobs, 100_000):
             conn.execute(QUEUE_JOBS, {"queue": QUEUE, "job_type": JOB_TYPE,
@@ -137,7 +150,7 @@ def fill(dsn: str, jobs: int) -> None:
     started = time.monotonic()
     with runledger.Runtime(dsn, registry, concurrency=16, prefetch=64, queues=[QUEUE],
                            poll_interval=0.05, scheduler=False, retention=None):  # fmt: skip
-        if not done.wait(900):
+        if not succeeded.done.wait(900):
             raise SystemExit("the fill did not drain")
     print(f"filled {jobs:,} jobs in {time.monotonic() - started:.1f} s")
 
@@ -221,20 +234,7 @@ def steady(
         conn.execute("vacuum (analyze) runledger.jobs, runledger.job_attempts, runledger.events")
         conn.execute("vacuum (analyze) runledger.job_history")
         conn.execute("checkpoint")
-    registry = runledger.Registry()
-    lock = threading.Lock()
-    count = 0
-
-    @registry.handler(JOB_TYPE, queue=QUEUE, max_attempts=1)
-    def noop(ctx: runledger.JobContext, payload: object) -> None:
-        """Nothing."""
-
-    @registry.on_job_succeeded
-    def counted(event: object) -> None:
-        nonlocal count
-        with lock:
-            count += 1
-
+    registry, succeeded = noop_registry()
     keep = datetime.timedelta(seconds=10)
     policy = runledger.Retention(succeeded=keep, failed=keep, cancelled=keep) if on else None
     rt = runledger.Runtime(dsn, registry, concurrency=16, prefetch=64, queues=[QUEUE],
@@ -245,9 +245,9 @@ def steady(
             rt.pruner._pass_ended = time.monotonic()
     with psycopg.connect(dsn, autocommit=True) as conn, rt:
         time.sleep(warmup)
-        a, first, vac_a = snapshot(conn), count, conn.execute(AUTOVACUUMS).fetchone()
+        a, first, vac_a = snapshot(conn), succeeded.count, conn.execute(AUTOVACUUMS).fetchone()
         time.sleep(duration)
-        b, last, vac_b = snapshot(conn), count, conn.execute(AUTOVACUUMS).fetchone()
+        b, last, vac_b = snapshot(conn), succeeded.count, conn.execute(AUTOVACUUMS).fetchone()
         pruned = 0 if rt.pruner is None else rt.pruner.total.jobs
         assert vac_a is not None and vac_b is not None
         report(conn, f"retention {'on' if on else 'off'}: {(last - first) / duration:,.0f} "
