@@ -26,11 +26,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 import attrs
+import psycopg
 
 from runledger.core.payload import JsonValue, dumps
 from runledger.core.status import AttemptOutcome, JobStatus, RetryReason, StepStatus
 from runledger.postgres.channels import JOBS
 from runledger.postgres.connection import Conn
+from runledger.postgres.sqltext import compact, positional
 from runledger.postgres.workflow import Advance, StepOutcome, advance
 
 DEFAULT_MAX_ATTEMPTS = 5
@@ -43,7 +45,7 @@ DEFAULT_MAX_ATTEMPTS = 5
 # (schema 9, docs/flow-control.md): paused queues are not scanned, jobs of full keys are
 # passed over, and candidates with a key or on a limited queue are claimed only as
 # runledger.admit_jobs admits them; the others are claimed as they always were.
-CLAIM_JOBS = """
+CLAIM_JOBS = compact("""
 with candidates as (
     -- One ordered index scan per queue (a "queue = any(...)" filter would sort every queued
     -- row), then the best of them across queues. A job whose key is full is passed over, so
@@ -186,7 +188,9 @@ select c.id, c.job_type, c.queue, c.payload, c.priority, c.attempt, c.max_attemp
        (select count(*) from candidates) - (select count(*) from admitted) as deferred
 from claimed as c
 order by c.priority desc, c.id
-"""
+""")
+# Numbered once: the claim is longer than the texts psycopg caches its conversion of (sqltext).
+CLAIM_STATEMENT = positional(CLAIM_JOBS)
 
 # Only for the rest of the caller's transaction, which commits right after the claim. JIT off:
 # the generic plan's cost grows with the queue's depth (see the module's docstring), and a
@@ -247,7 +251,7 @@ from locked as l
 where j.id = l.id
 """
 
-FINISH_ATTEMPTS = f"""
+FINISH_ATTEMPTS = compact(f"""
 with input as (
     select *
     from unnest(
@@ -344,7 +348,7 @@ notified as (
 select d.id, d.status, d.workflow_run_id, d.step_id, d.step_key, d.attempt, d.job_type,
        d.run_at, d.token, (select n from notified) as notified
 from done as d
-"""
+""")
 
 # The same statement under another text, so that psycopg prepares it apart from the large
 # batches' unprepared one.
@@ -522,7 +526,8 @@ def claim_round(
         defaults=defaults,
         start_now=start_now,
     )
-    rows = conn.execute(CLAIM_JOBS, params).fetchall()
+    with psycopg.RawCursor(conn) as cursor:
+        rows = cursor.execute(CLAIM_STATEMENT.text, CLAIM_STATEMENT.args(params)).fetchall()
     jobs = [
         ClaimedJob(
             id=row[0],
