@@ -18,8 +18,11 @@ other databases' writes add to it). The figures:
 - ``retention-on`` and ``retention-off``: ``--retention-jobs`` queued jobs run beside an empty
   history, with a policy keeping every final state ``--keep`` seconds and a pruner round
   every ``--prune-every`` seconds, or with retention off; jobs/s and the counts are taken over
-  ``--duration`` seconds after ``--warmup`` seconds, by when the pruner deletes as fast as
-  jobs finish. (Beside the kept history a short keep would prune the history itself.)
+  ``--duration`` seconds after ``--warmup`` seconds, by when the pruner is deleting.
+  (Beside the kept history a short keep would prune the history itself.) The pruner yields
+  to running jobs (``Retention.busy_share``, a tenth of its time by default), so while the
+  queue is saturated it deletes fewer jobs than finish; ``retention-unpaced`` is the same
+  policy with ``busy_share=1.0``, the pruner that keeps up whatever it costs the queue.
 
 The history is filled once per database, straight into ``runledger.job_history`` where it
 exists (schema version 6), else into ``runledger.jobs``: finished jobs of a queue nothing
@@ -237,13 +240,19 @@ def child_drain(dsn: str, jobs: int, timeout: float) -> dict[str, Any]:
     }
 
 
-def child_retention(dsn: str, jobs: int, args: argparse.Namespace, on: bool) -> dict[str, Any]:
-    """Run ``jobs`` queued jobs with retention on or off; count over the window after the
-    warm-up, which ends early (and says so) if the queue runs low."""
+def child_retention(
+    dsn: str, jobs: int, args: argparse.Namespace, on: bool, share: float | None = None
+) -> dict[str, Any]:
+    """Run ``jobs`` queued jobs with retention on or off (on: paced by ``share`` if given, else
+    by the default); count over the window after the warm-up, which ends early (and says so)
+    if the queue runs low."""
     import runledger
 
     keep = datetime.timedelta(seconds=args.keep)
-    policy = runledger.Retention(succeeded=keep, failed=keep, cancelled=keep) if on else None
+    pace = {} if share is None else {"busy_share": share}
+    policy = (
+        runledger.Retention(succeeded=keep, failed=keep, cancelled=keep, **pace) if on else None
+    )
     low = int(jobs * 0.95)  # the queue must not run dry within the window
     registry, running_low, succeeded = counting_registry(low)
     rt = runtime(dsn, registry, policy)
@@ -285,6 +294,8 @@ def child(argv: Sequence[str]) -> None:
         result = child_drain(dsn, args.jobs, args.timeout)
     elif kind in ("retention-on", "retention-off"):
         result = child_retention(dsn, args.retention_jobs, args, on=kind == "retention-on")
+    elif kind == "retention-unpaced":
+        result = child_retention(dsn, args.retention_jobs, args, on=True, share=1.0)
     else:
         raise SystemExit(f"unknown child {kind!r}")
     print(json.dumps(result), flush=True)
@@ -505,6 +516,7 @@ def report(names: Sequence[str], results: dict[str, list[Figure]], ours: str) ->
         ("before kept", "before empty", "kept / empty jobs/s (before)"),
         (f"{ours} kept", "before kept", f"kept: {ours} / before jobs/s"),
         (f"{ours} retention-on", f"{ours} retention-off", "retention on / off jobs/s"),
+        (f"{ours} retention-unpaced", f"{ours} retention-off", "unpaced on / off jobs/s"),
     ):
         if a in results and b in results:
             mine, theirs = (
@@ -613,6 +625,7 @@ def main() -> None:
             if "retention" in args.figures and checkout is ours:
                 plan.append((f"{checkout.label} retention-on", empty))
                 plan.append((f"{checkout.label} retention-off", empty))
+                plan.append((f"{checkout.label} retention-unpaced", empty))
         results: dict[str, list[Figure]] = {name: [] for name, _ in plan}
         for n in range(args.rounds):
             for name, db in plan if n % 2 == 0 else plan[::-1]:

@@ -69,7 +69,8 @@ def _retention(args: argparse.Namespace, from_env: Any) -> Any:
     """The policy the options give (over the environment's), or None to leave it be."""
     from runledger.core.retention import Retention, parse_keep
 
-    keeps = {
+    # only the keep fields: Retention's others (batch_size, busy_share...) are not set here
+    keeps: dict[str, Any] = {
         state: parse_keep(f"--keep-{state}", text)
         for state in ("succeeded", "failed", "cancelled")
         if (text := getattr(args, f"keep_{state}")) is not None

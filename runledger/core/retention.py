@@ -24,6 +24,9 @@ KEEP_FOREVER = ("forever", "never", "none", "keep")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
+BUSY_SHARE = 0.1
+"""The share of its time the pruner spends deleting while jobs run, unless told otherwise."""
+
 # The ledger's timestamps stop at year 294276; a longer keep means forever anyway.
 _LONGEST = datetime.timedelta(days=100 * 365)
 
@@ -46,6 +49,18 @@ def _check_keep(
     return check
 
 
+def _check_share(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= 1
+    ):
+        raise ConfigError(
+            name="retention.busy_share", value=value, expected="a number above 0, at most 1"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class Retention:
     """How long finished jobs and runs are kept, per terminal state; None keeps that state.
@@ -60,8 +75,14 @@ class Retention:
     Pass ``retention=None`` to ``Runtime`` to keep everything. Attempts and events go with the
     job or run they describe; a job that belongs to a workflow run goes only with its run.
 
+    ``busy_share`` is the share of its time the pruner may spend deleting while any job is
+    running in the database (10 % by default, like autovacuum's cost-based delay: it pauses
+    nine times as long as each batch took). The queue then keeps nearly all its speed and the
+    pruner catches up when the queue is idle; 1.0 prunes as fast as it can.
+
     Raises:
-        ConfigError: a keep that is not a positive ``timedelta`` (of at most 100 years).
+        ConfigError: a keep that is not a positive ``timedelta`` (of at most 100 years), or a
+            ``busy_share`` outside (0, 1].
     """
 
     succeeded: datetime.timedelta | None = attrs.field(
@@ -73,6 +94,7 @@ class Retention:
     cancelled: datetime.timedelta | None = attrs.field(
         default=datetime.timedelta(days=7), validator=_check_keep("retention.cancelled")
     )
+    busy_share: float = attrs.field(default=BUSY_SHARE, validator=_check_share)
 
     def keeps(self) -> dict[JobStatus, datetime.timedelta]:
         """The terminal job states that are pruned, and how long each is kept."""

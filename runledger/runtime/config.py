@@ -151,7 +151,8 @@ def _retention(env: Mapping[str, str]) -> Retention | None:
     ``forever`` and replaces that state's default.
     """
     switch = env.get(_RETENTION_SWITCH) or None
-    keeps = {
+    # only the keep fields: Retention's others (batch_size, busy_share...) are not set here
+    keeps: dict[str, Any] = {
         field: parse_keep(name, env[name])
         for name, field in _KEEP_VARIABLES.items()
         if env.get(name)

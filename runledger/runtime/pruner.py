@@ -2,8 +2,11 @@
 
 Every runtime with a policy runs one; an advisory lock taken by each batch keeps it to one at a
 time (``runledger.postgres.retention``). A round deletes batches, oldest first, until nothing
-is due or it has used its time budget, then sweeps a few windows of orphan events (a pass over
-the old events at most once an hour).
+is due or it has worked its time budget, then sweeps a few windows of orphan events (a pass over
+the old events at most once an hour). While any job is running it paces itself, as autovacuum's
+cost-based delay does: after each batch it pauses so that its work takes at most the policy's
+``busy_share`` of its time, and the queue it shares the server with keeps nearly all its speed.
+A round that ran out of budget with jobs still due is followed at once by the next.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from runledger.postgres.retention import (
     JOB_BATCH,
     RUN_BATCH,
     Pruned,
+    jobs_running,
     prune_jobs,
     prune_runs,
     sweep_orphan_events,
@@ -37,9 +41,12 @@ T = TypeVar("T")
 PRUNE_EVERY = 60.0
 """Seconds between rounds."""
 ROUND_BUDGET = 10.0
-"""Seconds a round may spend deleting before it waits for the next: at 2,000 jobs a batch
-this is far above what a busy queue finishes in a minute, while the lock it takes per batch
-is short."""
+"""Seconds of work (pauses aside) a round may spend deleting before it sweeps, vacuums and
+starts the next: at 2,000 jobs a batch this is far above what a busy queue finishes in a
+minute, while the lock it takes per batch is short."""
+BEHIND_WARNING = 600.0
+"""Seconds the pruner may end every round with jobs still due before it warns, and again
+after as many more."""
 SWEEP_WINDOWS = 20
 """Windows of orphan-event ids examined per round."""
 SWEEP_EVERY = 3600.0
@@ -52,10 +59,33 @@ kept them), so an hour's wait costs little; starting again at once, as before, r
 events over and over in every round."""
 
 
+class _Pace:
+    """A round's clock: the seconds it worked, and the pauses that keep its work to ``share``
+    of its time while jobs run."""
+
+    def __init__(self, share: float, stop: threading.Event) -> None:
+        self.share = share
+        self.stop = stop
+        self.worked = 0.0
+        self.paused = 0.0
+        self.busy = False
+
+    def after(self, took: float, busy: bool) -> None:
+        """Count ``took`` seconds of work; while ``busy``, pause for the rest of its share."""
+        self.worked += took
+        self.busy = busy
+        if busy and self.share < 1:
+            pause = took * (1 - self.share) / self.share
+            self.paused += pause
+            self.stop.wait(pause)
+
+
 class Pruner:
     """Prunes what ``retention`` no longer keeps, every ``interval`` seconds, then VACUUMs
     the history tables it deleted from once their dead rows pile up (``vacuum=False`` leaves
-    that to autovacuum)."""
+    that to autovacuum). While jobs run, its work takes at most ``retention.busy_share`` of
+    its time; a round that worked ``budget`` seconds with jobs still due is followed at once
+    by the next, and ``BEHIND_WARNING`` seconds of that logs a warning."""
 
     def __init__(
         self,
@@ -76,46 +106,63 @@ class Pruner:
         self._sweep_after = 0
         self._pass_ended: float | None = None  # time.monotonic() at the end of the last pass
         self.total = Pruned()
+        self.behind = False
+        """Whether the last round ran out of budget with jobs or runs still due."""
+        self._behind_since: float | None = None
+        self._warned_at: float | None = None
 
     def step(self, stop: threading.Event) -> None:
-        """One round (``prune_once``), then wait ``interval``."""
-        self.prune_once(stop)
-        stop.wait(self.interval)
+        """One round (``prune_once``), then wait ``interval``, unless it fell behind."""
+        done = self.prune_once(stop)
+        if not (self.behind and done.rows):
+            stop.wait(self.interval)
 
     def prune_once(self, stop: threading.Event | None = None) -> Pruned:
         """Delete due jobs and runs in batches, each its own transaction, until none is due,
         ``stop`` is set, another pruner holds the lock, or the round's budget is spent; then
         sweep up to ``SWEEP_WINDOWS`` windows of orphan events (unless the sweep's last pass
-        ended less than ``sweep_every`` seconds ago). Returns what it deleted."""
+        ended less than ``sweep_every`` seconds ago). While jobs run, pauses after each
+        transaction (on ``stop``) to keep to the policy's ``busy_share``. Returns what it
+        deleted."""
         started = time.monotonic()
+        pace = _Pace(self.retention.busy_share, stop or threading.Event())
         done = Pruned()
+        self.behind = False
 
         def more() -> bool:
-            return (stop is None or not stop.is_set()) and time.monotonic() - started < self.budget
+            if pace.stop.is_set():
+                return False
+            if pace.worked >= self.budget:
+                self.behind = True
+                return False
+            return True
 
         for status, keep in self.retention.keeps().items():
             for prune, batch in ((prune_jobs, JOB_BATCH), (prune_runs, RUN_BATCH)):
                 while more():
-                    pruned = self._batch(partial(prune, status=status, keep=keep, limit=batch))
+                    work = partial(prune, status=status, keep=keep, limit=batch)
+                    pruned = self._batch(work, pace)
                     if pruned is None:
                         break
                     done += pruned
                     if not pruned.locked:
-                        return self._finish(done, started)
+                        return self._finish(done, started, pace)
                     if pruned.jobs + pruned.runs < batch:
                         break
         shortest = min(self.retention.keeps().values(), default=None)
         if shortest is not None:
-            done += self._sweep(shortest, more)
+            done += self._sweep(shortest, more, pace)
         if done.rows and self.vacuum:
+            began = time.monotonic()
             vacuumed = vacuum_history_if_needed(self._store)
             if vacuumed:
                 _logger.info(
                     "vacuumed %s after pruning", ", ".join(f"runledger.{t}" for t in vacuumed)
                 )
-        return self._finish(done, started)
+                pace.after(time.monotonic() - began, pace.busy)
+        return self._finish(done, started, pace)
 
-    def _sweep(self, keep: datetime.timedelta, more: Callable[[], bool]) -> Pruned:
+    def _sweep(self, keep: datetime.timedelta, more: Callable[[], bool], pace: _Pace) -> Pruned:
         deleted = 0
         ended = self._pass_ended
         if (
@@ -127,7 +174,8 @@ class Pruner:
         for _ in range(SWEEP_WINDOWS):
             if not more():
                 break
-            swept = self._batch(partial(sweep_orphan_events, keep=keep, after=self._sweep_after))
+            sweep = partial(sweep_orphan_events, keep=keep, after=self._sweep_after)
+            swept = self._batch(sweep, pace)
             if swept is None or not swept.locked:
                 break
             deleted += swept.deleted
@@ -137,22 +185,48 @@ class Pruner:
                 break
         return Pruned(events=deleted)
 
-    def _batch(self, work: Callable[[psycopg.Connection[Any]], T]) -> T | None:
-        """Run one batch in its own transaction; None if it gave up waiting on a lock."""
+    def _batch(self, work: Callable[[psycopg.Connection[Any]], T], pace: _Pace) -> T | None:
+        """Run one batch in its own transaction, asking in it whether jobs run, then pace;
+        None if it gave up waiting on a lock."""
+        began = time.monotonic()
+        result: T | None = None
+        busy = pace.busy
         try:
             with self._store.transaction() as conn:
-                return work(conn)
+                result = work(conn)
+                busy = jobs_running(conn)
         except psycopg.errors.LockNotAvailable:
             _logger.info("a prune batch waited a second for a lock; the next round retries it")
-            return None
+        pace.after(time.monotonic() - began, busy)
+        return result
 
-    def _finish(self, done: Pruned, started: float) -> Pruned:
+    def _finish(self, done: Pruned, started: float, pace: _Pace) -> Pruned:
         self.total += done
         if done.rows:
             _logger.info(
                 "pruned %d jobs and %d workflow runs (%d of their jobs), %d attempts and "
-                "%d events in %.2f s",
+                "%d events in %.2f s (%.2f s of it paused while jobs ran)",
                 done.jobs, done.runs, done.run_jobs, done.attempts, done.events,
-                time.monotonic() - started,
+                time.monotonic() - started, pace.paused,
             )  # fmt: skip
+        self._note_behind()
         return done
+
+    def _note_behind(self) -> None:
+        now = time.monotonic()
+        if not self.behind:
+            self._behind_since = self._warned_at = None
+            return
+        if self._behind_since is None:
+            self._behind_since = now
+        if now - self._behind_since >= BEHIND_WARNING and (
+            self._warned_at is None or now - self._warned_at >= BEHIND_WARNING
+        ):
+            self._warned_at = now
+            _logger.warning(
+                "pruning is behind: for %d minutes every round ended with finished jobs or "
+                "runs still due. While jobs run it deletes at most %.0f %% of the time "
+                "(Retention(busy_share=...)); it catches up when the queue is idle, or with "
+                "a larger share",
+                (now - self._behind_since) // 60, self.retention.busy_share * 100,
+            )  # fmt: skip

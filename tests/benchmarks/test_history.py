@@ -44,9 +44,11 @@ def test_a_quick_run_measures_every_figure(pg_server: TestServer) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {line.split()[0] + " " + line.split()[1] for line in done.stdout.splitlines() if line}
-    for figure in ("empty", "kept", "retention-on", "retention-off"):
+    for figure in ("empty", "kept", "retention-on", "retention-off", "retention-unpaced"):
         assert f"after {figure}" in rows
     assert {"before empty", "before kept"} <= rows
     assert "20,000 of 20,000 kept jobs in runledger.job_history" in done.stdout
-    for ratio in ("kept / empty jobs/s (after)", "kept: after / before", "retention on / off"):
+    ratios = ("kept / empty jobs/s (after)", "kept: after / before", "retention on / off",
+              "unpaced on / off")  # fmt: skip
+    for ratio in ratios:
         assert ratio in done.stdout

@@ -15,6 +15,8 @@ import pytest
 
 import runledger
 from runledger import Retention
+from runledger.postgres.attempts import claim
+from runledger.runtime import pruner as pruner_module
 from runledger.runtime.pruner import Pruner
 
 DAY = datetime.timedelta(days=1)
@@ -31,6 +33,29 @@ def old_and_young(conn: psycopg.Connection[Any]) -> tuple[list[uuid.UUID], uuid.
         (old,),
     )
     return old, young
+
+
+class RecordedStop(threading.Event):
+    """A stop event whose waits return at once and are recorded, so that a test sees the
+    pauses and waits a pruner asks for without spending them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.waits.append(timeout)
+        return self.is_set()
+
+
+def run_one(conn: psycopg.Connection[Any]) -> uuid.UUID:
+    """A job claimed and left running, as a busy runtime's."""
+    job_id = runledger.enqueue(conn, "prune.busy")
+    with conn.transaction():
+        claim(conn, worker="busy", queues=["default"], job_types=["prune.busy"], limit=1,
+              lease_seconds=300)  # fmt: skip
+    return job_id
 
 
 def remaining(conn: psycopg.Connection[Any]) -> set[uuid.UUID]:
@@ -98,3 +123,75 @@ def test_a_finished_pass_of_the_orphan_sweep_waits_before_the_next(
         assert pruner.prune_once().events == 0  # within the hour: no new pass
         pruner.sweep_every = 0.0
         assert pruner.prune_once().events == 1
+
+
+def test_while_a_job_runs_the_pruner_pauses_to_keep_its_share(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    _old, young = old_and_young(autocommit_conn)
+    busy = run_one(autocommit_conn)
+    stop = RecordedStop()
+    with runledger.Store(dsn) as store:
+        pruner = Pruner(store, Retention(cancelled=DAY, busy_share=0.25), vacuum=False)
+        began = time.monotonic()
+        assert pruner.prune_once(stop).jobs == 3
+        took = time.monotonic() - began
+    assert remaining(autocommit_conn) == {young, busy}
+    # One pause per transaction (a batch of jobs and one of runs per state, the sweep's
+    # windows), each three times its transaction's length: 3 to 1 is a share of a quarter.
+    assert len(stop.waits) >= 6
+    assert all(pause > 0 for pause in stop.waits)
+    assert sum(stop.waits) <= 3 * took
+    assert sum(stop.waits) >= 3 * took * 0.5
+
+
+def test_with_no_job_running_the_pruner_does_not_pause(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    _old, young = old_and_young(autocommit_conn)
+    stop = RecordedStop()
+    with runledger.Store(dsn) as store:
+        pruner = Pruner(store, Retention(cancelled=DAY, busy_share=0.25), vacuum=False)
+        assert pruner.prune_once(stop).jobs == 3
+    assert stop.waits == []
+    assert remaining(autocommit_conn) == {young}
+
+
+def test_a_share_of_one_never_pauses(dsn: str, autocommit_conn: psycopg.Connection[Any]) -> None:
+    old_and_young(autocommit_conn)
+    run_one(autocommit_conn)
+    stop = RecordedStop()
+    with runledger.Store(dsn) as store:
+        pruner = Pruner(store, Retention(cancelled=DAY, busy_share=1.0), vacuum=False)
+        assert pruner.prune_once(stop).jobs == 3
+    assert stop.waits == []
+
+
+def test_a_round_out_of_budget_is_followed_at_once_and_warns_when_it_lasts(
+    dsn: str,
+    autocommit_conn: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _old, young = old_and_young(autocommit_conn)
+    monkeypatch.setattr(pruner_module, "BEHIND_WARNING", 0.0)
+    caplog.set_level(logging.INFO, logger="runledger.pruner")
+    policy = Retention(succeeded=None, failed=None, cancelled=DAY)
+    stop = RecordedStop()
+    with runledger.Store(dsn) as store:
+        # Budget for one transaction: the jobs' batch, not the runs' after it.
+        pruner = Pruner(store, policy, budget=1e-9, interval=60.0, vacuum=False)
+        pruner.step(stop)
+        assert remaining(autocommit_conn) == {young}
+        assert pruner.behind
+        assert 60.0 not in stop.waits  # the next round starts at once
+        assert any(
+            r.levelno == logging.WARNING and r.getMessage().startswith("pruning is behind")
+            for r in caplog.records
+        )
+        caplog.clear()
+        pruner.budget = 10.0
+        pruner.step(stop)  # a round with nothing left due: caught up
+        assert not pruner.behind
+        assert stop.waits[-1] == 60.0
+        assert not [r for r in caplog.records if r.levelno == logging.WARNING]

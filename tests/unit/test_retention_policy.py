@@ -33,6 +33,18 @@ def test_a_keep_that_is_not_a_positive_timedelta_is_refused(bad: object) -> None
     assert caught.value.name == "retention.succeeded"
 
 
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.01, float("nan"), float("inf"), True, "0.1"])
+def test_a_busy_share_outside_zero_to_one_is_refused(bad: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Retention(busy_share=bad)  # type: ignore[arg-type]
+    assert caught.value.name == "retention.busy_share"
+
+
+def test_the_pruner_takes_a_tenth_of_its_time_while_jobs_run_unless_told() -> None:
+    assert Retention().busy_share == 0.1
+    assert Retention(busy_share=1).busy_share == 1
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("90", 90), ("90s", 90), ("15m", 900), ("36h", 129_600), ("7d", 604_800), ("2W", 1_209_600),
