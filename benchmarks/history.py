@@ -20,7 +20,7 @@ other databases' writes add to it). The figures:
   every ``--prune-every`` seconds, or with retention off; jobs/s and the counts are taken over
   ``--duration`` seconds after ``--warmup`` seconds, by when the pruner is deleting.
   (Beside the kept history a short keep would prune the history itself.) The pruner yields
-  to running jobs (``Retention.busy_share``, a tenth of its time by default), so while the
+  to running jobs (``Retention.busy_share``, a twentieth of its time by default), so while the
   queue is saturated it deletes fewer jobs than finish; ``retention-unpaced`` is the same
   policy with ``busy_share=1.0``, the pruner that keeps up whatever it costs the queue.
 
@@ -305,7 +305,9 @@ def child(argv: Sequence[str]) -> None:
     elif kind == "drain":
         result = child_drain(dsn, args.jobs, args.timeout)
     elif kind in ("retention-on", "retention-off"):
-        result = child_retention(dsn, args.retention_jobs, args, on=kind == "retention-on")
+        on = kind == "retention-on"
+        share = args.busy_share if on else None
+        result = child_retention(dsn, args.retention_jobs, args, on=on, share=share)
     elif kind == "retention-unpaced":
         result = child_retention(dsn, args.retention_jobs, args, on=True, share=1.0)
     else:
@@ -566,6 +568,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retention-jobs", type=int, help="jobs queued per retention figure")
     parser.add_argument("--keep", type=float, help="seconds retention keeps every state")
     parser.add_argument("--prune-every", type=float, help="seconds between pruner rounds")
+    parser.add_argument(
+        "--busy-share", type=float,
+        help="Retention.busy_share of the retention-on figure (default: the policy's default)",
+    )  # fmt: skip
     parser.add_argument("--warmup", type=float, help="seconds before a retention window")
     parser.add_argument("--duration", type=float, help="seconds of a retention window")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per drain")
@@ -596,6 +602,7 @@ def passthrough(args: argparse.Namespace) -> list[str]:
         f"--jobs={args.jobs}", f"--retention-jobs={args.retention_jobs}", f"--keep={args.keep}",
         f"--prune-every={args.prune_every}", f"--warmup={args.warmup}",
         f"--duration={args.duration}", f"--timeout={args.timeout}",
+        *([] if args.busy_share is None else [f"--busy-share={args.busy_share}"]),
     ]  # fmt: skip
 
 
@@ -621,7 +628,8 @@ def main() -> None:
             f"PostgreSQL {version[0]} (autovacuum {autovacuum[0]}); c=16 p=64; "
             f"{args.history:,} kept, {args.jobs:,} jobs per drain; retention: "
             f"{args.retention_jobs:,} queued, keep {args.keep:g} s, a round every "
-            f"{args.prune_every:g} s, window {args.warmup:g}-{args.warmup + args.duration:g} s; "
+            f"{args.prune_every:g} s, window {args.warmup:g}-{args.warmup + args.duration:g} s, "
+            f"busy share {'default' if args.busy_share is None else args.busy_share}; "
             f"{args.rounds} round(s)",
             flush=True,
         )

@@ -24,7 +24,7 @@ KEEP_FOREVER = ("forever", "never", "none", "keep")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
-BUSY_SHARE = 0.1
+BUSY_SHARE = 0.05
 """The share of its time the pruner spends deleting while jobs run, unless told otherwise."""
 
 # The ledger's timestamps stop at year 294276; a longer keep means forever anyway.
@@ -76,8 +76,8 @@ class Retention:
     job or run they describe; a job that belongs to a workflow run goes only with its run.
 
     ``busy_share`` is the share of its time the pruner may spend deleting while any job is
-    running in the database (10 % by default, like autovacuum's cost-based delay: it pauses
-    nine times as long as each batch took). The queue then keeps nearly all its speed and the
+    running in the database (5 % by default, like autovacuum's cost-based delay: it pauses
+    19 times as long as each batch took). The queue then keeps nearly all its speed and the
     pruner catches up when the queue is idle; 1.0 prunes as fast as it can.
 
     Raises:
