@@ -851,11 +851,13 @@ def measure_fanout(dsn: str, admin: Conn, width: int) -> FanOut:
 def claim_statement(conn: Conn, limit: int) -> str:
     """runledger's ``CLAIM_JOBS`` with its parameters filled in, ending in ``\\gset`` of the
     claimed ids and lease tokens as arrays (its own final SELECT returns one row per job)."""
-    head, found, _ = CLAIM_JOBS.rpartition("\nselect ")
+    # The final SELECT follows the last CTE's closing parenthesis, alone on its line once
+    # compacted (the subqueries inside that SELECT start lines with "select" too).
+    head, found, _ = CLAIM_JOBS.rpartition("\n)\nselect ")
     if not found or "claimed as (" not in head:
         raise RuntimeError("CLAIM_JOBS no longer ends in a SELECT over a 'claimed' CTE")
     text = (
-        head + "\nselect coalesce(array_agg(id), '{}') as ids, "
+        head + "\n)\nselect coalesce(array_agg(id), '{}') as ids, "
         "coalesce(array_agg(lease_token), '{}') as tokens\nfrom claimed\n\\gset\n"
     )
     defaults = {JOB_TYPE: {"max_attempts": None, "timeout_seconds": None}}
