@@ -58,7 +58,7 @@ select clock_timestamp(),
        w.checkpoints, w.full_pages, w.wal_bytes
 from ({wal}) as w(checkpoints, full_pages, wal_bytes)
 """
-# The claim's candidate scan (runledger.postgres.attempts.CLAIM_JOBS) without its row locks.
+# The claim's candidate scan (runledger.postgres.attempts.CLAIM_PLAIN) without its row locks.
 HEAD_SCAN = """
 explain (analyze, buffers, costs off, timing off, format json)
 select j.id

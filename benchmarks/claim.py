@@ -1,6 +1,6 @@
 """The time of one claim, on its generic plan against planned each time, side by side.
 
-``claim`` asks for the generic plan of ``CLAIM_JOBS`` (``SET LOCAL plan_cache_mode``), so a
+``claim`` asks for the generic plan of ``CLAIM_PLAIN`` (``SET LOCAL plan_cache_mode``), so a
 connection plans it once; left to itself PostgreSQL picks a custom plan for every claim.
 This measures both on the same server, database and connection, in turns, for claims of
 1, 4, 16 and 64 jobs: the median time of the claim's statements (the ``SET LOCAL`` round
@@ -22,7 +22,7 @@ import psycopg
 from _postgres import bench_server, medians_in_turns, scratch_database
 
 import runledger
-from runledger.postgres.attempts import CLAIM_JOBS, claim, claim_params
+from runledger.postgres.attempts import CLAIM_PLAIN, claim, claim_params
 
 SIZES = (1, 4, 16, 64)
 ROUNDS = 200
@@ -48,7 +48,7 @@ def claim_once(conn: Conn, size: int, generic: bool) -> float:
                 worker="bench", queues=["default"], job_types=["t"], limit=size,
                 lease_seconds=60,
             )  # fmt: skip
-            count = len(conn.execute(CLAIM_JOBS, params).fetchall())
+            count = len(conn.execute(CLAIM_PLAIN, params).fetchall())
         took = time.perf_counter() - began
     if count != size:
         raise RuntimeError(f"claimed {count} of {size} jobs")
@@ -59,7 +59,7 @@ def plans(conn: Conn) -> str:
     """The claim's generic and custom plans so far on ``conn``, as ``generic/custom``."""
     row = conn.execute(
         "select generic_plans, custom_plans from pg_prepared_statements "
-        "where statement like '%%with candidates as%%'"
+        "where statement like '%%with gate as%%'"
     ).fetchone()
     return "-" if row is None else f"{row[0]}/{row[1]}"
 

@@ -45,7 +45,7 @@ from _postgres import bench_server, scratch_database
 from psycopg import sql
 
 import runledger
-from runledger.postgres.attempts import CLAIM_JOBS, GENERIC_PLAN_SESSION, claim_params
+from runledger.postgres.attempts import CLAIM_PLAIN, GENERIC_PLAN_SESSION, claim_params
 
 Conn = psycopg.Connection[Any]
 
@@ -155,8 +155,8 @@ def array_text(values: Sequence[str]) -> str:
 def probe_claim(conn: Conn, limit: int, *, queue: str = QUEUE, job_type: str = JOB_TYPE) -> Probe:
     """EXPLAIN one claim of ``job_type`` from ``queue`` as the claimer runs it (generic plan,
     its session settings), in a transaction that is rolled back: the jobs stay queued."""
-    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", CLAIM_JOBS)))
-    text = CLAIM_JOBS
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", CLAIM_PLAIN)))
+    text = CLAIM_PLAIN
     for number, name in enumerate(names, start=1):
         text = text.replace(f"%({name})s", f"${number}")
     params = claim_params(

@@ -51,7 +51,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import runledger
-from runledger.postgres.attempts import CLAIM_JOBS, FINISH_ATTEMPTS, claim_params
+from runledger.postgres.attempts import CLAIM_PLAIN, FINISH_ATTEMPTS, claim_params
 from runledger.testing import TestServer
 
 Conn = psycopg.Connection[Any]
@@ -849,13 +849,14 @@ def measure_fanout(dsn: str, admin: Conn, width: int) -> FanOut:
 
 
 def claim_statement(conn: Conn, limit: int) -> str:
-    """runledger's ``CLAIM_JOBS`` with its parameters filled in, ending in ``\\gset`` of the
-    claimed ids and lease tokens as arrays (its own final SELECT returns one row per job)."""
+    """runledger's ``CLAIM_PLAIN`` (the claim of queues without flow control) with its
+    parameters filled in, ending in ``\\gset`` of the claimed ids and lease tokens as arrays
+    (its own final SELECT returns one row per job)."""
     # The final SELECT follows the last CTE's closing parenthesis, alone on its line once
     # compacted (the subqueries inside that SELECT start lines with "select" too).
-    head, found, _ = CLAIM_JOBS.rpartition("\n)\nselect ")
+    head, found, _ = CLAIM_PLAIN.rpartition("\n)\nselect ")
     if not found or "claimed as (" not in head:
-        raise RuntimeError("CLAIM_JOBS no longer ends in a SELECT over a 'claimed' CTE")
+        raise RuntimeError("CLAIM_PLAIN no longer ends in a SELECT over a 'claimed' CTE")
     text = (
         head + "\n)\nselect coalesce(array_agg(id), '{}') as ids, "
         "coalesce(array_agg(lease_token), '{}') as tokens\nfrom claimed\n\\gset\n"
@@ -1341,7 +1342,7 @@ def run_pgbench_limits(
     """The pgbench figures, printed as they finish; none without a pgbench binary."""
     if found is None:
         return []
-    print(f"\npgbench: runledger's CLAIM_JOBS then FINISH_ATTEMPTS, -T {plan.pgbench_seconds}")
+    print(f"\npgbench: runledger's CLAIM_PLAIN then FINISH_ATTEMPTS, -T {plan.pgbench_seconds}")
     if plan.history:
         print(f"  with {plan.history:,} finished jobs kept in runledger.jobs ({HISTORY_QUEUE!r})")
     results = []

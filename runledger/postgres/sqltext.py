@@ -4,9 +4,9 @@ the placeholders of the longest statement numbered once rather than at every exe
 psycopg caches its conversion of a statement's text (``%(name)s`` placeholders to ``$n``) only
 for texts of at most 4,096 bytes (``MAX_CACHED_STATEMENT_LENGTH``); a longer one is converted
 again at every execution, about 0.1 ms of the process's CPU. The claim and the finish run for
-every job and are commented at length in the source, so they are sent compacted; the claim,
-longer than the cache's limit even so, is also converted here once (``Positional``) and sent by
-psycopg's ``RawCursor``, which converts nothing.
+every job and are commented at length in the source, so they are sent compacted; the claims
+(the flow-control one longer than the cache's limit even so) are also converted here once
+(``Positional``) and sent by psycopg's ``RawCursor``, which converts nothing.
 """
 
 from __future__ import annotations

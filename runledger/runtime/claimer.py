@@ -71,6 +71,9 @@ class Claimer:
         # A claim failed: the server may have committed it, leasing jobs this runtime never
         # learnt of; the next step hands them back first.
         self._unsure = False
+        # The last claim found flow control on these queues: the next sends the flow-control
+        # claim first (claim_round).
+        self._flow_control = False
         self.wake = threading.Event()
         self.loop = Loop("runledger-claimer-0", self._step, on_exit=self._conn.close)
 
@@ -118,9 +121,11 @@ class Claimer:
                         defaults=self._defaults,
                         session_generic_plan=session_plan,
                         start_now=start_now,
+                        flow_control=self._flow_control,
                     )
                 self._unsure = False
             claimed, deferred = got.jobs, got.deferred
+            self._flow_control = got.flow_control
             for job in claimed:
                 flight = self._new_flight(job)
                 table.adopt(flight)

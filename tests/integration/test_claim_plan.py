@@ -11,11 +11,16 @@ import pytest
 
 import runledger
 from runledger import WorkflowBuilder
-from runledger.postgres.attempts import CLAIM_JOBS, DEFAULT_MAX_ATTEMPTS, claim
+from runledger.postgres.attempts import (
+    CLAIM_JOBS,
+    CLAIM_PLAIN,
+    CLAIM_PLAIN_STATEMENT,
+    DEFAULT_MAX_ATTEMPTS,
+    claim,
+)
 
 PLAN_COUNTS = """
-select generic_plans, custom_plans from pg_prepared_statements
-where statement like '%%with candidates as%%'
+select generic_plans, custom_plans from pg_prepared_statements where statement = %s
 """
 # The claim's parameters by name, with their SQL types, for a PREPARE of its text.
 PARAM_TYPES = {
@@ -46,7 +51,7 @@ def test_the_claim_is_planned_once_per_connection(conn: psycopg.Connection[Any])
     for _ in range(claims):
         assert len(claim_one(conn)) == 1
 
-    row = conn.execute(PLAN_COUNTS).fetchone()
+    row = conn.execute(PLAN_COUNTS, (CLAIM_PLAIN_STATEMENT.text,)).fetchone()
     assert row is not None
     generic, custom = row
     assert custom == 0
@@ -94,7 +99,10 @@ def test_without_prepared_statements_the_claim_leaves_the_setting_alone(dsn: str
         assert conn.execute("show plan_cache_mode").fetchone() == ("auto",)
 
 
-def test_the_generic_plan_reads_jobs_and_steps_by_index(conn: psycopg.Connection[Any]) -> None:
+@pytest.mark.parametrize("claim_text", [CLAIM_PLAIN, CLAIM_JOBS], ids=["plain", "flow control"])
+def test_the_generic_plan_reads_jobs_and_steps_by_index(
+    conn: psycopg.Connection[Any], claim_text: str
+) -> None:
     # Enough rows that a plan joining the candidates by hash would scan whole tables.
     runledger.enqueue_many(conn, [runledger.Job("t")] * 5_000)
     fan = WorkflowBuilder("fan").step("root", job="t")
@@ -107,19 +115,23 @@ def test_the_generic_plan_reads_jobs_and_steps_by_index(conn: psycopg.Connection
     conn.autocommit = True
     conn.execute("analyze runledger.jobs, runledger.workflow_runs, runledger.workflow_step_runs")
     conn.autocommit = False
-    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", CLAIM_JOBS)))
-    text = CLAIM_JOBS
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", claim_text)))
+    text = claim_text
     for number, name in enumerate(names, start=1):
         text = text.replace(f"%({name})s", f"${number}")
     types = ", ".join(PARAM_TYPES[name] for name in names)
+    values = {
+        "queues": "'{default}'", "job_types": "'{t}'", "limit": "16", "defaults": "'{}'",
+        "default_max_attempts": str(DEFAULT_MAX_ATTEMPTS), "worker": "'w'",
+        "lease_seconds": "30", "start_now": "4",
+    }  # fmt: skip
     conn.execute(f"prepare claim_plan ({types}) as {text}")
     conn.execute("set local plan_cache_mode = force_generic_plan")
 
     plan = "\n".join(
         row[0]
         for row in conn.execute(
-            "explain (costs off) execute claim_plan("
-            f"'{{default}}', '{{t}}', 16, '{{}}', {DEFAULT_MAX_ATTEMPTS}, 'w', 30, 4)"
+            f"explain (costs off) execute claim_plan({', '.join(values[n] for n in names)})"
         ).fetchall()
     )
     conn.rollback()

@@ -18,6 +18,7 @@ from runledger import AttemptOutcome, JobStatus
 from runledger.errors import IdempotencyConflict
 from runledger.postgres.attempts import (
     CLAIM_JOBS,
+    CLAIM_PLAIN,
     AttemptResult,
     Claim,
     ClaimedJob,
@@ -70,6 +71,14 @@ def running_with_key(observer: Conn, key: str) -> int:
         "select count(*) from only runledger.jobs where status = 'running'"
         " and concurrency_key = %s",
         (key,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def running(observer: Conn) -> int:
+    row = observer.execute(
+        "select count(*) from only runledger.jobs where status = 'running'"
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -403,6 +412,70 @@ def test_jobs_of_full_keys_cost_one_hash_probe_each(conn: Conn) -> None:
     assert "hashed SubPlan" in plan, plan
     assert "loops=500" not in plan and "loops=501" not in plan, plan
     assert ids(claim_now(conn, limit=1)) == {free}
+
+
+def plain_claim(conn: Conn, queues: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """The rows of ``CLAIM_PLAIN`` alone for ``queues`` (committed)."""
+    params = claim_params(worker="w", queues=queues, job_types=["t"], limit=10, lease_seconds=60)
+    rows = conn.execute(CLAIM_PLAIN, params).fetchall()
+    conn.commit()
+    return rows
+
+
+def test_a_claim_of_queues_without_flow_control_takes_the_plain_statement(conn: Conn) -> None:
+    # Flow control on another queue (a keyed job, a pause, a limit) does not concern it.
+    runledger.enqueue(conn, "t")
+    runledger.enqueue(conn, "t", queue="other", concurrency_key="k")
+    runledger.pause_queue(conn, "paused")
+    runledger.set_queue_limits(conn, "limited", concurrency=1)
+    conn.commit()
+
+    got = claim_now(conn)
+
+    assert (len(got.jobs), got.flow_control) == (1, False)
+    # With nothing left to claim, the plain statement still answers with its gate.
+    assert [(row[0], row[-1]) for row in plain_claim(conn, ("default",))] == [(None, False)]
+
+
+@pytest.mark.parametrize("flow", ["keyed job", "paused", "concurrency", "rate"])
+def test_a_claim_of_a_queue_with_flow_control_takes_the_flow_control_statement(
+    conn: Conn, observer: Conn, flow: str
+) -> None:
+    plain = runledger.enqueue(conn, "t")
+    if flow == "keyed job":
+        # Not yet due: a keyed job queued at all is enough.
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        runledger.enqueue(conn, "t", concurrency_key="k", run_at=later)
+    elif flow == "paused":
+        runledger.pause_queue(conn, "default")
+    elif flow == "concurrency":
+        runledger.set_queue_limits(conn, "default", concurrency=5)
+    else:
+        runledger.set_queue_limits(conn, "default", rate=5, per=1.0)
+    conn.commit()
+    queues = ("elsewhere", "default")
+
+    # The plain statement claims nothing of it, and says why.
+    assert [(row[0], row[-1]) for row in plain_claim(conn, queues)] == [(None, True)]
+    assert running(observer) == 0
+    got = claim_now(conn, queues=queues)
+    assert got.flow_control
+    assert ids(got) == (set() if flow == "paused" else {plain})
+
+
+def test_the_flow_control_statement_first_claims_queues_without_flow_control(
+    conn: Conn,
+) -> None:
+    # A claimer that found flow control last time sends the flow-control claim first: it is
+    # correct for any queue, and says when the plain one would do again.
+    job = runledger.enqueue(conn, "t")
+    conn.commit()
+    got = claim_round(
+        conn, worker="w", queues=["default"], job_types=["t"], limit=10, lease_seconds=60,
+        flow_control=True,
+    )  # fmt: skip
+    conn.commit()
+    assert (ids(got), got.flow_control) == ({job}, False)
 
 
 def watch(observer: Conn, errors: list[BaseException]) -> tuple[int, int]:

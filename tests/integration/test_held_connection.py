@@ -12,12 +12,11 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 import runledger
-from runledger.postgres.attempts import GENERIC_PLAN_SESSION, claim
+from runledger.postgres.attempts import CLAIM_PLAIN_STATEMENT, GENERIC_PLAN_SESSION, claim
 from runledger.postgres.held import HeldConnection
 
 PLAN_COUNTS = """
-select generic_plans, custom_plans from pg_prepared_statements
-where statement like '%%with candidates as%%'
+select generic_plans, custom_plans from pg_prepared_statements where statement = %s
 """
 
 
@@ -152,7 +151,7 @@ def test_an_autocommit_claim_runs_the_generic_plan_the_session_asks_for(
             assert len(jobs) == 1
             # committed by the statement itself: another session sees it running
             assert count("jobs", "id = %s and status = 'running'", (jobs[0].id,)) == 1
-        row = claimer.execute(PLAN_COUNTS).fetchone()
+        row = claimer.execute(PLAN_COUNTS, (CLAIM_PLAIN_STATEMENT.text,)).fetchone()
         assert row is not None
         generic, custom = row
         assert custom == 0

@@ -354,3 +354,38 @@ def test_upgrading_a_populated_version_9_database_prunes_old_jobs_once_and_frees
         # A delete by hand still takes the job's attempts with it.
         conn.execute("delete from runledger.jobs where id = %s", (again,))
         assert run_on_upgraded_schema(empty_database, conn, live) == 2
+
+
+def test_upgrading_a_populated_version_10_database_indexes_its_queued_keyed_jobs(
+    empty_database: str,
+) -> None:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        install_version(conn, 10)
+        assert runledger.schema_version(conn) == 10
+        first = runledger.enqueue(conn, "upgrade.later", {"n": 1}, concurrency_key="k")
+        second = runledger.enqueue(conn, "upgrade.later", {"n": 2}, concurrency_key="k")
+        plain = runledger.enqueue(conn, "upgrade.later", {"n": 3})
+
+        assert runledger.migrate(conn) == [v for v in range(11, latest_version() + 1)]
+        runledger.check_schema(conn)
+        # The index holds the keyed jobs queued before the upgrade, and the claim still
+        # admits them one at a time: the key's limit of 1 holds across the upgrade.
+        assert conn.execute(
+            "select count(*) from runledger.jobs where status = 'queued'"
+            " and concurrency_key is not null"
+        ).fetchone() == (2,)
+        assert conn.execute(
+            "select indexdef like '%%(queue)%%' from pg_indexes"
+            " where schemaname = 'runledger' and indexname = 'jobs_queued_keys'"
+        ).fetchone() == (True,)
+        claimed = attempts.claim(
+            conn, worker="w", queues=["default"], job_types=["upgrade.later"], limit=10,
+            lease_seconds=30,
+        )  # fmt: skip
+        assert sorted(j.payload["n"] for j in claimed) == [1, 3]  # type: ignore[index]
+        attempts.finish(conn, [attempts.AttemptResult(
+            job_id=j.id, lease_token=j.lease_token, status=JobStatus.SUCCEEDED,
+            outcome=AttemptOutcome.SUCCEEDED, output=None,
+        ) for j in claimed])  # fmt: skip
+        assert {first, plain} == {j.id for j in claimed}
+        assert run_on_upgraded_schema(empty_database, conn, second) == 2

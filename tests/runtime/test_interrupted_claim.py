@@ -32,7 +32,7 @@ select id, attempt, %(worker)s, lease_token, started_at from claimed
 
 CLAIM_WAITING = """
 select pid from pg_stat_activity
-where datname = current_database() and wait_event_type = 'Lock' and query like '%%candidates%%'
+where datname = current_database() and wait_event_type = 'Lock' and query like '%%gate as (%%'
 """
 
 

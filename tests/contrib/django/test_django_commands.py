@@ -47,6 +47,7 @@ DJANGO_MIGRATIONS = [
     "0009_flow_control",
     "0010_queue",
     "0011_cheap_prune",
+    "0012_queued_keys",
 ]
 
 
