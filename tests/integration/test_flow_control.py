@@ -326,6 +326,31 @@ def test_finishing_a_keyed_job_wakes_the_claimers_of_its_queue(conn: Conn, obser
     assert plain
 
 
+@pytest.mark.parametrize("flow", ["keyed", "queue limit"])
+def test_cancelling_a_running_constrained_job_wakes_the_claimers_of_its_queue(
+    conn: Conn, observer: Conn, flow: str
+) -> None:
+    # Its slot is free as soon as the cancel commits, whatever its handler still does.
+    if flow == "keyed":
+        runledger.enqueue(conn, "t", concurrency_key="k")
+    else:
+        runledger.set_queue_limits(conn, "default", concurrency=1)
+        runledger.enqueue(conn, "t")
+    runledger.enqueue(conn, "t", queue="other")
+    conn.commit()
+    observer.execute(f"listen {JOBS}")
+    (constrained,) = claim_now(conn).jobs
+    (other,) = claim_now(conn, queues=("other",)).jobs
+    list(observer.notifies(timeout=0.1))  # drain
+
+    assert runledger.cancel_job(conn, other.id)
+    conn.commit()
+    assert [n.payload for n in observer.notifies(timeout=0.3)] == []
+    assert runledger.cancel_job(conn, constrained.id)
+    conn.commit()
+    assert [n.payload for n in observer.notifies(timeout=2, stop_after=1)] == ["default"]
+
+
 def test_keys_are_stored_by_every_enqueue_path(conn: Conn) -> None:
     registry = runledger.Registry()
     registry.handler(
