@@ -41,20 +41,17 @@ with cancelled as (
     set status = 'cancelled', cancel_reason = %(reason)s, lease_token = null,
         lease_owner = null, lease_expires_at = null, finished_at = now(), updated_at = now()
     where id = any(%(ids)s) and status in ('queued', 'running')
-    returning id, workflow_run_id, step_key, attempt, queue, concurrency_key,
+    returning id, workflow_run_id, step_key, attempt, queue,
               -- the row as this statement's snapshot saw it: whether it was running
               (select r.status = 'running' from only runledger.jobs as r
                where r.id = jobs.id) as was_running
 ),
 woken as (
-    -- A running job with a concurrency key, or of a queue with a concurrency limit, frees a
-    -- slot that other runtimes' claimers may be waiting for (as a finish does).
+    -- A running job frees its slot: wake the claimers of its queue, which may be waiting
+    -- for a concurrency key or a queue limit (as a finish does). Not narrowed to those
+    -- jobs, so that cancel keeps working on schemas before flow control (version 9).
     select count(pg_notify('{JOBS}', queue)) as n
-    from (select distinct queue from cancelled
-          where was_running
-            and (concurrency_key is not null
-                 or queue in (select q.queue from runledger.queues as q
-                              where q.concurrency is not null))) as q
+    from (select distinct queue from cancelled where was_running) as q
 ),
 attempts as (
     update runledger.job_attempts as a

@@ -84,6 +84,11 @@ def running(observer: Conn) -> int:
     return int(row[0])
 
 
+def later() -> datetime.datetime:
+    """An hour from now: a job due then stays queued through a test."""
+    return datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+
+
 def ids(got: Claim) -> set[uuid.UUID]:
     return {j.id for j in got.jobs}
 
@@ -336,14 +341,14 @@ def test_cancelling_a_running_constrained_job_wakes_the_claimers_of_its_queue(
     else:
         runledger.set_queue_limits(conn, "default", concurrency=1)
         runledger.enqueue(conn, "t")
-    runledger.enqueue(conn, "t", queue="other")
+    queued = runledger.enqueue(conn, "t", queue="other", run_at=later())
     conn.commit()
     observer.execute(f"listen {JOBS}")
     (constrained,) = claim_now(conn).jobs
-    (other,) = claim_now(conn, queues=("other",)).jobs
     list(observer.notifies(timeout=0.1))  # drain
 
-    assert runledger.cancel_job(conn, other.id)
+    # A queued job frees no slot.
+    assert runledger.cancel_job(conn, queued)
     conn.commit()
     assert [n.payload for n in observer.notifies(timeout=0.3)] == []
     assert runledger.cancel_job(conn, constrained.id)
