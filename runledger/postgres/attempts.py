@@ -595,7 +595,7 @@ def claim_round(
     with psycopg.RawCursor(conn) as cursor:
         statement = CLAIM_STATEMENT if flow_control else CLAIM_PLAIN_STATEMENT
         rows = cursor.execute(statement.text, statement.args(params)).fetchall()
-        if rows[0][20] and statement is CLAIM_PLAIN_STATEMENT:
+        if rows[0][20] and not flow_control:
             # Flow control touches a queue: the plain statement claimed nothing.
             rows = cursor.execute(CLAIM_STATEMENT.text, CLAIM_STATEMENT.args(params)).fetchall()
     jobs = [

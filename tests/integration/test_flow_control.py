@@ -474,8 +474,7 @@ def test_a_claim_of_a_queue_with_flow_control_takes_the_flow_control_statement(
     plain = runledger.enqueue(conn, "t")
     if flow == "keyed job":
         # Not yet due: a keyed job queued at all is enough.
-        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
-        runledger.enqueue(conn, "t", concurrency_key="k", run_at=later)
+        runledger.enqueue(conn, "t", concurrency_key="k", run_at=later())
     elif flow == "paused":
         runledger.pause_queue(conn, "default")
     elif flow == "concurrency":
