@@ -318,12 +318,24 @@ class ExternalStepConflict(RunledgerError):
 
 
 class JobNotRequeueable(RunledgerError):
-    """``requeue`` takes failed or cancelled jobs that are not workflow steps."""
+    """``requeue`` takes failed or cancelled jobs that are not workflow steps, and whose
+    idempotency key no live job holds.
 
-    def __init__(self, *, job_id: uuid.UUID, status: str, reason: str) -> None:
+    Attributes:
+        job_id: the job.
+        status: its status.
+        reason: why it cannot be requeued.
+        key_holder: the queued or running job its idempotency key belongs to now, when that
+            is the reason (cancel it, or enqueue a new job); None otherwise.
+    """
+
+    def __init__(
+        self, *, job_id: uuid.UUID, status: str, reason: str, key_holder: uuid.UUID | None = None
+    ) -> None:
         self.job_id = job_id
         self.status = status
         self.reason = reason
+        self.key_holder = key_holder
         super().__init__(f"job {job_id} cannot be requeued: {reason}")
 
 

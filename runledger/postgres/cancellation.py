@@ -16,7 +16,7 @@ import psycopg
 from runledger.core.job import check_text
 from runledger.core.payload import JsonValue
 from runledger.core.status import JobStatus, StepStatus
-from runledger.errors import JobNotFound, JobNotRequeueable, WorkflowRunNotFound
+from runledger.errors import DatabaseError, JobNotFound, JobNotRequeueable, WorkflowRunNotFound
 from runledger.postgres.channels import CANCEL, JOBS
 from runledger.postgres.connection import Conn, savepoint, writing
 from runledger.postgres.ids import parse_id
@@ -27,13 +27,38 @@ CANCEL_CHANNEL = CANCEL
 """Cancels NOTIFY this channel with the job id, so runtimes set ``ctx.cancelled`` at once."""
 
 LOCK_JOB = """
-select id, status, lease_token, step_id, workflow_run_id, step_key
+select id, status, lease_token, step_id, workflow_run_id, step_key, job_type, idempotency_key
 from runledger.jobs
 where id = %(id)s
 for no key update
 """
 # Back from runledger.job_history to the hot table, where the requeue updates it.
 REOPEN_JOB = "select runledger.reopen_jobs(array[%(id)s]::uuid[])"
+
+# A requeued job holds its idempotency key again (the key may have passed to a newer job once
+# this one finished). Jobs are locked before keys, as the pruner's delete does. The holder's
+# status is read by a statement of its own, after the lock: it sees a holder that an enqueue
+# committed while this waited.
+LOCK_KEY = """
+select job_id from runledger.job_keys
+where job_type = %(job_type)s and idempotency_key = %(key)s
+for update
+"""
+HOLDER_STATUS = "select status from runledger.jobs where id = %(id)s"
+# Replaced rather than updated, so that an enqueue waiting to take the key over from this
+# job (it read the job as finished) finds the row gone, reads again and returns this job.
+DROP_KEY = """
+delete from runledger.job_keys where job_type = %(job_type)s and idempotency_key = %(key)s
+"""
+HOLD_KEY = """
+insert into runledger.job_keys (job_type, idempotency_key, job_id)
+values (%(job_type)s, %(key)s, %(id)s)
+on conflict do nothing
+returning job_id
+"""
+# Each round either holds the key or lost it to an enqueue that committed a job holding it,
+# which the next round finds live.
+_HOLD_KEY_ROUNDS = 3
 
 CANCEL_JOBS = f"""
 with cancelled as (
@@ -133,7 +158,7 @@ def cancel_job(conn: Conn, job_id: uuid.UUID, reason: str | None = None) -> bool
     _check_reason(reason)
     with writing(conn), savepoint(conn, "runledger_cancel_job"):
         row = _lock_job(conn, job_id)
-        _, status, _, step_id, _, _ = row
+        status, step_id = row[1], row[3]
         if JobStatus(status).is_terminal:
             return False
         conn.execute(CANCEL_JOBS, {"ids": [job_id], "reason": reason}).fetchall()
@@ -230,12 +255,18 @@ def requeue(conn: Conn, job_id: uuid.UUID) -> bool:
 
     Attempt numbers start again at 1; earlier attempts stay in ``runledger.job_attempts`` and
     a ``job.requeued`` event records the step. Returns False if the job is queued or running.
+    A job with an idempotency key holds it again: if a newer job took the key over once this
+    one finished (``Unique.active()``/``within()``), the key comes back to this job when that
+    one has finished too, and the requeue is refused while it is queued or running (two live
+    jobs would then share one key). Runs in the caller's transaction (see
+    ``runledger.enqueue``); blocks while a transaction enqueueing with the key commits.
 
     Raises:
         InvalidId: ``job_id`` is not a UUID; nothing was sent.
         JobNotFound: there is no such job.
         JobNotRequeueable: the job succeeded, or belongs to a workflow run (whose later steps
-            have already been settled).
+            have already been settled), or its key belongs to a live job now (``key_holder``);
+            nothing was written.
     """
     job_id = parse_id(job_id, field="job_id")
     with writing(conn), savepoint(conn, "runledger_requeue"):
@@ -252,6 +283,32 @@ def requeue(conn: Conn, job_id: uuid.UUID) -> bool:
                 reason=f"it is step {row[5]!r} of workflow run {row[4]}; enqueue the workflow "
                 "again instead",
             )
+        if row[7] is not None:
+            _hold_key(conn, job_id, status, job_type=row[6], key=row[7])
         conn.execute(REOPEN_JOB, {"id": job_id}).fetchall()
         conn.execute(REQUEUE_JOB, {"id": job_id, "status": str(status)})
         return True
+
+
+def _hold_key(conn: Conn, job_id: uuid.UUID, status: JobStatus, *, job_type: str, key: str) -> None:
+    """Make the job being requeued hold its key, or raise if a live job holds it."""
+    params = {"job_type": job_type, "key": key, "id": job_id}
+    for _ in range(_HOLD_KEY_ROUNDS):
+        locked = conn.execute(LOCK_KEY, params).fetchone()
+        if locked is not None and locked[0] != job_id:
+            holder = conn.execute(HOLDER_STATUS, {"id": locked[0]}).fetchone()
+            if holder is not None and not JobStatus(holder[0]).is_terminal:
+                raise JobNotRequeueable(
+                    job_id=job_id,
+                    status=status,
+                    reason=f"its idempotency key {key!r} belongs to job {locked[0]} now, which "
+                    f"is {holder[0]}; cancel that job first, or enqueue a new one",
+                    key_holder=locked[0],
+                )
+        if locked is not None:
+            conn.execute(DROP_KEY, params)
+        if conn.execute(HOLD_KEY, params).fetchone() is not None:
+            return
+    raise DatabaseError(
+        f"the idempotency key {key!r} kept passing to other jobs during this requeue; try again"
+    )

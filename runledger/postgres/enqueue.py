@@ -28,7 +28,7 @@ from runledger.core.job import (
 from runledger.core.limits import DEFAULT_CONCURRENCY_LIMIT, check_concurrency
 from runledger.core.payload import MAX_PAYLOAD_BYTES, JsonValue, dumps, dumps_within
 from runledger.core.status import StepKind, StepStatus
-from runledger.core.unique import FOREVER, Unique
+from runledger.core.unique import FOREVER, Unique, UniqueMode
 from runledger.core.workflow import Workflow
 from runledger.errors import (
     ConfigError,
@@ -137,12 +137,16 @@ where (k.job_type, k.idempotency_key) in (
 # Keys whose window is over pass to new jobs. Each key row is locked in a fixed order (so two
 # batches sharing keys wait rather than deadlock) and only while it still names the holder
 # this enqueue saw: one that waited for another enqueue taking the same key over finds the
-# row changed, takes nothing, and returns that enqueue's job instead.
+# row changed, takes nothing, and returns that enqueue's job instead. A window that ends
+# with the holder's run (if_finished) is checked again here, as this statement sees the
+# holder: a requeue committed since this enqueue's read made it live again (a requeue that
+# commits while this waits for the row has replaced the row, which this then skips).
 TAKE_OVER_KEYS = """
 with input as (
     select *
     from unnest(%(job_types)s::text[], %(keys)s::text[], %(holders)s::uuid[],
-                %(ids)s::uuid[]) as t(job_type, idempotency_key, holder, id)
+                %(ids)s::uuid[], %(if_finished)s::boolean[])
+        as t(job_type, idempotency_key, holder, id, if_finished)
 ),
 locked as (
     select k.job_type, k.idempotency_key, i.id
@@ -150,6 +154,9 @@ locked as (
     join input as i
       on i.job_type = k.job_type and i.idempotency_key = k.idempotency_key
      and i.holder = k.job_id
+    where not (i.if_finished and exists (
+        select from only runledger.jobs as j
+        where j.id = k.job_id and j.status in ('queued', 'running')))
     order by k.job_type, k.idempotency_key
     for update of k
 )
@@ -746,6 +753,9 @@ def _resolve_conflicts(
                         for i in order
                     ],
                     "ids": [resolved[i].id for i in order],
+                    "if_finished": [
+                        resolved[i].job.unique.mode is UniqueMode.ACTIVE for i in order
+                    ],
                 },
             ).fetchall()
         )

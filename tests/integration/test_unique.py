@@ -16,7 +16,8 @@ from test_workflow_engine import claim_jobs, finish_job
 
 import runledger
 from runledger import JobStatus, Unique
-from runledger.errors import IdempotencyConflict
+from runledger.errors import IdempotencyConflict, JobNotRequeueable
+from runledger.postgres.enqueue import TAKE_OVER_KEYS
 
 Conn = psycopg.Connection[Any]
 ACTIVE = Unique.active()
@@ -311,3 +312,119 @@ def test_a_take_over_rolled_back_lets_the_waiting_enqueue_take_the_key(
     assert new != old
     assert holder(observer, "u.rb", "rb") == new
     assert count("jobs") == 2
+
+
+# --- requeue of a job whose key passed on -------------------------------------------------------
+
+
+def failed_then_taken_over(conn: Conn, job_type: str, key: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """A keyed job that failed, and the job a later active enqueue queued with its key."""
+    old = runledger.enqueue(conn, job_type, {}, idempotency_key=key, unique=ACTIVE)
+    conn.commit()
+    finish(conn, job_type, JobStatus.FAILED)
+    new = runledger.enqueue(conn, job_type, {}, idempotency_key=key, unique=ACTIVE)
+    conn.commit()
+    assert new != old and holder(conn, job_type, key) == new
+    return old, new
+
+
+def test_requeue_is_refused_while_the_job_that_took_its_key_over_is_live(
+    conn: Conn, count: Any
+) -> None:
+    old, new = failed_then_taken_over(conn, "u.rq", "rq")
+
+    with pytest.raises(JobNotRequeueable) as raised:
+        runledger.requeue(conn, old)
+
+    assert raised.value.key_holder == new
+    assert str(new) in raised.value.reason
+    conn.commit()  # the caller's transaction is still usable
+    assert jobs_with_key(conn, "rq") == [(old, "failed"), (new, "queued")]
+    assert count("events", "kind = 'job.requeued'") == 0
+
+
+def test_requeue_takes_the_key_back_from_a_finished_job_that_took_it_over(
+    conn: Conn, count: Any
+) -> None:
+    old, _ = failed_then_taken_over(conn, "u.back", "back")
+    finish(conn, "u.back")
+
+    assert runledger.requeue(conn, old) is True
+    conn.commit()
+
+    assert holder(conn, "u.back", "back") == old
+    # The key's active window now covers the requeued job: no third job.
+    assert runledger.enqueue(conn, "u.back", {}, idempotency_key="back", unique=ACTIVE) == old
+    conn.commit()
+    assert count("jobs", "idempotency_key = 'back'") == 2
+
+
+def test_requeue_holds_its_key_again_once_the_job_that_took_it_over_was_deleted(
+    conn: Conn,
+) -> None:
+    old, new = failed_then_taken_over(conn, "u.gone", "gone")
+    finish(conn, "u.gone")
+    conn.execute("delete from runledger.jobs where id = %s", (new,))
+    conn.commit()
+
+    assert runledger.requeue(conn, old) is True
+    conn.commit()
+
+    assert holder(conn, "u.gone", "gone") == old
+    assert runledger.enqueue(conn, "u.gone", {}, idempotency_key="gone", unique=ACTIVE) == old
+
+
+def test_a_take_over_waiting_for_a_requeue_of_the_holder_returns_the_requeued_job(
+    dsn: str, conn: Conn, observer: Conn
+) -> None:
+    old = runledger.enqueue(conn, "u.wait", {}, idempotency_key="w", unique=ACTIVE)
+    conn.commit()
+    finish(conn, "u.wait", JobStatus.FAILED)
+    assert runledger.requeue(conn, old) is True  # uncommitted: holds the key row
+    with connect_b(dsn) as other:
+        b = Background(
+            other,
+            lambda c: runledger.enqueue(c, "u.wait", {}, idempotency_key="w", unique=ACTIVE),
+        )
+        # B read the holder as failed and waits to take its key over.
+        assert "job_keys" in wait_for_lock_wait(observer, b)
+        conn.commit()
+        assert b.result() == old
+    assert jobs_with_key(observer, "w") == [(old, "queued")]
+
+
+def test_a_requeue_waiting_for_a_take_over_of_its_key_is_refused(
+    dsn: str, conn: Conn, observer: Conn
+) -> None:
+    old = runledger.enqueue(conn, "u.late", {}, idempotency_key="late", unique=ACTIVE)
+    conn.commit()
+    finish(conn, "u.late", JobStatus.FAILED)
+    new = runledger.enqueue(conn, "u.late", {}, idempotency_key="late", unique=ACTIVE)
+    with connect_b(dsn) as other:
+        b = Background(other, lambda c: runledger.requeue(c, old))
+        assert "job_keys" in wait_for_lock_wait(observer, b)
+        conn.commit()
+        with pytest.raises(JobNotRequeueable) as raised:
+            b.result()
+    assert raised.value.key_holder == new
+    assert jobs_with_key(observer, "late") == [(old, "failed"), (new, "queued")]
+
+
+def test_the_take_over_leaves_a_key_whose_holder_is_live_again_to_an_active_enqueue(
+    conn: Conn,
+) -> None:
+    # An enqueue that read the holder as finished, then saw a requeue commit before its
+    # take-over statement began, must not take the key: the statement itself checks.
+    old = runledger.enqueue(conn, "u.stale", {}, idempotency_key="s", unique=ACTIVE)
+    conn.commit()
+    finish(conn, "u.stale", JobStatus.FAILED)
+    assert runledger.requeue(conn, old) is True
+    conn.commit()
+
+    taken = conn.execute(
+        TAKE_OVER_KEYS,
+        {"job_types": ["u.stale"], "keys": ["s"], "holders": [old], "ids": [uuid.uuid4()],
+         "if_finished": [True]},
+    ).fetchall()  # fmt: skip
+    assert taken == []
+    assert holder(conn, "u.stale", "s") == old
