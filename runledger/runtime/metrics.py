@@ -34,6 +34,8 @@ from runledger.runtime.loop import Loop
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from runledger.runtime.pruner import Pruner
+
 _logger = logging.getLogger("runledger.metrics")
 
 DEPTH_INTERVAL = 15.0
@@ -70,6 +72,7 @@ class _ScrapeCollector:
         self._read_at: float | None = None
         self._depth: list[tuple[Any, ...]] = []
         self._reads_depth = False
+        self.pruner: Pruner | None = None
 
     def reads_depth(self, reads: bool) -> None:
         """Read (and export) the queue depth from now on, or stop and drop its series."""
@@ -84,7 +87,7 @@ class _ScrapeCollector:
         return []  # generated at scrape time; nothing to check at registration
 
     def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         with self._table.lock:
             flights = list(self._table.by_token.values())
@@ -98,6 +101,29 @@ class _ScrapeCollector:
             "Jobs this runtime claimed that wait for a free thread.",
             value=prefetched,
         )
+        if self.pruner is not None:
+            total = self.pruner.total
+            pruned = CounterMetricFamily(
+                "runledger_pruned",
+                "Rows this runtime's pruner deleted, by kind: standalone jobs, workflow runs, "
+                "the runs' jobs, attempts and events.",
+                labels=["kind"],
+            )
+            for kind, rows_deleted in (
+                ("jobs", total.jobs),
+                ("workflow_runs", total.runs),
+                ("workflow_run_jobs", total.run_jobs),
+                ("attempts", total.attempts),
+                ("events", total.events),
+            ):
+                pruned.add_metric([kind], float(rows_deleted))
+            yield pruned
+            yield GaugeMetricFamily(
+                "runledger_pruner_behind_seconds",
+                "Seconds this runtime's pruner has ended every round with jobs or runs still "
+                "due (0 when caught up).",
+                value=self.pruner.behind_seconds,
+            )
         rows = self._queue_depth()
         if rows is None:
             return  # another runtime reads the depth: summing across workers counts it once
@@ -280,6 +306,11 @@ class Metrics:
         """Count ``err`` if it came from the database (a loop's ``on_error``)."""
         if isinstance(err, (psycopg.Error, DatabaseError, OSError)):
             self._db_errors.labels(loop).inc()
+
+    def watch_pruner(self, pruner: Pruner | None) -> None:
+        """Export what ``pruner`` deleted and how long it has been behind (nothing for
+        None: retention off)."""
+        self._scrape.pruner = pruner
 
     def watch(self, loops: Iterable[Loop]) -> None:
         """Count the database errors of ``loops``."""

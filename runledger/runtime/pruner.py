@@ -111,6 +111,13 @@ class Pruner:
         self._behind_since: float | None = None
         self._warned_at: float | None = None
 
+    @property
+    def behind_seconds(self) -> float:
+        """Seconds since rounds began to end with jobs or runs still due (the first such
+        round's end); 0.0 once a round caught up."""
+        since = self._behind_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def step(self, stop: threading.Event) -> None:
         """One round (``prune_once``), then wait ``interval``, unless it fell behind."""
         done = self.prune_once(stop)

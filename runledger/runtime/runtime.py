@@ -227,6 +227,7 @@ class Runtime:
         self._loops = loops
         if self.metrics is not None:
             self.metrics.watch(loops)
+            self.metrics.watch_pruner(self.pruner)
         self._supervisor = Loop("runledger-supervisor-0", self._supervise)
         self._lock = threading.Lock()
         self._started = False

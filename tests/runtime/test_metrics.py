@@ -285,3 +285,74 @@ def test_queue_wait_is_observed_per_claim_and_database_errors_per_loop(
                  or 0) >= 1,
         what="the claimer's database error to be counted",
     )  # fmt: skip
+
+
+def test_the_pruner_exports_what_it_deleted_and_how_long_it_has_been_behind(
+    runtime: RuntimeFactory,
+    autocommit_conn: psycopg.Connection[Any],
+    wait_until: WaitUntil,
+) -> None:
+    from tests.runtime.test_pruner import DAY, old_and_young
+
+    old, _ = old_and_young(autocommit_conn)  # three cancelled ten days ago, one now
+    rt = runtime(runledger.Registry(), metrics_port=0, retention=runledger.Retention(cancelled=DAY))
+    assert rt.metrics is not None and rt.metrics.port and rt.pruner is not None
+    port = rt.metrics.port
+
+    def pruned_counted() -> bool:
+        return value(scrape(port), "runledger_pruned_total", kind="jobs") == float(len(old))
+
+    wait_until(pruned_counted, what="the pruned jobs counted")
+    samples = scrape(port)
+    assert value(samples, "runledger_pruned_total", kind="attempts") == 0.0  # never claimed
+    assert value(samples, "runledger_pruned_total", kind="events") == rt.pruner.total.events > 0
+    assert value(samples, "runledger_pruned_total", kind="workflow_runs") == 0.0
+    assert value(samples, "runledger_pruner_behind_seconds") == 0.0
+
+
+def test_the_behind_gauge_grows_while_rounds_end_with_jobs_due_and_drops_when_caught_up(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    from prometheus_client import generate_latest
+
+    from runledger.runtime.inflight import InFlightTable
+    from runledger.runtime.metrics import Metrics
+    from runledger.runtime.pruner import Pruner
+    from tests.runtime.test_pruner import DAY, RecordedStop, old_and_young
+
+    old_and_young(autocommit_conn)
+    with runledger.Store(dsn) as store:
+        # Time for one transaction a round: every round runs out of it (as one with jobs
+        # still due would), until the budget is raised.
+        pruner = Pruner(store, runledger.Retention(cancelled=DAY), budget=1e-9, vacuum=False)
+        metrics = Metrics(InFlightTable(), store, port=0)
+        metrics.watch_pruner(pruner)
+
+        def behind() -> float | None:
+            text = generate_latest(metrics.registry).decode()
+            return next(
+                (s.value for f in text_string_to_metric_families(text) for s in f.samples
+                 if s.name == "runledger_pruner_behind_seconds"), None,
+            )  # fmt: skip
+
+        assert behind() == 0.0
+        stop = RecordedStop()
+        pruner.step(stop)
+        first = behind()
+        pruner.step(stop)
+        second = behind()
+        assert first is not None and second is not None and second > first >= 0.0
+        pruner.budget = 10.0
+        pruner.step(stop)  # nothing left due
+        assert not pruner.behind
+        assert behind() == 0.0
+
+
+def test_a_runtime_without_retention_exports_no_pruner_series(
+    runtime: RuntimeFactory,
+) -> None:
+    rt = runtime(runledger.Registry(), metrics_port=0, retention=None)
+    assert rt.metrics is not None and rt.metrics.port
+    names = {name for name, _ in scrape(rt.metrics.port)}
+    assert "runledger_jobs_running" in names
+    assert not {n for n in names if "prune" in n}
