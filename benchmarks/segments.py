@@ -1,0 +1,348 @@
+"""What period segments of the history would cost the queue, and save the pruner: a study of
+a layout runledger does not ship (issue 16, section 3: "deleting a whole period of history
+should be cheap; dropping a partition is the model").
+
+Four of the five rows a finished no-op job leaves are its attempt and its three events,
+written by the enqueue, the claim and the completion. Dropping a period whole means those
+rows sit in a table per period. The candidate measured here, on top of the newest schema:
+
+- ``runledger.events`` and ``runledger.job_attempts`` become LIST-partitioned by a new
+  column ``seg`` (one partition per day of history); a row takes ``seg`` from its DEFAULT,
+  ``runledger.current_segment()`` (the newest row of a new table ``runledger.segments``), so
+  that no statement of the runtime changes. The benchmark's own jobs write into a segment of
+  their own, after the history's.
+- A partitioned table's unique indexes must include ``seg``: ``events.id`` is indexed but
+  no longer unique on its own, nor ``job_attempts.lease_token`` (the completion finds its
+  attempt by that token, and so looks in every partition). The CHECK constraints of the two
+  tables are left out (they cost CPU, not buffers or WAL).
+- ``runledger.job_history`` stays one table (an inheritance child cannot be partitioned; its
+  segments would need the finishing trigger to pick one): its row per job is still deleted
+  row by row.
+
+Two databases hold the same history: ``--days`` days of ``--per-day`` finished no-op jobs,
+each job in ``job_history`` with its attempt and its three events, ``rows`` in today's
+layout and ``segments`` in the candidate's. In turns, ``--rounds`` times, each drains
+``--jobs`` queued no-op jobs with ``Runtime(concurrency=16, prefetch=64, retention=None)``
+(``history.py``'s drain figure: jobs/s and per job the buffers the database touched, rows
+written, commits and WAL bytes). Then, once in each, the oldest day is deleted after a
+checkpoint: in ``rows`` by the pruner's own batches (``prune_jobs``) until nothing is due;
+in ``segments`` by ``drop table`` of that day's two partitions, then the same batches for
+the ``job_history`` rows (which find no attempts or events left). The day holds no job that
+outlives it (a dead letter kept longer, a job of an open run): in a real layout those rows
+would first be moved to a newer segment, at about the cost of writing them again.
+
+    python benchmarks/segments.py                      # a new embedded server
+    python benchmarks/segments.py --dsn "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    python benchmarks/segments.py --quick              # 8 days of 20,000 jobs, one round
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from _postgres import bench_server
+from history import JOB_TYPE, QUEUE, QUEUE_JOBS, checkpoint
+from psycopg import sql
+
+from runledger.core.status import JobStatus
+from runledger.postgres import retention
+
+Conn = psycopg.Connection[Any]
+
+KEPT_QUEUE = "segments.kept"
+"""The queue of the kept history: nothing claims from it."""
+
+# The candidate layout, applied to a freshly migrated (empty) database: {table} is events or
+# job_attempts. The table becomes segment 0 of a new parent of the same name.
+SEGMENT_TABLE = """
+alter table runledger.{table} rename to {table}_s0;
+alter table runledger.{table}_s0 alter column id drop identity;
+alter table runledger.{table}_s0 add column seg integer not null default 0;
+create sequence runledger.{table}_id;
+select setval('runledger.{table}_id', 1);
+create table runledger.{table} (like runledger.{table}_s0 including defaults)
+    partition by list (seg);
+alter table runledger.{table} alter column id set default nextval('runledger.{table}_id');
+alter table runledger.{table} attach partition runledger.{table}_s0 for values in (0);
+"""
+INDEXES = {
+    "events": """
+create index events_segment_id on runledger.events (id);
+create index events_segment_job on runledger.events (job_id, id) where job_id is not null;
+create index events_segment_run on runledger.events (workflow_run_id, id)
+    where workflow_run_id is not null;
+create index events_segment_queue on runledger.events (queue, id) where queue is not null;
+""",
+    "job_attempts": """
+create index job_attempts_segment_id on runledger.job_attempts (id);
+create index job_attempts_segment_job on runledger.job_attempts (job_id, attempt);
+create unique index job_attempts_segment_token on runledger.job_attempts (lease_token, seg);
+""",
+}
+# A new segment: a partition of each segmented table (attempts with room for the HOT update
+# that finishes one), and the default of its new rows from now on: a constant, so that a row
+# costs no lookup (changing it locks the table for a moment once a day, as a drop does).
+OPEN_SEGMENT = """
+create table runledger.{table}_s{n} partition of runledger.{table} for values in ({n})
+    {storage};
+alter table runledger.{table} alter column seg set default {n};
+"""
+DROP_SEGMENT = "drop table runledger.{table}_s{n}"
+
+# One day of history: finished no-op jobs (oldest day first, so that ids follow the days),
+# each with its attempt and the three events a runtime writes for it.
+KEEP_DAY = """
+with jobs as (
+    insert into runledger.job_history
+        (id, queue, job_type, status, attempt, max_attempts, run_at, started_at, output,
+         created_at, updated_at, finished_at)
+    select runledger.time_ordered_uuid(), %(queue)s, %(job_type)s, 'succeeded', 1, 1,
+           t, t, '{}', t, t, t
+    from (
+        select now() - interval '1 day' * (%(age)s - i::float8 / %(count)s) as t
+        from generate_series(1, %(count)s) as i
+    ) as ticks
+    returning id, finished_at
+),
+attempts as (
+    insert into runledger.job_attempts
+        (job_id, attempt, worker, lease_token, started_at, finished_at, outcome)
+    select id, 1, 'segments.bench', gen_random_uuid(), finished_at, finished_at, 'succeeded'
+    from jobs
+)
+insert into runledger.events (kind, job_id, attempt, occurred_at)
+select k.kind, j.id, 1, j.finished_at
+from jobs as j,
+     unnest(array['job.enqueued', 'job.started', 'job.succeeded']) as k (kind)
+"""
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "rows": (),
+    "events": ("events",),
+    "both": ("events", "job_attempts"),
+}
+"""Today's layout; events in segments; events and attempts in segments."""
+HIGHEST = "select coalesce(max(id), 0) from runledger.{table}"
+SIZES = """
+select pg_size_pretty(sum(pg_total_relation_size(c.oid)))
+from pg_class as c join pg_namespace as n on n.oid = c.relnamespace
+where n.nspname = 'runledger' and c.relkind = 'r'
+"""
+WAL = "select pg_current_wal_lsn()"
+WAL_SINCE = "select pg_wal_lsn_diff(pg_current_wal_lsn(), %s)"
+
+
+class Layout:
+    """A scratch database in one layout, with the history filled."""
+
+    def __init__(
+        self, name: str, dsn: str, segmented: tuple[str, ...], args: argparse.Namespace
+    ) -> None:
+        self.name = name
+        self.dsn = dsn
+        self.segmented = segmented
+        """The tables laid out in segments, none for today's layout."""
+        self.days = args.days
+        self.marks = {"events": 0, "job_attempts": 0}
+
+    def fill(self, per_day: int) -> None:
+        """Migrate, lay out, fill the history a day at a time, settle and checkpoint."""
+        import runledger
+
+        started = time.monotonic()
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            runledger.migrate(conn)
+            for table in self.segmented:
+                conn.execute(SEGMENT_TABLE.format(table=table))
+                conn.execute(INDEXES[table])
+            for day in range(1, self.days + 1):
+                self.open_segment(conn, day)
+                conn.execute(
+                    KEEP_DAY,
+                    {"queue": KEPT_QUEUE, "job_type": JOB_TYPE, "count": per_day,
+                     "age": self.days - day + 1},
+                )  # fmt: skip
+            # the benchmark's own jobs write into a segment after the history's
+            self.open_segment(conn, self.days + 1)
+            for table in self.marks:
+                row = conn.execute(HIGHEST.format(table=table)).fetchone()
+                assert row is not None
+                self.marks[table] = int(row[0])
+            conn.execute("vacuum (analyze) runledger.job_history")
+            conn.execute("vacuum (analyze) runledger.job_attempts, runledger.events")
+            size = conn.execute(SIZES).fetchone()
+            assert size is not None
+            checkpoint(conn)
+        print(
+            f"  {self.name}: {self.days} days of {per_day:,} jobs in "
+            f"{time.monotonic() - started:.0f} s ({size[0]} of tables and indexes)",
+            flush=True,
+        )
+
+    def open_segment(self, conn: Conn, n: int) -> None:
+        """Open segment ``n`` of each segmented table: new rows go there from now on."""
+        for table in self.segmented:
+            storage = "with (fillfactor = 85)" if table == "job_attempts" else ""
+            conn.execute(OPEN_SEGMENT.format(table=table, n=n, storage=storage))
+
+    def prepare(self, jobs: int) -> None:
+        """Forget the benchmark's own rows (not the history), queue ``jobs`` new ones, settle
+        and checkpoint."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("delete from runledger.jobs where queue = %s", (QUEUE,))
+            for table, mark in self.marks.items():
+                if table in self.segmented:
+                    conn.execute(f"truncate runledger.{table}_s{self.days + 1}")
+                else:
+                    conn.execute(f"delete from runledger.{table} where id > %s", (mark,))
+            conn.execute("vacuum runledger.jobs, runledger.job_history")
+            conn.execute("vacuum runledger.job_attempts, runledger.events")
+            conn.execute(QUEUE_JOBS, {"queue": QUEUE, "job_type": JOB_TYPE, "count": jobs})
+            conn.execute("vacuum (analyze) runledger.jobs, runledger.job_attempts")
+            conn.execute("vacuum (analyze) runledger.events")
+            checkpoint(conn)
+
+    def drain(self, jobs: int, timeout: float) -> dict[str, float]:
+        """``history.py``'s drain figure, in a child process."""
+        self.prepare(jobs)
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("history.py")), "--jobs", str(jobs),
+             "--timeout", str(timeout), "--child", "drain", self.dsn],
+            stdout=subprocess.PIPE, text=True, check=True,
+        )  # fmt: skip
+        result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
+    def delete_oldest_day(self) -> dict[str, float]:
+        """Delete the oldest day of history; seconds, WAL bytes and rows gone."""
+        keep = datetime.timedelta(days=self.days - 1)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("delete from runledger.jobs where queue = %s", (QUEUE,))
+            checkpoint(conn)
+            row = conn.execute(WAL).fetchone()
+            assert row is not None
+            lsn = row[0]
+            started = time.monotonic()
+            dropped = 0.0
+            if self.segmented:
+                with conn.transaction():
+                    for table in self.segmented:
+                        conn.execute(DROP_SEGMENT.format(table=table, n=1))
+                dropped = time.monotonic() - started
+            jobs = attempts = events = 0
+            while True:
+                with conn.transaction():
+                    pruned = retention.prune_jobs(conn, JobStatus.SUCCEEDED, keep)
+                if not pruned.jobs:
+                    break
+                jobs += pruned.jobs
+                attempts += pruned.attempts
+                events += pruned.events
+            took = time.monotonic() - started
+            wal = conn.execute(WAL_SINCE, (lsn,)).fetchone()
+            assert wal is not None
+        return {
+            "seconds": took,
+            "drop_seconds": dropped,
+            "wal_bytes": float(wal[0]),
+            "jobs": float(jobs),
+            "attempts": float(attempts),
+            "events": float(events),
+        }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", maxsplit=1)[0],
+        epilog=__doc__.split("\n\n", maxsplit=1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dsn", help="server (default: $RUNLEDGER_BENCH_DSN, else embedded)")
+    parser.add_argument("--days", type=int, help="days of history (partitions), default 31")
+    parser.add_argument("--per-day", type=int, help="finished jobs a day, default 100,000")
+    parser.add_argument("--jobs", type=int, help="jobs drained per figure, default 100,000")
+    parser.add_argument("--rounds", type=int, help="rounds in turns, default 3")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per drain")
+    parser.add_argument("--quick", action="store_true", help="8 days of 20,000, one round")
+    args = parser.parse_args(argv)
+    defaults = (8, 20_000, 20_000, 1) if args.quick else (31, 100_000, 100_000, 3)
+    for name, default in zip(("days", "per_day", "jobs", "rounds"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    with bench_server(args.dsn) as server:
+        made: list[str] = []
+        try:
+            layouts = []
+            for name, segmented in LAYOUTS.items():
+                db = f"runledger_bench_{uuid.uuid4().hex[:8]}"
+                with psycopg.connect(server.dsn, autocommit=True) as admin:
+                    admin.execute(sql.SQL("create database {}").format(sql.Identifier(db)))
+                made.append(db)
+                layout = Layout(name, server.dsn_for(db), segmented, args)
+                layout.fill(args.per_day)
+                layouts.append(layout)
+            results: dict[str, list[dict[str, float]]] = {x.name: [] for x in layouts}
+            for n in range(args.rounds):
+                for layout in layouts if n % 2 == 0 else layouts[::-1]:
+                    figure = layout.drain(args.jobs, args.timeout)
+                    results[layout.name].append(figure)
+                    print(
+                        f"  round {n + 1} {layout.name:>8}: "
+                        f"{figure['jobs_per_second']:8,.0f} jobs/s  "
+                        f"{figure['buffers']:6.1f} buffers  {figure['rows']:5.2f} rows  "
+                        f"{figure['commits']:5.2f} commits  {figure['wal_bytes']:6,.0f} B WAL "
+                        "per job",
+                        flush=True,
+                    )
+            print(f"\ndrain of {args.jobs:,} jobs beside {args.days} days of "
+                  f"{args.per_day:,}, median of {args.rounds}:")  # fmt: skip
+            fields = ("jobs_per_second", "buffers", "rows", "commits", "wal_bytes")
+            medians = {
+                name: {f: statistics.median(r[f] for r in runs) for f in fields}
+                for name, runs in results.items()
+            }
+            print(f"  {'':>8}  {'jobs/s':>8}  {'buffers':>7}  {'rows':>5}  {'commits':>7}  "
+                  f"{'WAL B':>6}  per job")  # fmt: skip
+            for name, m in medians.items():
+                print(f"  {name:>8}  {m['jobs_per_second']:8,.0f}  {m['buffers']:7.1f}  "
+                      f"{m['rows']:5.2f}  {m['commits']:7.2f}  {m['wal_bytes']:6,.0f}")  # fmt: skip
+            for name in list(medians)[1:]:
+                ratio = medians[name]["jobs_per_second"] / medians["rows"]["jobs_per_second"]
+                print(f"  {name} / rows: {ratio:.3f} jobs/s")
+            print(f"\ndeleting the oldest day ({args.per_day:,} jobs), after a checkpoint:")
+            for layout in layouts:
+                d = layout.delete_oldest_day()
+                print(
+                    f"  {layout.name:>8}: {d['seconds']:7.2f} s (drop {d['drop_seconds']:.3f} s)"
+                    f"  {d['wal_bytes'] / 1e6:7.1f} MB WAL  rows deleted: {d['jobs']:,.0f} "
+                    f"jobs, {d['attempts']:,.0f} attempts, {d['events']:,.0f} events",
+                    flush=True,
+                )
+        finally:
+            with psycopg.connect(server.dsn, autocommit=True) as admin:
+                for db in made:
+                    admin.execute(
+                        "select pg_terminate_backend(pid) from pg_stat_activity "
+                        "where datname = %s and pid <> pg_backend_pid()",
+                        (db,),
+                    )
+                    admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(db)))
+
+
+if __name__ == "__main__":
+    main()
