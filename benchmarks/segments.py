@@ -63,19 +63,27 @@ Conn = psycopg.Connection[Any]
 KEPT_QUEUE = "segments.kept"
 """The queue of the kept history: nothing claims from it."""
 
-# The candidate layout, applied to a freshly migrated (empty) database: {table} is events or
-# job_attempts. The table becomes segment 0 of a new parent of the same name.
+# Two ways to pick a row's segment. "seg": LIST partitions by a new column seg, whose
+# DEFAULT (a constant) each new day changes: a DDL statement and a moment's lock on the
+# table a day. "time": RANGE partitions by a key the row already has and that grows with
+# time: events by occurred_at, attempts by lease_token (time-ordered, led by the Unix
+# milliseconds), so that the server routes each row with no DEFAULT to change; the
+# partitions of coming days are made ahead.
+KEYS = {"events": "occurred_at", "job_attempts": "lease_token"}
+# {table} becomes partition s0 of a new parent of the same name.
 SEGMENT_TABLE = """
 alter table runledger.{table} rename to {table}_s0;
 alter table runledger.{table}_s0 alter column id drop identity;
-alter table runledger.{table}_s0 add column seg integer not null default 0;
+{seg_column}
 create sequence runledger.{table}_id;
-select setval('runledger.{table}_id', 1);
 create table runledger.{table} (like runledger.{table}_s0 including defaults)
-    partition by list (seg);
+    partition by {partitioning};
 alter table runledger.{table} alter column id set default nextval('runledger.{table}_id');
-alter table runledger.{table} attach partition runledger.{table}_s0 for values in (0);
+alter table runledger.{table} attach partition runledger.{table}_s0 for values {s0};
 """
+SEG_COLUMN = "alter table runledger.{table}_s0 add column seg integer not null default 0;"
+# A partitioned table's unique indexes must include its key: events.id is unique by its
+# sequence alone; lease_token stays unique where it is the key.
 INDEXES = {
     "events": """
 create index events_segment_id on runledger.events (id);
@@ -87,21 +95,34 @@ create index events_segment_queue on runledger.events (queue, id) where queue is
     "job_attempts": """
 create index job_attempts_segment_id on runledger.job_attempts (id);
 create index job_attempts_segment_job on runledger.job_attempts (job_id, attempt);
-create unique index job_attempts_segment_token on runledger.job_attempts (lease_token, seg);
+create unique index job_attempts_segment_token on runledger.job_attempts ({token});
 """,
 }
-# A new segment: a partition of each segmented table (attempts with room for the HOT update
-# that finishes one), and the default of its new rows from now on: a constant, so that a row
-# costs no lookup (changing it locks the table for a moment once a day, as a drop does).
-OPEN_SEGMENT = """
-create table runledger.{table}_s{n} partition of runledger.{table} for values in ({n})
-    {storage};
-alter table runledger.{table} alter column seg set default {n};
+# The lease token a claim at time t makes (runledger.time_ordered_uuid()), and the lowest
+# token of t's millisecond: a partition bound.
+TOKENS = r"""
+create function public.bench_token(t timestamptz, tail text) returns uuid
+    language sql
+as $$
+    select overlay(tail placing regexp_replace(
+                       lpad(to_hex((extract(epoch from t) * 1000)::bigint), 12, '0'),
+                       '^(.{8})', '\1-') || '-7'
+                   from 1 for 15)::uuid
+$$;
 """
+# A new segment: a partition of each segmented table (attempts with room for the HOT update
+# that finishes one); "seg" then points the DEFAULT of new rows at it.
+OPEN_SEGMENT = """
+create table runledger.{table}_s{n} partition of runledger.{table} for values {bounds}
+    {storage};
+"""
+ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+SET_SEGMENT = "alter table runledger.{table} alter column seg set default {n}"
 DROP_SEGMENT = "drop table runledger.{table}_s{n}"
 
-# One day of history: finished no-op jobs (oldest day first, so that ids follow the days),
-# each with its attempt and the three events a runtime writes for it.
+# One day of history: finished no-op jobs, oldest day first (so that ids follow the days),
+# each with its attempt and the three events a runtime writes for it, all dated within the
+# day: [t0 - age days, t0 - (age - 1) days).
 KEEP_DAY = """
 with jobs as (
     insert into runledger.job_history
@@ -110,7 +131,7 @@ with jobs as (
     select runledger.time_ordered_uuid(), %(queue)s, %(job_type)s, 'succeeded', 1, 1,
            t, t, '{}', t, t, t
     from (
-        select now() - interval '1 day' * (%(age)s - i::float8 / %(count)s) as t
+        select %(t0)s - interval '1 day' * (%(age)s - (i - 1)::float8 / %(count)s) as t
         from generate_series(1, %(count)s) as i
     ) as ticks
     returning id, finished_at
@@ -118,7 +139,8 @@ with jobs as (
 attempts as (
     insert into runledger.job_attempts
         (job_id, attempt, worker, lease_token, started_at, finished_at, outcome)
-    select id, 1, 'segments.bench', gen_random_uuid(), finished_at, finished_at, 'succeeded'
+    select id, 1, 'segments.bench', public.bench_token(finished_at, gen_random_uuid()::text),
+           finished_at, finished_at, 'succeeded'
     from jobs
 )
 insert into runledger.events (kind, job_id, attempt, occurred_at)
@@ -126,12 +148,14 @@ select k.kind, j.id, 1, j.finished_at
 from jobs as j,
      unnest(array['job.enqueued', 'job.started', 'job.succeeded']) as k (kind)
 """
-LAYOUTS: dict[str, tuple[str, ...]] = {
-    "rows": (),
-    "events": ("events",),
-    "both": ("events", "job_attempts"),
+LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "rows": ("", ()),
+    "events-seg": ("seg", ("events",)),
+    "events-time": ("time", ("events",)),
+    "both-time": ("time", ("events", "job_attempts")),
 }
-"""Today's layout; events in segments; events and attempts in segments."""
+"""Today's layout; events in day segments picked by seg, then by time; events and
+attempts by time."""
 HIGHEST = "select coalesce(max(id), 0) from runledger.{table}"
 SIZES = """
 select pg_size_pretty(sum(pg_total_relation_size(c.oid)))
@@ -146,14 +170,23 @@ class Layout:
     """A scratch database in one layout, with the history filled."""
 
     def __init__(
-        self, name: str, dsn: str, segmented: tuple[str, ...], args: argparse.Namespace
+        self,
+        name: str,
+        dsn: str,
+        keyed: str,
+        segmented: tuple[str, ...],
+        args: argparse.Namespace,
     ) -> None:
         self.name = name
         self.dsn = dsn
+        self.keyed = keyed
+        """How a row's segment is picked: "seg", "time", or "" for today's layout."""
         self.segmented = segmented
-        """The tables laid out in segments, none for today's layout."""
+        """The tables laid out in segments."""
         self.days = args.days
         self.marks = {"events": 0, "job_attempts": 0}
+        self.t0 = datetime.datetime.now(datetime.UTC)
+        """The end of the history's last day: the benchmark's own rows come after it."""
 
     def fill(self, per_day: int) -> None:
         """Migrate, lay out, fill the history a day at a time, settle and checkpoint."""
@@ -162,17 +195,19 @@ class Layout:
         started = time.monotonic()
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             runledger.migrate(conn)
+            conn.execute(TOKENS)
             for table in self.segmented:
-                conn.execute(SEGMENT_TABLE.format(table=table))
-                conn.execute(INDEXES[table])
+                conn.execute(self.segment_table(table))
+                token = "lease_token, seg" if self.keyed == "seg" else "lease_token"
+                conn.execute(INDEXES[table].format(token=token))
             for day in range(1, self.days + 1):
                 self.open_segment(conn, day)
                 conn.execute(
                     KEEP_DAY,
                     {"queue": KEPT_QUEUE, "job_type": JOB_TYPE, "count": per_day,
-                     "age": self.days - day + 1},
+                     "age": self.days - day + 1, "t0": self.t0},
                 )  # fmt: skip
-            # the benchmark's own jobs write into a segment after the history's
+            # the benchmark's own rows go into a segment after the history's
             self.open_segment(conn, self.days + 1)
             for table in self.marks:
                 row = conn.execute(HIGHEST.format(table=table)).fetchone()
@@ -189,11 +224,35 @@ class Layout:
             flush=True,
         )
 
+    def bound(self, table: str, day: int) -> str:
+        """The lowest key of segment ``day`` (day 1 is the oldest), as an SQL expression."""
+        t = f"'{self.t0.isoformat()}'::timestamptz - interval '{self.days - day + 1} days'"
+        return t if table == "events" else f"public.bench_token({t}, '{ZERO_UUID}')"
+
+    def segment_table(self, table: str) -> str:
+        """The DDL that makes ``table`` segment 0 of a partitioned table of the same name."""
+        if self.keyed == "seg":
+            return SEGMENT_TABLE.format(
+                table=table, seg_column=SEG_COLUMN.format(table=table),
+                partitioning="list (seg)", s0="in (0)",
+            )  # fmt: skip
+        return SEGMENT_TABLE.format(
+            table=table, seg_column="", partitioning=f"range ({KEYS[table]})",
+            s0=f"from (minvalue) to ({self.bound(table, 1)})",
+        )  # fmt: skip
+
     def open_segment(self, conn: Conn, n: int) -> None:
-        """Open segment ``n`` of each segmented table: new rows go there from now on."""
+        """Open segment ``n`` of each segmented table (the last one open-ended)."""
         for table in self.segmented:
+            if self.keyed == "seg":
+                bounds = f"in ({n})"
+            else:
+                upper = "maxvalue" if n > self.days else self.bound(table, n + 1)
+                bounds = f"from ({self.bound(table, n)}) to ({upper})"
             storage = "with (fillfactor = 85)" if table == "job_attempts" else ""
-            conn.execute(OPEN_SEGMENT.format(table=table, n=n, storage=storage))
+            conn.execute(OPEN_SEGMENT.format(table=table, n=n, bounds=bounds, storage=storage))
+            if self.keyed == "seg":
+                conn.execute(SET_SEGMENT.format(table=table, n=n))
 
     def prepare(self, jobs: int) -> None:
         """Forget the benchmark's own rows (not the history), queue ``jobs`` new ones, settle
@@ -274,6 +333,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds in turns, default 3")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per drain")
     parser.add_argument("--quick", action="store_true", help="8 days of 20,000, one round")
+    parser.add_argument(
+        "--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS),
+        help="the layouts to measure (default: all; rows always)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     defaults = (8, 20_000, 20_000, 1) if args.quick else (31, 100_000, 100_000, 3)
     for name, default in zip(("days", "per_day", "jobs", "rounds"), defaults, strict=True):
@@ -288,12 +351,14 @@ def main() -> None:
         made: list[str] = []
         try:
             layouts = []
-            for name, segmented in LAYOUTS.items():
+            for name, (keyed, segmented) in LAYOUTS.items():
+                if name != "rows" and name not in args.layouts:
+                    continue
                 db = f"runledger_bench_{uuid.uuid4().hex[:8]}"
                 with psycopg.connect(server.dsn, autocommit=True) as admin:
                     admin.execute(sql.SQL("create database {}").format(sql.Identifier(db)))
                 made.append(db)
-                layout = Layout(name, server.dsn_for(db), segmented, args)
+                layout = Layout(name, server.dsn_for(db), keyed, segmented, args)
                 layout.fill(args.per_day)
                 layouts.append(layout)
             results: dict[str, list[dict[str, float]]] = {x.name: [] for x in layouts}
