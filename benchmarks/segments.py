@@ -39,21 +39,20 @@ would first be moved to a newer segment, at about the cost of writing them again
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from _postgres import bench_server
+from _postgres import bench_server, scratch_database
 from history import JOB_TYPE, QUEUE, QUEUE_JOBS, checkpoint
-from psycopg import sql
 
 from runledger.core.status import JobStatus
 from runledger.postgres import retention
@@ -189,12 +188,9 @@ class Layout:
         """The end of the history's last day: the benchmark's own rows come after it."""
 
     def fill(self, per_day: int) -> None:
-        """Migrate, lay out, fill the history a day at a time, settle and checkpoint."""
-        import runledger
-
+        """Lay out the migrated database, fill the history a day at a time, settle, checkpoint."""
         started = time.monotonic()
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            runledger.migrate(conn)
             conn.execute(TOKENS)
             for table in self.segmented:
                 conn.execute(self.segment_table(table))
@@ -347,66 +343,52 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    with bench_server(args.dsn) as server:
-        made: list[str] = []
-        try:
-            layouts = []
-            for name, (keyed, segmented) in LAYOUTS.items():
-                if name != "rows" and name not in args.layouts:
-                    continue
-                db = f"runledger_bench_{uuid.uuid4().hex[:8]}"
-                with psycopg.connect(server.dsn, autocommit=True) as admin:
-                    admin.execute(sql.SQL("create database {}").format(sql.Identifier(db)))
-                made.append(db)
-                layout = Layout(name, server.dsn_for(db), keyed, segmented, args)
-                layout.fill(args.per_day)
-                layouts.append(layout)
-            results: dict[str, list[dict[str, float]]] = {x.name: [] for x in layouts}
-            for n in range(args.rounds):
-                for layout in layouts if n % 2 == 0 else layouts[::-1]:
-                    figure = layout.drain(args.jobs, args.timeout)
-                    results[layout.name].append(figure)
-                    print(
-                        f"  round {n + 1} {layout.name:>8}: "
-                        f"{figure['jobs_per_second']:8,.0f} jobs/s  "
-                        f"{figure['buffers']:6.1f} buffers  {figure['rows']:5.2f} rows  "
-                        f"{figure['commits']:5.2f} commits  {figure['wal_bytes']:6,.0f} B WAL "
-                        "per job",
-                        flush=True,
-                    )
-            print(f"\ndrain of {args.jobs:,} jobs beside {args.days} days of "
-                  f"{args.per_day:,}, median of {args.rounds}:")  # fmt: skip
-            fields = ("jobs_per_second", "buffers", "rows", "commits", "wal_bytes")
-            medians = {
-                name: {f: statistics.median(r[f] for r in runs) for f in fields}
-                for name, runs in results.items()
-            }
-            print(f"  {'':>8}  {'jobs/s':>8}  {'buffers':>7}  {'rows':>5}  {'commits':>7}  "
-                  f"{'WAL B':>6}  per job")  # fmt: skip
-            for name, m in medians.items():
-                print(f"  {name:>8}  {m['jobs_per_second']:8,.0f}  {m['buffers']:7.1f}  "
-                      f"{m['rows']:5.2f}  {m['commits']:7.2f}  {m['wal_bytes']:6,.0f}")  # fmt: skip
-            for name in list(medians)[1:]:
-                ratio = medians[name]["jobs_per_second"] / medians["rows"]["jobs_per_second"]
-                print(f"  {name} / rows: {ratio:.3f} jobs/s")
-            print(f"\ndeleting the oldest day ({args.per_day:,} jobs), after a checkpoint:")
-            for layout in layouts:
-                d = layout.delete_oldest_day()
+    with bench_server(args.dsn) as server, contextlib.ExitStack() as scratch:
+        layouts = []
+        for name, (keyed, segmented) in LAYOUTS.items():
+            if name != "rows" and name not in args.layouts:
+                continue
+            dsn = scratch.enter_context(scratch_database(server))
+            layout = Layout(name, dsn, keyed, segmented, args)
+            layout.fill(args.per_day)
+            layouts.append(layout)
+        results: dict[str, list[dict[str, float]]] = {x.name: [] for x in layouts}
+        for n in range(args.rounds):
+            for layout in layouts if n % 2 == 0 else layouts[::-1]:
+                figure = layout.drain(args.jobs, args.timeout)
+                results[layout.name].append(figure)
                 print(
-                    f"  {layout.name:>8}: {d['seconds']:7.2f} s (drop {d['drop_seconds']:.3f} s)"
-                    f"  {d['wal_bytes'] / 1e6:7.1f} MB WAL  rows deleted: {d['jobs']:,.0f} "
-                    f"jobs, {d['attempts']:,.0f} attempts, {d['events']:,.0f} events",
+                    f"  round {n + 1} {layout.name:>8}: "
+                    f"{figure['jobs_per_second']:8,.0f} jobs/s  "
+                    f"{figure['buffers']:6.1f} buffers  {figure['rows']:5.2f} rows  "
+                    f"{figure['commits']:5.2f} commits  {figure['wal_bytes']:6,.0f} B WAL "
+                    "per job",
                     flush=True,
                 )
-        finally:
-            with psycopg.connect(server.dsn, autocommit=True) as admin:
-                for db in made:
-                    admin.execute(
-                        "select pg_terminate_backend(pid) from pg_stat_activity "
-                        "where datname = %s and pid <> pg_backend_pid()",
-                        (db,),
-                    )
-                    admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(db)))
+        print(f"\ndrain of {args.jobs:,} jobs beside {args.days} days of "
+              f"{args.per_day:,}, median of {args.rounds}:")  # fmt: skip
+        fields = ("jobs_per_second", "buffers", "rows", "commits", "wal_bytes")
+        medians = {
+            name: {f: statistics.median(r[f] for r in runs) for f in fields}
+            for name, runs in results.items()
+        }
+        print(f"  {'':>8}  {'jobs/s':>8}  {'buffers':>7}  {'rows':>5}  {'commits':>7}  "
+              f"{'WAL B':>6}  per job")  # fmt: skip
+        for name, m in medians.items():
+            print(f"  {name:>8}  {m['jobs_per_second']:8,.0f}  {m['buffers']:7.1f}  "
+                  f"{m['rows']:5.2f}  {m['commits']:7.2f}  {m['wal_bytes']:6,.0f}")  # fmt: skip
+        for name in list(medians)[1:]:
+            ratio = medians[name]["jobs_per_second"] / medians["rows"]["jobs_per_second"]
+            print(f"  {name} / rows: {ratio:.3f} jobs/s")
+        print(f"\ndeleting the oldest day ({args.per_day:,} jobs), after a checkpoint:")
+        for layout in layouts:
+            d = layout.delete_oldest_day()
+            print(
+                f"  {layout.name:>8}: {d['seconds']:7.2f} s (drop {d['drop_seconds']:.3f} s)"
+                f"  {d['wal_bytes'] / 1e6:7.1f} MB WAL  rows deleted: {d['jobs']:,.0f} "
+                f"jobs, {d['attempts']:,.0f} attempts, {d['events']:,.0f} events",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
