@@ -1,35 +1,40 @@
 """What period segments of the history would cost the queue, and save the pruner: a study of
-a layout runledger does not ship (issue 16, section 3: "deleting a whole period of history
+layouts runledger does not ship (issue 16, section 3: "deleting a whole period of history
 should be cheap; dropping a partition is the model").
 
 Four of the five rows a finished no-op job leaves are its attempt and its three events,
 written by the enqueue, the claim and the completion. Dropping a period whole means those
-rows sit in a table per period. The candidate measured here, on top of the newest schema:
+rows sit in a table per period. On top of the newest schema, with no statement of the
+runtime changed, the layouts (``--layouts``) are:
 
-- ``runledger.events`` and ``runledger.job_attempts`` become LIST-partitioned by a new
-  column ``seg`` (one partition per day of history); a row takes ``seg`` from its DEFAULT,
-  ``runledger.current_segment()`` (the newest row of a new table ``runledger.segments``), so
-  that no statement of the runtime changes. The benchmark's own jobs write into a segment of
-  their own, after the history's.
-- A partitioned table's unique indexes must include ``seg``: ``events.id`` is indexed but
-  no longer unique on its own, nor ``job_attempts.lease_token`` (the completion finds its
-  attempt by that token, and so looks in every partition). The CHECK constraints of the two
-  tables are left out (they cost CPU, not buffers or WAL).
-- ``runledger.job_history`` stays one table (an inheritance child cannot be partitioned; its
-  segments would need the finishing trigger to pick one): its row per job is still deleted
-  row by row.
+- ``rows``: today's.
+- ``events-seg``: ``runledger.events`` LIST-partitioned by a new column ``seg``, one
+  partition a day; a row takes ``seg`` from the column's DEFAULT, a constant each new day
+  changes (DDL, and a moment's lock on the table, once a day).
+- ``events-time``: ``runledger.events`` RANGE-partitioned by ``occurred_at``, a partition a
+  day, made ahead: the server routes each row by a key it already has.
+- ``both-time``: the same, and ``runledger.job_attempts`` RANGE-partitioned by
+  ``lease_token`` (time-ordered, led by the claim's Unix milliseconds).
 
-Two databases hold the same history: ``--days`` days of ``--per-day`` finished no-op jobs,
-each job in ``job_history`` with its attempt and its three events, ``rows`` in today's
-layout and ``segments`` in the candidate's. In turns, ``--rounds`` times, each drains
-``--jobs`` queued no-op jobs with ``Runtime(concurrency=16, prefetch=64, retention=None)``
-(``history.py``'s drain figure: jobs/s and per job the buffers the database touched, rows
-written, commits and WAL bytes). Then, once in each, the oldest day is deleted after a
-checkpoint: in ``rows`` by the pruner's own batches (``prune_jobs``) until nothing is due;
-in ``segments`` by ``drop table`` of that day's two partitions, then the same batches for
-the ``job_history`` rows (which find no attempts or events left). The day holds no job that
-outlives it (a dead letter kept longer, a job of an open run): in a real layout those rows
-would first be moved to a newer segment, at about the cost of writing them again.
+The table laid out becomes partition ``s0`` of a new parent of the same name. A partitioned
+table's unique indexes must include its key, so ``events.id`` is indexed but no longer
+unique on its own. The CHECK constraints of the two tables are left out (they cost CPU, not
+buffers or WAL). ``runledger.job_history`` stays one table in every layout (an inheritance
+child cannot be partitioned): its row per job is deleted row by row.
+
+Each layout has a database holding the same history: ``--days`` days of ``--per-day``
+finished no-op jobs, ``--dead-letters`` percent of them failed, each job in ``job_history``
+with its attempt and three events; the benchmark's own rows go into a partition after the
+history's. In turns, ``--rounds`` times, each drains ``--jobs`` queued no-op jobs with
+``Runtime(concurrency=16, prefetch=64, retention=None)`` (``history.py``'s drain figure:
+jobs/s and per job the buffers the database touched, rows written, commits and WAL bytes).
+Then, once in each and after a checkpoint, the oldest day's succeeded jobs are deleted while
+its dead letters are kept (retention keeps them longer): in ``rows`` by the pruner's own
+batches (``prune_jobs``); in ``events-seg`` by copying the dead letters' events to the newest
+partition (with ``seg`` set to it), dropping the day's partition, then the same batches for
+the rows left (jobs and attempts); in the ``*-time`` layouts a row cannot leave its day, so
+with dead letters the day's partitions stay and the batches delete row by row (with
+``--dead-letters 0`` they are dropped first).
 
     python benchmarks/segments.py                      # a new embedded server
     python benchmarks/segments.py --dsn "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -116,36 +121,55 @@ create table runledger.{table}_s{n} partition of runledger.{table} for values {b
     {storage};
 """
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+# Before a day's segment is dropped, the rows of the jobs that outlive it (here the dead
+# letters, which retention keeps longer) are copied to the newest segment ("seg" only): a
+# copy rather than an UPDATE of seg, which would write to every page of the day that holds
+# such a row, after a checkpoint a full-page image each, only to drop them.
+COPY_SURVIVORS = """
+insert into runledger.{table} ({columns}, seg)
+select {columns}, %(newest)s
+from runledger.{table}_s1 as r
+where exists (select from runledger.jobs as j
+              where j.id = r.job_id
+                and (j.status <> 'succeeded' or j.finished_at >= now() - %(keep)s))
+"""
+COLUMNS = """
+select string_agg(quote_ident(attname), ', ' order by attnum)
+from pg_attribute
+where attrelid = %s::regclass and attnum > 0 and not attisdropped and attname <> 'seg'
+"""
 SET_SEGMENT = "alter table runledger.{table} alter column seg set default {n}"
 DROP_SEGMENT = "drop table runledger.{table}_s{n}"
 
 # One day of history: finished no-op jobs, oldest day first (so that ids follow the days),
-# each with its attempt and the three events a runtime writes for it, all dated within the
-# day: [t0 - age days, t0 - (age - 1) days).
+# every {every}th a dead letter, each with its attempt and the three events a runtime writes
+# for it, all dated within the day: [t0 - age days, t0 - (age - 1) days).
 KEEP_DAY = """
 with jobs as (
     insert into runledger.job_history
         (id, queue, job_type, status, attempt, max_attempts, run_at, started_at, output,
          created_at, updated_at, finished_at)
-    select runledger.time_ordered_uuid(), %(queue)s, %(job_type)s, 'succeeded', 1, 1,
+    select runledger.time_ordered_uuid(), %(queue)s, %(job_type)s, status, 1, 1,
            t, t, '{}', t, t, t
     from (
-        select %(t0)s - interval '1 day' * (%(age)s - (i - 1)::float8 / %(count)s) as t
+        select %(t0)s - interval '1 day' * (%(age)s - (i - 1)::float8 / %(count)s) as t,
+               case when %(every)s > 0 and i %% %(every)s = 0 then 'failed'
+                    else 'succeeded' end as status
         from generate_series(1, %(count)s) as i
     ) as ticks
-    returning id, finished_at
+    returning id, finished_at, status
 ),
 attempts as (
     insert into runledger.job_attempts
         (job_id, attempt, worker, lease_token, started_at, finished_at, outcome)
     select id, 1, 'segments.bench', public.bench_token(finished_at, gen_random_uuid()::text),
-           finished_at, finished_at, 'succeeded'
+           finished_at, finished_at, status
     from jobs
 )
 insert into runledger.events (kind, job_id, attempt, occurred_at)
 select k.kind, j.id, 1, j.finished_at
 from jobs as j,
-     unnest(array['job.enqueued', 'job.started', 'job.succeeded']) as k (kind)
+     unnest(array['job.enqueued', 'job.started', 'job.' || j.status]) as k (kind)
 """
 LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rows": ("", ()),
@@ -183,6 +207,8 @@ class Layout:
         self.segmented = segmented
         """The tables laid out in segments."""
         self.days = args.days
+        self.every = round(100 / args.dead_letters) if args.dead_letters else 0
+        """Every how many jobs of the history one is a dead letter (0: none)."""
         self.marks = {"events": 0, "job_attempts": 0}
         self.t0 = datetime.datetime.now(datetime.UTC)
         """The end of the history's last day: the benchmark's own rows come after it."""
@@ -201,7 +227,7 @@ class Layout:
                 conn.execute(
                     KEEP_DAY,
                     {"queue": KEPT_QUEUE, "job_type": JOB_TYPE, "count": per_day,
-                     "age": self.days - day + 1, "t0": self.t0},
+                     "age": self.days - day + 1, "t0": self.t0, "every": self.every},
                 )  # fmt: skip
             # the benchmark's own rows go into a segment after the history's
             self.open_segment(conn, self.days + 1)
@@ -278,6 +304,13 @@ class Layout:
         result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
         return result
 
+    def copy_survivors(self, conn: Conn, table: str, keep: datetime.timedelta) -> int:
+        """Copy the rows of day 1's jobs that outlive it to the newest segment; how many."""
+        row = conn.execute(COLUMNS, (f"runledger.{table}",)).fetchone()
+        assert row is not None
+        statement = COPY_SURVIVORS.format(table=table, columns=row[0])
+        return conn.execute(statement, {"newest": self.days + 1, "keep": keep}).rowcount
+
     def delete_oldest_day(self) -> dict[str, float]:
         """Delete the oldest day of history; seconds, WAL bytes and rows gone."""
         keep = datetime.timedelta(days=self.days - 1)
@@ -289,9 +322,14 @@ class Layout:
             lsn = row[0]
             started = time.monotonic()
             dropped = 0.0
-            if self.segmented:
+            moved = 0
+            if self.keyed == "time" and self.every:
+                pass  # a row cannot leave its day: the dead letters hold the day's segments
+            elif self.segmented:
                 with conn.transaction():
                     for table in self.segmented:
+                        if self.keyed == "seg":
+                            moved += self.copy_survivors(conn, table, keep)
                         conn.execute(DROP_SEGMENT.format(table=table, n=1))
                 dropped = time.monotonic() - started
             jobs = attempts = events = 0
@@ -309,6 +347,7 @@ class Layout:
         return {
             "seconds": took,
             "drop_seconds": dropped,
+            "moved": float(moved),
             "wal_bytes": float(wal[0]),
             "jobs": float(jobs),
             "attempts": float(attempts),
@@ -328,6 +367,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, help="jobs drained per figure, default 100,000")
     parser.add_argument("--rounds", type=int, help="rounds in turns, default 3")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per drain")
+    parser.add_argument(
+        "--dead-letters", type=float, default=2.0,
+        help="percent of the history's jobs that failed and are kept longer (default 2)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="8 days of 20,000, one round")
     parser.add_argument(
         "--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS),
@@ -358,7 +401,7 @@ def main() -> None:
                 figure = layout.drain(args.jobs, args.timeout)
                 results[layout.name].append(figure)
                 print(
-                    f"  round {n + 1} {layout.name:>8}: "
+                    f"  round {n + 1} {layout.name:>11}: "
                     f"{figure['jobs_per_second']:8,.0f} jobs/s  "
                     f"{figure['buffers']:6.1f} buffers  {figure['rows']:5.2f} rows  "
                     f"{figure['commits']:5.2f} commits  {figure['wal_bytes']:6,.0f} B WAL "
@@ -372,20 +415,24 @@ def main() -> None:
             name: {f: statistics.median(r[f] for r in runs) for f in fields}
             for name, runs in results.items()
         }
-        print(f"  {'':>8}  {'jobs/s':>8}  {'buffers':>7}  {'rows':>5}  {'commits':>7}  "
+        print(f"  {'':>11}  {'jobs/s':>8}  {'buffers':>7}  {'rows':>5}  {'commits':>7}  "
               f"{'WAL B':>6}  per job")  # fmt: skip
         for name, m in medians.items():
-            print(f"  {name:>8}  {m['jobs_per_second']:8,.0f}  {m['buffers']:7.1f}  "
+            print(f"  {name:>11}  {m['jobs_per_second']:8,.0f}  {m['buffers']:7.1f}  "
                   f"{m['rows']:5.2f}  {m['commits']:7.2f}  {m['wal_bytes']:6,.0f}")  # fmt: skip
         for name in list(medians)[1:]:
             ratio = medians[name]["jobs_per_second"] / medians["rows"]["jobs_per_second"]
             print(f"  {name} / rows: {ratio:.3f} jobs/s")
-        print(f"\ndeleting the oldest day ({args.per_day:,} jobs), after a checkpoint:")
+        print(
+            f"\ndeleting the oldest day's succeeded jobs ({args.per_day:,} jobs, "
+            f"{args.dead_letters:g} % dead letters kept), after a checkpoint:"
+        )
         for layout in layouts:
             d = layout.delete_oldest_day()
             print(
-                f"  {layout.name:>8}: {d['seconds']:7.2f} s (drop {d['drop_seconds']:.3f} s)"
-                f"  {d['wal_bytes'] / 1e6:7.1f} MB WAL  rows deleted: {d['jobs']:,.0f} "
+                f"  {layout.name:>11}: {d['seconds']:5.2f} s (copy and drop "
+                f"{d['drop_seconds']:.3f} s)  {d['wal_bytes'] / 1e6:5.1f} MB WAL  rows copied: "
+                f"{d['moved']:,.0f}, deleted: {d['jobs']:,.0f} "
                 f"jobs, {d['attempts']:,.0f} attempts, {d['events']:,.0f} events",
                 flush=True,
             )
