@@ -322,14 +322,14 @@ class Layout:
             lsn = row[0]
             started = time.monotonic()
             dropped = 0.0
-            moved = 0
-            if self.keyed == "time" and self.every:
-                pass  # a row cannot leave its day: the dead letters hold the day's segments
-            elif self.segmented:
+            copied = 0
+            # keyed by time a row cannot leave its day: dead letters hold the day's segments
+            held = self.keyed == "time" and self.every > 0
+            if self.segmented and not held:
                 with conn.transaction():
                     for table in self.segmented:
                         if self.keyed == "seg":
-                            moved += self.copy_survivors(conn, table, keep)
+                            copied += self.copy_survivors(conn, table, keep)
                         conn.execute(DROP_SEGMENT.format(table=table, n=1))
                 dropped = time.monotonic() - started
             jobs = attempts = events = 0
@@ -347,7 +347,7 @@ class Layout:
         return {
             "seconds": took,
             "drop_seconds": dropped,
-            "moved": float(moved),
+            "copied": float(copied),
             "wal_bytes": float(wal[0]),
             "jobs": float(jobs),
             "attempts": float(attempts),
@@ -432,7 +432,7 @@ def main() -> None:
             print(
                 f"  {layout.name:>11}: {d['seconds']:5.2f} s (copy and drop "
                 f"{d['drop_seconds']:.3f} s)  {d['wal_bytes'] / 1e6:5.1f} MB WAL  rows copied: "
-                f"{d['moved']:,.0f}, deleted: {d['jobs']:,.0f} "
+                f"{d['copied']:,.0f}, deleted: {d['jobs']:,.0f} "
                 f"jobs, {d['attempts']:,.0f} attempts, {d['events']:,.0f} events",
                 flush=True,
             )

@@ -42,16 +42,17 @@ def run(server: TestServer, *options: str) -> dict[str, tuple[int, ...]]:
             "select count(*) from pg_database where datname like 'runledger_bench_%'"
         ).fetchone()
     assert left == (0,), "a scratch database outlived the run"
-    return {
+    deleted = {
         m.group(1): tuple(int(g.replace(",", "")) for g in m.groups()[1:])
         for m in DELETED.finditer(done.stdout)
     }
+    assert set(deleted) == set(LAYOUTS), done.stdout
+    return deleted
 
 
 @pytest.mark.timeout(300)
 def test_dead_letters_are_copied_out_of_a_dropped_day_or_hold_it(pg_server: TestServer) -> None:
     deleted = run(pg_server, "--dead-letters", "2")
-    assert set(deleted) == set(LAYOUTS)
     # The oldest day's 1,960 succeeded jobs go (and any of the next day's that aged past the
     # keep meanwhile, whose rows are in the next day's segments); its 40 dead letters stay.
     for layout, (copied, jobs, attempts, events) in deleted.items():
