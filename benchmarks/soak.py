@@ -37,11 +37,18 @@ import runledger
 
 Conn = psycopg.Connection[Any]
 
+# The segments of runledger.events (schema 12) count as the one table and its indexes, and
+# their own primary keys as one index: segments come and go, what they hold together is
+# what must stay bounded.
 SIZES = """
-select c.relname, c.relkind, pg_relation_size(c.oid)
+select coalesce(p.relname, regexp_replace(c.relname, '^events_s[0-9]+_pkey$', 'events_s*_pkey')),
+       c.relkind, sum(pg_relation_size(c.oid))
 from pg_class c
+left join pg_inherits i on i.inhrelid = c.oid
+left join pg_class p on p.oid = i.inhparent and p.relkind in ('p', 'I')
 where c.relnamespace = 'runledger'::regnamespace and c.relkind in ('r', 'i')
-order by c.relname
+group by 1, 2
+order by 1
 """
 ROWS = """
 select (select count(*) from runledger.jobs), (select count(*) from runledger.events),

@@ -27,6 +27,14 @@ _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
 BUSY_SHARE = 0.05
 """The share of its time the pruner spends deleting while jobs run, unless told otherwise."""
 
+SEGMENT_LONGEST = datetime.timedelta(days=1)
+"""The longest a segment of the events collects them before the next is opened."""
+SEGMENT_SHORTEST = datetime.timedelta(minutes=1)
+"""The shortest, for keeps of minutes: a segment costs a table, and a moment's lock to open
+and to drop."""
+SEGMENTS_PER_KEEP = 7
+"""Segments in the shortest keep (a day each for the default week)."""
+
 # The ledger's timestamps stop at year 294276; a longer keep means forever anyway.
 _LONGEST = datetime.timedelta(days=100 * 365)
 
@@ -104,6 +112,21 @@ class Retention:
             JobStatus.CANCELLED: self.cancelled,
         }
         return {status: keep for status, keep in found.items() if keep is not None}
+
+    def segment_length(self) -> datetime.timedelta | None:
+        """How long each segment of ``runledger.events`` collects events, or None when some
+        state is kept forever.
+
+        With every state pruned, a pruned job's events go with their segment, a period at a
+        time (``runledger.postgres.segments``): a seventh of the shortest keep, between a
+        minute and a day. A state kept forever would keep most events in every segment, so
+        then the events go row by row with their job or run.
+        """
+        keeps = self.keeps()
+        if len(keeps) < len(RUN_STATUS_OF):
+            return None
+        length = min(keeps.values()) / SEGMENTS_PER_KEEP
+        return max(SEGMENT_SHORTEST, min(SEGMENT_LONGEST, length))
 
     def describe(self) -> str:
         """One line for logs: ``succeeded 7d, failed 30d, cancelled 7d``."""

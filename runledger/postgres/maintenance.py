@@ -107,12 +107,16 @@ HISTORY_DEAD_FRACTION = 0.1
 """A history table is vacuumed once its dead rows reach this fraction of its live rows (and
 ``min_dead``): each VACUUM scans all of the table's indexes, so vacuuming at a fixed count
 would scan an ever larger history for every round's few thousand pruned rows."""
+# A partitioned table (the events, since schema version 12) counts the rows of its partitions.
 DEAD_HISTORY_ROWS = """
-select relname
-from pg_stat_user_tables
-where schemaname = 'runledger' and relname = any(%(tables)s)
-  and n_dead_tup >= greatest(%(min_dead)s, n_live_tup * %(fraction)s)
-order by relname
+select coalesce(p.relname, s.relname) as name
+from pg_stat_user_tables as s
+left join pg_inherits as i on i.inhrelid = s.relid
+left join pg_class as p on p.oid = i.inhparent and p.relkind = 'p'
+where s.schemaname = 'runledger' and coalesce(p.relname, s.relname) = any(%(tables)s)
+group by 1
+having sum(s.n_dead_tup) >= greatest(%(min_dead)s, sum(s.n_live_tup) * %(fraction)s)
+order by 1
 """
 # Table names come from HISTORY_TABLES only, never from input.
 VACUUM_HISTORY = {name: f"vacuum runledger.{name}" for name in HISTORY_TABLES}

@@ -65,13 +65,14 @@ for update skip locked
 # batch to the tables, as before, let it scan all three for each batch). The attempts go
 # here, counted: the trigger that frees the jobs' keys and ticks then leaves them alone
 # (runledger.pruning, schema version 10).
-DELETE_JOBS = """
-with gone_events as (
-    delete from runledger.events as e
-    where e.job_id between %(first)s and %(last)s
-      and exists (select from unnest(%(ids)s::uuid[]) as d (id) where d.id = e.job_id)
-    returning 1
-),
+GONE_JOB_EVENTS = """
+delete from runledger.events as e
+where e.job_id between %(first)s and %(last)s
+  and exists (select from unnest(%(ids)s::uuid[]) as d (id) where d.id = e.job_id)
+returning 1
+"""
+_DELETE_JOBS = """
+with gone_events as ({events}),
 gone_attempts as (
     delete from runledger.job_attempts as a
     where a.job_id between %(first)s and %(last)s
@@ -88,6 +89,10 @@ select (select count(*) from gone_jobs),
        (select count(*) from gone_attempts),
        (select count(*) from gone_events)
 """
+# When the events go with their segment (runledger.postgres.segments), a batch leaves them.
+LEAVE_EVENTS = "select 1 where false"
+DELETE_JOBS = _DELETE_JOBS.format(events=GONE_JOB_EVENTS)
+DELETE_JOBS_LEAVING_EVENTS = _DELETE_JOBS.format(events=LEAVE_EVENTS)
 DELETE_HOT_JOBS = "delete from only runledger.jobs where id = any(%(hot)s::uuid[])"
 
 # Transaction-local: tells runledger.forget_deleted_jobs that the attempts of the jobs this
@@ -117,10 +122,9 @@ order by id
 for update
 """
 
-DELETE_RUNS = """
-with gone_events as (
-    delete from runledger.events where workflow_run_id = any(%(runs)s) returning 1
-),
+GONE_RUN_EVENTS = "delete from runledger.events where workflow_run_id = any(%(runs)s) returning 1"
+_DELETE_RUNS = """
+with gone_events as ({events}),
 gone_attempts as (
     delete from runledger.job_attempts a
     using runledger.jobs j
@@ -138,6 +142,8 @@ select (select count(*) from gone_runs),
        (select count(*) from gone_attempts),
        (select count(*) from gone_events)
 """
+DELETE_RUNS = _DELETE_RUNS.format(events=GONE_RUN_EVENTS)
+DELETE_RUNS_LEAVING_EVENTS = _DELETE_RUNS.format(events=LEAVE_EVENTS)
 
 # Events whose job and run are both gone (deleted by hand, or by a version that kept them),
 # among the next window of events in id order. Ids grow with time, so the sweep is done for
@@ -241,10 +247,16 @@ def _take_lock(conn: Conn) -> bool:
 
 
 def prune_jobs(
-    conn: Conn, status: JobStatus, keep: datetime.timedelta, *, limit: int = JOB_BATCH
+    conn: Conn,
+    status: JobStatus,
+    keep: datetime.timedelta,
+    *,
+    limit: int = JOB_BATCH,
+    events: bool = True,
 ) -> Pruned:
     """Delete up to ``limit`` standalone jobs that finished in ``status`` more than ``keep``
-    ago, oldest first, with their attempts and events.
+    ago, oldest first, with their attempts and events (``events=False`` leaves the events to
+    go with their segment: ``runledger.postgres.segments``).
 
     Runs in the caller's transaction (commit it to make the deletion stick); skips rows that
     others hold. Blocks at most about a second on a lock (then raises psycopg's
@@ -262,7 +274,7 @@ def prune_jobs(
     ids = sorted(history + hot)
     conn.execute(PRUNING_ON)
     row = conn.execute(
-        DELETE_JOBS,
+        DELETE_JOBS if events else DELETE_JOBS_LEAVING_EVENTS,
         {
             "ids": ids,
             "first": ids[0],
@@ -282,11 +294,16 @@ def prune_jobs(
 
 
 def prune_runs(
-    conn: Conn, status: JobStatus, keep: datetime.timedelta, *, limit: int = RUN_BATCH
+    conn: Conn,
+    status: JobStatus,
+    keep: datetime.timedelta,
+    *,
+    limit: int = RUN_BATCH,
+    events: bool = True,
 ) -> Pruned:
     """Delete up to ``limit`` workflow runs that finished in the run state matching ``status``
     (``RUN_STATUS_OF``) more than ``keep`` ago, oldest first, with their steps, jobs,
-    attempts and events.
+    attempts and events (``events=False`` leaves the events to go with their segment).
 
     Runs in the caller's transaction; takes the runs' jobs, then the runs, in the ledger's
     lock order. Blocks at most about a second on a lock (then raises psycopg's
@@ -305,7 +322,8 @@ def prune_runs(
     if not runs:
         return Pruned()
     conn.execute(PRUNING_ON)  # DELETE_RUNS deletes the jobs' attempts itself
-    row = conn.execute(DELETE_RUNS, {"runs": runs}).fetchone()
+    statement = DELETE_RUNS if events else DELETE_RUNS_LEAVING_EVENTS
+    row = conn.execute(statement, {"runs": runs}).fetchone()
     conn.execute(PRUNING_OFF)
     assert row is not None
     return Pruned(runs=row[0], run_jobs=row[1], attempts=row[2], events=row[3])

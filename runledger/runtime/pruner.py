@@ -2,8 +2,11 @@
 
 Every runtime with a policy runs one; an advisory lock taken by each batch keeps it to one at a
 time (``runledger.postgres.retention``). A round deletes batches, oldest first, until nothing
-is due or it has worked its time budget, then sweeps a few windows of orphan events (a pass over
-the old events at most once an hour). While any job is running it paces itself, as autovacuum's
+is due or it has worked its time budget. When every state is pruned, the jobs' events are left
+to their segment: the round then drops the segments of events that closed longer ago than the
+shortest keep and opens a new one each period (``runledger.postgres.segments``). Otherwise the
+events go with their jobs, and the round sweeps a few windows of orphan events (a pass over the
+old events at most once an hour). While any job is running it paces itself, as autovacuum's
 cost-based delay does: after each batch it pauses so that its work takes at most the policy's
 ``busy_share`` of its time, and the queue it shares the server with keeps nearly all its speed.
 A round that ran out of budget with jobs still due is followed at once by the next.
@@ -32,6 +35,7 @@ from runledger.postgres.retention import (
     prune_runs,
     sweep_orphan_events,
 )
+from runledger.postgres.segments import Dropped, drop_segment, open_segment
 from runledger.postgres.store import Store
 
 _logger = logging.getLogger("runledger.pruner")
@@ -96,6 +100,7 @@ class Pruner:
         budget: float = ROUND_BUDGET,
         vacuum: bool = True,
         sweep_every: float = SWEEP_EVERY,
+        segment_length: datetime.timedelta | None = None,
     ) -> None:
         self._store = store
         self.retention = retention
@@ -103,6 +108,15 @@ class Pruner:
         self.budget = budget
         self.vacuum = vacuum
         self.sweep_every = sweep_every
+        policy_length = retention.segment_length()
+        self.segment_length = (
+            segment_length
+            if policy_length is not None and segment_length is not None
+            else policy_length
+        )
+        """How long a segment of the events collects them (``Retention.segment_length``, or
+        the ``segment_length`` given, which tests shorten); None when the events go row by
+        row with their jobs, because some state is kept forever."""
         self._sweep_after = 0
         self._pass_ended: float | None = None  # time.monotonic() at the end of the last pass
         self.total = Pruned()
@@ -144,10 +158,13 @@ class Pruner:
                 return False
             return True
 
+        by_segment = self.segment_length is not None
         for status, keep in self.retention.keeps().items():
             for prune, batch in ((prune_jobs, JOB_BATCH), (prune_runs, RUN_BATCH)):
                 while more():
-                    work = partial(prune, status=status, keep=keep, limit=batch)
+                    work = partial(
+                        prune, status=status, keep=keep, limit=batch, events=not by_segment
+                    )
                     pruned = self._batch(work, pace)
                     if pruned is None:
                         break
@@ -157,7 +174,9 @@ class Pruner:
                     if pruned.jobs + pruned.runs < batch:
                         break
         shortest = min(self.retention.keeps().values(), default=None)
-        if shortest is not None:
+        if shortest is not None and self.segment_length is not None:
+            done += self._segments(shortest, self.segment_length, more, pace)
+        elif shortest is not None:
             done += self._sweep(shortest, more, pace)
         if done.rows and self.vacuum:
             began = time.monotonic()
@@ -168,6 +187,37 @@ class Pruner:
                 )
                 pace.after(time.monotonic() - began, pace.busy)
         return self._finish(done, started, pace)
+
+    def _segments(
+        self,
+        keep: datetime.timedelta,
+        length: datetime.timedelta,
+        more: Callable[[], bool],
+        pace: _Pace,
+    ) -> Pruned:
+        """Drop the segments of events that closed more than ``keep`` ago, then open a new
+        one if the newest is ``length`` old. A round that fell behind drops none: its due
+        jobs would still be there, and their events copied forward for nothing."""
+        events = 0
+        while not self.behind and more():
+            dropped = self._batch(partial(drop_segment, keep=keep), pace)
+            if dropped is None or not dropped.locked or dropped.segment is None:
+                break
+            events += dropped.events
+            self._log_dropped(dropped)
+        if more():
+            opened = self._batch(partial(open_segment, older_than=length), pace)
+            if opened is not None:
+                _logger.info("opened segment %d of runledger.events", opened)
+        return Pruned(events=events)
+
+    @staticmethod
+    def _log_dropped(dropped: Dropped) -> None:
+        _logger.info(
+            "dropped segment %d of runledger.events: %d events, after copying %d of jobs and "
+            "runs still kept to the newest segment",
+            dropped.segment, dropped.events, dropped.copied,
+        )  # fmt: skip
 
     def _sweep(self, keep: datetime.timedelta, more: Callable[[], bool], pace: _Pace) -> Pruned:
         deleted = 0
@@ -203,7 +253,7 @@ class Pruner:
                 result = work(conn)
                 busy = jobs_running(conn)
         except psycopg.errors.LockNotAvailable:
-            _logger.info("a prune batch waited a second for a lock; the next round retries it")
+            _logger.info("a prune batch gave up waiting for a lock; the next round retries it")
         pace.after(time.monotonic() - began, busy)
         return result
 

@@ -17,7 +17,7 @@ import runledger
 from runledger.errors import MigrationError, SchemaNotMigrated
 from runledger.postgres.migrate import MIGRATION_LOCK_KEY, latest_version, migrations
 
-LATEST = 11
+LATEST = 12
 ALL = list(range(1, LATEST + 1))
 
 

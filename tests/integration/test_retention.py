@@ -257,7 +257,7 @@ def test_young_rows_are_never_counted_nor_pruned(
 
 def test_history_tables_with_many_dead_rows_are_vacuumed(dsn: str, autocommit_conn: Conn) -> None:
     conn = autocommit_conn
-    conn.execute("alter table runledger.events set (autovacuum_enabled = false)")
+    conn.execute("alter table runledger.events_s0 set (autovacuum_enabled = false)")
     conn.execute(
         "insert into runledger.events (kind, job_id) "
         "select 'job.enqueued', gen_random_uuid() from generate_series(1, 6000)"
@@ -267,7 +267,7 @@ def test_history_tables_with_many_dead_rows_are_vacuumed(dsn: str, autocommit_co
     def stat(column: str) -> int:
         row = conn.execute(
             f"select coalesce({column}, 0) from pg_stat_user_tables "  # column: ours, below
-            "where schemaname = 'runledger' and relname = 'events'"
+            "where schemaname = 'runledger' and relname = 'events_s0'"  # the one segment
         ).fetchone()
         return 0 if row is None else int(row[0])
 
@@ -387,7 +387,7 @@ def test_history_tables_are_not_vacuumed_for_a_few_dead_rows_among_many(
     dsn: str, autocommit_conn: Conn
 ) -> None:
     conn = autocommit_conn
-    conn.execute("alter table runledger.events set (autovacuum_enabled = false)")
+    conn.execute("alter table runledger.events_s0 set (autovacuum_enabled = false)")
     conn.execute(
         "insert into runledger.events (kind, job_id) "
         "select 'job.enqueued', gen_random_uuid() from generate_series(1, 100000)"
@@ -398,7 +398,7 @@ def test_history_tables_are_not_vacuumed_for_a_few_dead_rows_among_many(
         conn.execute("select pg_stat_clear_snapshot()")
         row = conn.execute(
             "select n_dead_tup, n_live_tup from pg_stat_user_tables "
-            "where schemaname = 'runledger' and relname = 'events'"
+            "where schemaname = 'runledger' and relname = 'events_s0'"  # the one segment
         ).fetchone()
         return 0 if row is None or row[1] < 90_000 else int(row[0])
 

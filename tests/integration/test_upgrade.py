@@ -282,11 +282,13 @@ def test_upgrading_a_populated_version_7_database_lets_keys_pass_to_new_jobs(
             "select id, status from only runledger.jobs where idempotency_key = 'done' order by id"
         ).fetchall()
         assert keyed == [(done, "succeeded"), (fresh, "queued")]
-        # Retried runs have their event now; the widened CHECK did not scan the old rows.
+        # Retried runs have their event now. The widened CHECK did not scan the old rows in
+        # version 8; version 12 validated it, once, to make the table segment 0 of the events.
         conn.execute(RETRIED_EVENT)
         assert conn.execute(
-            "select convalidated from pg_constraint where conname = 'events_kind_check'"
-        ).fetchone() == (False,)
+            "select convalidated from pg_constraint"
+            " where conname = 'events_kind_check' and conrelid = 'runledger.events_s0'::regclass"
+        ).fetchone() == (True,)
 
 
 def test_upgrading_a_populated_version_8_database_adds_flow_control(empty_database: str) -> None:
@@ -389,3 +391,65 @@ def test_upgrading_a_populated_version_10_database_indexes_its_queued_keyed_jobs
         succeed(conn, got.jobs)
         assert {first, plain} == {j.id for j in got.jobs}
         assert run_on_upgraded_schema(empty_database, conn, second) == 2
+
+
+EVENT_COLUMNS = "id, occurred_at, kind, job_id, workflow_run_id, step_key, attempt, data, queue"
+
+
+def test_upgrading_a_populated_version_11_database_makes_its_events_segment_0(
+    empty_database: str,
+) -> None:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        install_version(conn, 11)
+        assert runledger.schema_version(conn) == 11
+        done = runledger.enqueue(conn, "upgrade.done", {"n": 1})
+        live = runledger.enqueue(conn, "upgrade.later", {"n": 2})
+        (claimed,) = attempts.claim(
+            conn, worker="old-worker", queues=["default"], job_types=["upgrade.done"], limit=1,
+            lease_seconds=30,
+        )  # fmt: skip
+        succeed(conn, [claimed])
+        run_id = runledger.enqueue_workflow(
+            conn, runledger.WorkflowBuilder("upgrade.flow").step("wait", external=True).build()
+        )
+        runledger.pause_queue(conn, "upgrade.paused")
+        # An id the identity handed out and rolled back: the sequence that takes over goes on
+        # from the identity, not from the highest id kept.
+        with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
+            conn.execute("insert into runledger.events (kind, queue) values ('bogus', 'q')")
+        events = conn.execute(
+            f"select {EVENT_COLUMNS} from runledger.events order by id"
+        ).fetchall()
+        assert len(events) == 7  # 3 of done, 1 of live, 2 of the run, 1 of the queue
+
+        assert runledger.migrate(conn) == [v for v in range(12, latest_version() + 1)]
+        runledger.check_schema(conn)
+
+        # Every event is kept, in segment 0, which is the old table.
+        after = conn.execute(
+            f"select {EVENT_COLUMNS}, segment, tableoid::regclass::text from runledger.events "
+            "order by id"
+        ).fetchall()
+        assert [row[:-2] for row in after] == events
+        assert {row[-2:] for row in after} == {(0, "runledger.events_s0")}
+        assert conn.execute(
+            "select segment, closed_at from runledger.event_segments"
+        ).fetchall() == [(0, None)]
+        assert conn.execute(
+            "select relkind from pg_class where oid = 'runledger.events'::regclass"
+        ).fetchone() == ("p",)
+        # New events take the next ids, past the one rolled back.
+        runledger.complete_external_step(conn, run_id, "wait", output=None)
+        newest = conn.execute(
+            "select min(id) from runledger.events where id > %s", (events[-1][0],)
+        ).fetchone()
+        assert newest is not None and newest[0] == events[-1][0] + 2
+        assert run_on_upgraded_schema(empty_database, conn, live) == 2
+        # The job finished before the upgrade is pruned with its events as before (row by row).
+        conn.execute(
+            "update runledger.jobs set finished_at = now() - interval '30 days' where id = %s",
+            (done,),
+        )
+        with conn.transaction():
+            pruned = prune_jobs(conn, JobStatus.SUCCEEDED, datetime.timedelta(days=7))
+        assert (pruned.jobs, pruned.attempts, pruned.events) == (1, 1, 3)

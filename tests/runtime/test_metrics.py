@@ -295,7 +295,9 @@ def test_the_pruner_exports_what_it_deleted_and_how_long_it_has_been_behind(
     from tests.runtime.test_pruner import DAY, old_and_young
 
     old, _ = old_and_young(autocommit_conn)  # three cancelled ten days ago, one now
-    rt = runtime(runledger.Registry(), metrics_port=0, retention=runledger.Retention(cancelled=DAY))
+    # Succeeded jobs kept forever: the events go row by row with their jobs, and are counted.
+    policy = runledger.Retention(succeeded=None, cancelled=DAY)
+    rt = runtime(runledger.Registry(), metrics_port=0, retention=policy)
     assert rt.metrics is not None and rt.metrics.port and rt.pruner is not None
     port = rt.metrics.port
 

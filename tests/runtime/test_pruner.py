@@ -16,10 +16,12 @@ import pytest
 import runledger
 from runledger import Retention
 from runledger.postgres.attempts import claim
+from runledger.postgres.segments import segments
 from runledger.runtime import pruner as pruner_module
 from runledger.runtime.pruner import Pruner
 
 DAY = datetime.timedelta(days=1)
+HOUR = datetime.timedelta(hours=1)
 
 
 def old_and_young(conn: psycopg.Connection[Any]) -> tuple[list[uuid.UUID], uuid.UUID]:
@@ -116,7 +118,8 @@ def test_a_finished_pass_of_the_orphan_sweep_waits_before_the_next(
         )
 
     with runledger.Store(dsn) as store:
-        pruner = Pruner(store, Retention(cancelled=DAY), vacuum=False)
+        # Succeeded jobs kept forever: the events go row by row, and orphans by the sweep.
+        pruner = Pruner(store, Retention(succeeded=None, cancelled=DAY), vacuum=False)
         orphan()
         assert pruner.prune_once().events == 1  # a pass, to the newest event
         orphan()
@@ -195,3 +198,60 @@ def test_a_round_out_of_budget_is_followed_at_once_and_warns_when_it_lasts(
         assert not pruner.behind
         assert stop.waits[-1] == 60.0
         assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def events_of(conn: psycopg.Connection[Any], jobs: list[uuid.UUID]) -> int:
+    row = conn.execute(
+        "select count(*) from runledger.events where job_id = any(%s)", (jobs,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_with_every_state_pruned_the_events_go_with_their_segment(
+    dsn: str, autocommit_conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = autocommit_conn
+    old, young = old_and_young(conn)
+    caplog.set_level(logging.INFO, logger="runledger.pruner")
+    with runledger.Store(dsn) as store:
+        pruner = Pruner(store, Retention(cancelled=DAY), vacuum=False, segment_length=HOUR)
+        assert pruner.segment_length == HOUR
+        done = pruner.prune_once()
+        # The jobs went, their events stay in segment 0; it was opened just now: not yet due.
+        assert (done.jobs, done.events) == (3, 0)
+        assert events_of(conn, old) == 6
+        assert [s.segment for s in segments(conn)] == [0]
+        conn.execute("update runledger.event_segments set opened_at = now() - interval '2 hours'")
+        assert pruner.prune_once().rows == 0
+        assert [s.segment for s in segments(conn)] == [0, 1]  # segment 0 closed now
+        conn.execute(
+            "update runledger.event_segments set closed_at = now() - interval '2 days', "
+            "opened_at = now() - interval '3 days' where segment = 0"
+        )
+        assert pruner.prune_once().events == 6
+
+    assert events_of(conn, old) == 0
+    assert events_of(conn, [young]) == 2  # copied to segment 1 (enqueued, cancelled)
+    assert [s.segment for s in segments(conn)] == [1]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "opened segment 1 of runledger.events" in messages
+    assert any(m.startswith("dropped segment 0 of runledger.events: 6 events, after copying 2")
+               for m in messages)  # fmt: skip
+
+
+def test_with_a_state_kept_forever_the_events_go_row_by_row_and_no_segment_opens(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    conn = autocommit_conn
+    old, _young = old_and_young(conn)
+    conn.execute("update runledger.event_segments set opened_at = now() - interval '2 days'")
+    policy = Retention(succeeded=None, cancelled=DAY)
+    assert policy.segment_length() is None
+    with runledger.Store(dsn) as store:
+        pruner = Pruner(store, policy, vacuum=False, segment_length=HOUR)
+        assert pruner.segment_length is None
+        done = pruner.prune_once()
+    assert (done.jobs, done.events) == (3, 6)
+    assert events_of(conn, old) == 0
+    assert [s.segment for s in segments(conn)] == [0]

@@ -123,3 +123,18 @@ def test_a_runtime_without_any_keep_runs_no_pruner() -> None:
     with pytest.raises(ConfigError) as caught:
         runledger.Runtime(dsn, registry, retention=7)  # type: ignore[arg-type]
     assert caught.value.name == "retention"
+
+
+def test_a_segment_of_the_events_is_a_seventh_of_the_shortest_keep_from_a_minute_to_a_day() -> None:
+    day = datetime.timedelta(days=1)
+    assert Retention().segment_length() == day  # a week's keep: a day
+    assert Retention(cancelled=datetime.timedelta(days=1)).segment_length() == day / 7
+    assert Retention(succeeded=datetime.timedelta(seconds=120)).segment_length() == (
+        datetime.timedelta(minutes=1)
+    )
+    assert Retention(succeeded=datetime.timedelta(days=70)).segment_length() == day
+
+
+def test_no_segments_when_a_state_is_kept_forever() -> None:
+    assert Retention(failed=None).segment_length() is None
+    assert Retention(succeeded=None, failed=None, cancelled=None).segment_length() is None

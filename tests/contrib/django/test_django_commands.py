@@ -48,6 +48,7 @@ DJANGO_MIGRATIONS = [
     "0010_queue",
     "0011_cheap_prune",
     "0012_queued_keys",
+    "0013_event_segments",
 ]
 
 

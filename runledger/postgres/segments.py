@@ -1,0 +1,223 @@
+"""The segments of ``runledger.events``: a period of events goes with one ``DROP TABLE``.
+
+Since schema version 12, ``runledger.events`` is LIST-partitioned by its column ``segment``.
+Each partition, ``runledger.events_s<N>``, holds the events written while N was the column's
+DEFAULT, and ``runledger.event_segments`` records when each was opened and closed. The pruner
+opens a new segment (a partition, then the DEFAULT moved to it) once its period is over, and
+drops a closed segment once it closed longer ago than the shortest keep of the policy: by then
+the jobs and runs the segment's events describe have gone, save those kept longer (dead
+letters, queued and running jobs, open runs), whose events are first copied into the newest
+segment with their ids. The events of pruned jobs thus go a period at a time, not a row at a
+time.
+
+Locks: both steps take the pruner's advisory lock (``PRUNE_LOCK_KEY``), then, for a moment at
+the end, an ACCESS EXCLUSIVE lock on ``runledger.events``, which waits for the transactions
+writing events at that moment to end and holds up new ones meanwhile. They wait at most
+``DDL_LOCK_TIMEOUT`` for it, then give up (psycopg's ``LockNotAvailable``; the caller rolls
+back and tries again later), so an enqueue or a completion is held up at most that long.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import attrs
+import psycopg
+from psycopg import sql
+
+from runledger.postgres.retention import PRUNE_LOCK_KEY
+
+Conn = psycopg.Connection[Any]
+
+DDL_LOCK_TIMEOUT = "set local lock_timeout = '100ms'"
+
+TRY_LOCK = "select pg_try_advisory_xact_lock(%(key)s)"
+
+SEGMENTS = """
+select segment, opened_at, closed_at
+from runledger.event_segments
+order by segment
+"""
+
+NEWEST = """
+select segment, opened_at, clock_timestamp() - opened_at
+from runledger.event_segments
+order by segment desc
+limit 1
+for update
+"""
+
+# Templates ({table} is the partition). The new segment is made and indexed empty, apart (no
+# lock but its own), then attached and made the DEFAULT under one short lock of the parent.
+_MAKE_SEGMENT = """
+create table runledger.{table} (like runledger.events including defaults including constraints);
+alter table runledger.{table} add constraint {pkey} primary key (id);
+create index {job} on runledger.{table} (job_id, id) where job_id is not null;
+create index {run} on runledger.{table} (workflow_run_id, id) where workflow_run_id is not null;
+create index {queue} on runledger.{table} (queue, id) where queue is not null;
+"""
+LOCK_EVENTS = "lock table runledger.events in access exclusive mode"
+_ATTACH_SEGMENT = """
+alter table runledger.events attach partition runledger.{table} for values in ({n});
+alter table only runledger.events alter column segment set default {n};
+"""
+# Under the lock: every event of the closing segment was written by a transaction that has
+# committed, so each occurred before closed_at.
+CLOSE_SEGMENT = """
+update runledger.event_segments set closed_at = clock_timestamp() where segment = %(closing)s;
+"""
+RECORD_SEGMENT = "insert into runledger.event_segments (segment) values (%(n)s)"
+
+# The oldest closed segment that closed more than the keep ago.
+DUE_SEGMENT = """
+select segment
+from runledger.event_segments
+where closed_at < now() - %(keep)s::interval
+order by segment
+limit 1
+"""
+
+# One read of the segment: the events of jobs and runs still in the ledger are copied, with
+# their ids, into the newest segment (the DEFAULT); the rest go with the segment. A job or run
+# that one of these events names and that is deleted after this statement leaves its copied
+# events behind as orphans, dropped with the segment they were copied to.
+_COPY_SURVIVORS = """
+with examined as (
+    select e.*,
+           (e.job_id is not null
+            and exists (select from runledger.jobs as j where j.id = e.job_id))
+           or (e.workflow_run_id is not null
+               and exists (select from runledger.workflow_runs as r
+                           where r.id = e.workflow_run_id)) as kept
+    from runledger.{table} as e
+),
+copied as (
+    insert into runledger.events
+        (id, occurred_at, kind, job_id, workflow_run_id, step_key, attempt, data, queue)
+    select id, occurred_at, kind, job_id, workflow_run_id, step_key, attempt, data, queue
+    from examined
+    where kept
+    returning 1
+)
+select (select count(*) from copied), count(*) filter (where not kept)
+from examined
+"""
+_DROP_SEGMENT = "drop table runledger.{table}"
+FORGET_SEGMENT = "delete from runledger.event_segments where segment = %(segment)s"
+
+
+@attrs.frozen(kw_only=True)
+class Segment:
+    """A row of ``runledger.event_segments``.
+
+    Attributes:
+        segment: its number, and the value of ``runledger.events.segment`` of its events.
+        opened_at: when new events began to go into it.
+        closed_at: when they stopped (None for the newest, which new events go into).
+    """
+
+    segment: int
+    opened_at: datetime.datetime
+    closed_at: datetime.datetime | None
+
+    @property
+    def table(self) -> str:
+        """The partition's name in the ``runledger`` schema."""
+        return table_name(self.segment)
+
+
+@attrs.frozen(kw_only=True)
+class Dropped:
+    """What dropping one segment did.
+
+    Attributes:
+        segment: the segment dropped, or None when none was due (or the lock was taken).
+        events: events that went with it.
+        copied: events of jobs and runs still kept, copied into the newest segment first.
+        locked: False when another pruner held the lock and nothing was done.
+    """
+
+    segment: int | None = None
+    events: int = 0
+    copied: int = 0
+    locked: bool = True
+
+
+def table_name(segment: int) -> str:
+    """The name of segment ``segment``'s partition, without the schema."""
+    return f"events_s{segment}"
+
+
+def segments(conn: Conn) -> list[Segment]:
+    """Every segment, oldest first (reads ``runledger.event_segments``; no lock)."""
+    return [
+        Segment(segment=row[0], opened_at=row[1], closed_at=row[2])
+        for row in conn.execute(SEGMENTS).fetchall()
+    ]
+
+
+def _take_lock(conn: Conn) -> bool:
+    row = conn.execute(TRY_LOCK, {"key": PRUNE_LOCK_KEY}).fetchone()
+    return bool(row and row[0])
+
+
+def open_segment(conn: Conn, *, older_than: datetime.timedelta) -> int | None:
+    """Close the newest segment and open the next, if the newest was opened more than
+    ``older_than`` ago; return the new segment's number, or None when it is not yet due or
+    another pruner holds the lock.
+
+    Runs in the caller's transaction (commit it to make the change); the new partition is
+    made before the parent is locked, and the lock is held only to attach it and move the
+    column's DEFAULT. Raises psycopg's ``LockNotAvailable`` after ``DDL_LOCK_TIMEOUT`` when
+    transactions writing events hold the table that long; roll back and try later.
+    """
+    if not _take_lock(conn):
+        return None
+    row = conn.execute(NEWEST).fetchone()
+    assert row is not None, "runledger.event_segments is empty: migration 0012 made segment 0"
+    newest, _opened_at, age = row
+    if age < older_than:
+        return None
+    n = newest + 1
+    table = table_name(n)
+    conn.execute(
+        sql.SQL(_MAKE_SEGMENT).format(
+            table=sql.Identifier(table),
+            pkey=sql.Identifier(f"{table}_pkey"),
+            job=sql.Identifier(f"{table}_job"),
+            run=sql.Identifier(f"{table}_run"),
+            queue=sql.Identifier(f"{table}_queue"),
+        )
+    )
+    conn.execute(DDL_LOCK_TIMEOUT)
+    conn.execute(LOCK_EVENTS)
+    conn.execute(sql.SQL(_ATTACH_SEGMENT).format(table=sql.Identifier(table), n=sql.Literal(n)))
+    conn.execute(CLOSE_SEGMENT, {"closing": newest})
+    conn.execute(RECORD_SEGMENT, {"n": n})
+    return int(n)
+
+
+def drop_segment(conn: Conn, keep: datetime.timedelta) -> Dropped:
+    """Drop the oldest segment that closed more than ``keep`` ago, after copying into the
+    newest segment the events of the jobs and runs still in the ledger.
+
+    Runs in the caller's transaction (commit it to make the change). Reads the segment once,
+    probing for each event whether its job or run exists; holds the lock on the parent only
+    for the ``DROP``. Raises psycopg's ``LockNotAvailable`` after ``DDL_LOCK_TIMEOUT`` when
+    transactions that use the events hold the table that long; roll back and try later.
+    """
+    if not _take_lock(conn):
+        return Dropped(locked=False)
+    row = conn.execute(DUE_SEGMENT, {"keep": keep}).fetchone()
+    if row is None:
+        return Dropped()
+    segment = int(row[0])
+    table = sql.Identifier(table_name(segment))
+    counted = conn.execute(sql.SQL(_COPY_SURVIVORS).format(table=table)).fetchone()
+    assert counted is not None
+    conn.execute(DDL_LOCK_TIMEOUT)
+    conn.execute(LOCK_EVENTS)
+    conn.execute(sql.SQL(_DROP_SEGMENT).format(table=table))
+    conn.execute(FORGET_SEGMENT, {"segment": segment})
+    return Dropped(segment=segment, copied=int(counted[0]), events=int(counted[1]))
