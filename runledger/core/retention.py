@@ -80,8 +80,10 @@ class Retention:
     - ``failed``: 30 days (dead-lettered jobs, runs that completed with errors);
     - ``cancelled``: 7 days (cancelled jobs and runs).
 
-    Pass ``retention=None`` to ``Runtime`` to keep everything. Attempts and events go with the
-    job or run they describe; a job that belongs to a workflow run goes only with its run.
+    Pass ``retention=None`` to ``Runtime`` to keep everything. Attempts go with the job or run
+    they describe, and so do events when a state is kept forever; otherwise events go with
+    their segment of ``runledger.events`` (``segment_length``), up to a segment's length
+    later. A job that belongs to a workflow run goes only with its run.
 
     ``busy_share`` is the share of its time the pruner may spend deleting while any job is
     running in the database (5 % by default, like autovacuum's cost-based delay: it pauses
