@@ -39,7 +39,7 @@ from _postgres import bench_server, scratch_database
 
 import runledger
 from runledger.core.status import JobStatus
-from runledger.postgres import retention
+from runledger.postgres import retention, segments
 from runledger.runtime.pruner import SWEEP_WINDOWS
 
 Conn = psycopg.Connection[Any]
@@ -172,20 +172,35 @@ def explain_batch(conn: Conn, keep: datetime.timedelta, batch: int) -> None:
         raise psycopg.Rollback()
 
 
-def prune_all(conn: Conn, keep: datetime.timedelta, batch: int) -> None:
-    """Prune every due succeeded job in the pruner's batches, then VACUUM, reporting both."""
+def prune_all(conn: Conn, keep: datetime.timedelta, batch: int, by_segment: bool) -> None:
+    """Prune every due succeeded job in the pruner's batches, then VACUUM, reporting both.
+    ``by_segment``: as the pruner does with every state pruned, the batches leave the events,
+    and the segment that holds them (closed before the checkpoint) is dropped after them."""
     a = snapshot(conn)
     pruned = batches = 0
     while True:
         with conn.transaction():
-            got = retention.prune_jobs(conn, JobStatus.SUCCEEDED, keep, limit=batch)
+            got = retention.prune_jobs(
+                conn, JobStatus.SUCCEEDED, keep, limit=batch, events=not by_segment
+            )
         batches += 1
         pruned += got.jobs
         if got.jobs < batch:
             break
+    title = f"prune ({batches} batches of {batch})"
+    if by_segment:
+        began = time.monotonic()
+        with conn.transaction():
+            dropped = segments.drop_segment(conn, keep)
+        done = "dropped" if dropped.dropped else "cleaned in place"
+        moved = "copied out" if dropped.dropped else "left"
+        title += (
+            f", then segment {dropped.segment} {done} ({dropped.events:,} events, "
+            f"{dropped.kept:,} {moved}) in {time.monotonic() - began:.2f} s"
+        )
     time.sleep(1.0)
     b = snapshot(conn)
-    report(conn, f"prune ({batches} batches of {batch})", a, b, max(pruned, 1))
+    report(conn, title, a, b, max(pruned, 1))
     for table in ("job_history", "job_attempts", "events"):
         conn.execute(f"vacuum runledger.{table}")
     time.sleep(1.0)
@@ -270,6 +285,10 @@ def main() -> None:
         help="instead: QUEUED jobs run with retention on, then off, counted per job run",
     )  # fmt: skip
     parser.add_argument(
+        "--layouts", default="rows,segments",
+        help="how the events go: rows (with their jobs), segments (a segment dropped whole)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-sweep", action="store_true",
         help="with --steady: no orphan-event sweep pass at start (this version only)",
     )  # fmt: skip
@@ -282,27 +301,41 @@ def main() -> None:
                 steady(dsn, args.steady, on, warmup=20.0, duration=20.0,
                        no_sweep=args.no_sweep)  # fmt: skip
         return
-    with bench_server(args.dsn) as server, scratch_database(server) as dsn:
-        fill(dsn, args.jobs)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for first in range(0, args.queued, 100_000):
-                conn.execute(QUEUE_JOBS, {"queue": "prune.idle", "job_type": JOB_TYPE,
-                                          "count": min(100_000, args.queued - first)})  # fmt: skip
-            conn.execute("vacuum (analyze) runledger.jobs, runledger.job_attempts")
-            conn.execute("vacuum (analyze) runledger.events, runledger.job_history")
+    with bench_server(args.dsn) as server:
+        for layout in args.layouts.split(","):
+            if layout not in ("rows", "segments"):
+                raise SystemExit(f"--layouts: rows or segments, not {layout!r}")
+            print(f"\n=== events deleted by {layout}")
+            with scratch_database(server) as dsn:
+                measure(dsn, args, keep, by_segment=layout == "segments")
+
+
+def measure(dsn: str, args: argparse.Namespace, keep: datetime.timedelta, by_segment: bool) -> None:
+    """Fill the history, then prune it all, reporting what each step cost."""
+    fill(dsn, args.jobs)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for first in range(0, args.queued, 100_000):
+            conn.execute(QUEUE_JOBS, {"queue": "prune.idle", "job_type": JOB_TYPE,
+                                      "count": min(100_000, args.queued - first)})  # fmt: skip
+        conn.execute("vacuum (analyze) runledger.jobs, runledger.job_attempts")
+        conn.execute("vacuum (analyze) runledger.events, runledger.job_history")
+        if by_segment:  # the history's events in a closed segment, as a day ago
+            with conn.transaction():
+                segments.open_segment(conn, older_than=keep)
+        conn.execute("checkpoint")
+        time.sleep(1.0)
+        if args.explain:
+            explain_batch(conn, keep, args.batch)
             conn.execute("checkpoint")
-            time.sleep(1.0)
-            if args.explain:
-                explain_batch(conn, keep, args.batch)
-                conn.execute("checkpoint")
-            prune_all(conn, keep, args.batch)
+        prune_all(conn, keep, args.batch, by_segment)
+        if not by_segment:
             sweep_round(conn, keep)
-            left = conn.execute(
-                "select (select count(*) from runledger.jobs), "
-                "(select count(*) from runledger.job_attempts), "
-                "(select count(*) from runledger.events)"
-            ).fetchone()
-            print(f"\nleft: jobs, attempts, events = {left}")
+        left = conn.execute(
+            "select (select count(*) from runledger.jobs), "
+            "(select count(*) from runledger.job_attempts), "
+            "(select count(*) from runledger.events)"
+        ).fetchone()
+        print(f"\nleft: jobs, attempts, events = {left}")
 
 
 if __name__ == "__main__":

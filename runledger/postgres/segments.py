@@ -78,11 +78,19 @@ order by segment
 limit 1
 """
 
-# One read of the segment: the events of jobs and runs still in the ledger are copied, with
-# their ids, into the newest segment (the DEFAULT); the rest go with the segment. A job or run
-# that one of these events names and that is deleted after this statement leaves its copied
-# events behind as orphans, dropped with the segment they were copied to.
-_COPY_SURVIVORS = """
+COPY_COST = 2
+"""What copying an event out costs against deleting one in place (WAL and index entries:
+an insert into the heap and four indexes, against a heap delete; 270 against 160 B of WAL
+measured by ``benchmarks/prune_costs.py``), rounded up."""
+
+# One read of the segment, probing for each event whether its job or run is still in the
+# ledger. When the events of those ("kept") are few beside the rest, they are copied with
+# their ids into the newest segment (the DEFAULT) and the caller drops the segment; when
+# copying them would cost more than deleting the rest (a backlog of jobs queued for longer
+# than the keep, runs open that long), the rest are deleted in place and the segment stays.
+# A job or run deleted after this statement leaves its copied events behind as orphans,
+# which go with the segment they were copied to.
+_SORT_SEGMENT = """
 with examined as (
     select e.*,
            (e.job_id is not null
@@ -92,16 +100,32 @@ with examined as (
                            where r.id = e.workflow_run_id)) as kept
     from runledger.{table} as e
 ),
+tally as (
+    select count(*) filter (where kept) as kept,
+           count(*) filter (where not kept) as gone
+    from examined
+),
 copied as (
     insert into runledger.events
         (id, occurred_at, kind, job_id, workflow_run_id, step_key, attempt, data, queue)
     select id, occurred_at, kind, job_id, workflow_run_id, step_key, attempt, data, queue
     from examined
-    where kept
+    where kept and (select kept * %(copy_cost)s <= gone from tally)
+    returning 1
+),
+deleted as (
+    delete from runledger.{table} as e
+    using examined as x
+    where e.id = x.id and not x.kept and (select kept * %(copy_cost)s > gone from tally)
     returning 1
 )
-select (select count(*) from copied), count(*) filter (where not kept)
-from examined
+select kept, gone, (select count(*) from copied), (select count(*) from deleted)
+from tally
+"""
+# A segment cleaned in place is looked at again a keep later, when its kept events may have
+# gone too.
+RECLOSE_SEGMENT = """
+update runledger.event_segments set closed_at = clock_timestamp() where segment = %(segment)s
 """
 _DROP_SEGMENT = "drop table runledger.{table}"
 FORGET_SEGMENT = "delete from runledger.event_segments where segment = %(segment)s"
@@ -132,15 +156,21 @@ class Dropped:
     """What dropping one segment did.
 
     Attributes:
-        segment: the segment dropped, or None when none was due (or the lock was taken).
-        events: events that went with it.
-        copied: events of jobs and runs still kept, copied into the newest segment first.
+        segment: the segment dropped or cleaned, or None when none was due (or the lock was
+            taken).
+        events: events that went (with the segment, or deleted in it).
+        kept: events of jobs and runs still in the ledger: copied into the newest segment
+            first when the segment was dropped, left in it otherwise.
+        dropped: False when the segment was cleaned in place instead: most of its events
+            were of jobs and runs still kept, and copying them would have cost more than
+            deleting the rest.
         locked: False when another pruner held the lock and nothing was done.
     """
 
     segment: int | None = None
     events: int = 0
-    copied: int = 0
+    kept: int = 0
+    dropped: bool = True
     locked: bool = True
 
 
@@ -200,7 +230,9 @@ def open_segment(conn: Conn, *, older_than: datetime.timedelta) -> int | None:
 
 def drop_segment(conn: Conn, keep: datetime.timedelta) -> Dropped:
     """Drop the oldest segment that closed more than ``keep`` ago, after copying into the
-    newest segment the events of the jobs and runs still in the ledger.
+    newest segment the events of the jobs and runs still in the ledger; or, when those are
+    more than a ``COPY_COST``-th of the rest, delete the rest in place, keep the segment and
+    look at it again ``keep`` later.
 
     Runs in the caller's transaction (commit it to make the change). Reads the segment once,
     probing for each event whether its job or run exists; holds the lock on the parent only
@@ -214,10 +246,17 @@ def drop_segment(conn: Conn, keep: datetime.timedelta) -> Dropped:
         return Dropped()
     segment = int(row[0])
     table = sql.Identifier(table_name(segment))
-    counted = conn.execute(sql.SQL(_COPY_SURVIVORS).format(table=table)).fetchone()
-    assert counted is not None
+    tally = conn.execute(
+        sql.SQL(_SORT_SEGMENT).format(table=table), {"copy_cost": COPY_COST}
+    ).fetchone()
+    assert tally is not None
+    kept, gone, copied, deleted = (int(n) for n in tally)
+    if kept * COPY_COST > gone:
+        conn.execute(RECLOSE_SEGMENT, {"segment": segment})
+        return Dropped(segment=segment, events=deleted, kept=kept, dropped=False)
     conn.execute(DDL_LOCK_TIMEOUT)
     conn.execute(LOCK_EVENTS)
     conn.execute(sql.SQL(_DROP_SEGMENT).format(table=table))
     conn.execute(FORGET_SEGMENT, {"segment": segment})
-    return Dropped(segment=segment, copied=int(counted[0]), events=int(counted[1]))
+    assert copied == kept
+    return Dropped(segment=segment, events=gone, kept=kept)

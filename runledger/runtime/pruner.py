@@ -213,11 +213,18 @@ class Pruner:
 
     @staticmethod
     def _log_dropped(dropped: Dropped) -> None:
-        _logger.info(
-            "dropped segment %d of runledger.events: %d events, after copying %d of jobs and "
-            "runs still kept to the newest segment",
-            dropped.segment, dropped.events, dropped.copied,
-        )  # fmt: skip
+        if dropped.dropped:
+            _logger.info(
+                "dropped segment %d of runledger.events: %d events, after copying %d of jobs "
+                "and runs still kept to the newest segment",
+                dropped.segment, dropped.events, dropped.kept,
+            )  # fmt: skip
+        else:
+            _logger.info(
+                "cleaned segment %d of runledger.events in place: deleted %d events; most "
+                "of it (%d) is of jobs and runs still kept, so it stays another keep",
+                dropped.segment, dropped.events, dropped.kept,
+            )  # fmt: skip
 
     def _sweep(self, keep: datetime.timedelta, more: Callable[[], bool], pace: _Pace) -> Pruned:
         deleted = 0

@@ -102,10 +102,10 @@ def test_dropping_a_segment_takes_the_pruned_jobs_events_and_copies_out_the_kept
     dsn: str, autocommit_conn: Conn, count: Counter
 ) -> None:
     conn = autocommit_conn
-    pruned = runledger.enqueue(conn, "seg.x")
+    pruned = [runledger.enqueue(conn, "seg.x") for _ in range(10)]
     dead = runledger.enqueue(conn, "seg.x")
     queued = runledger.enqueue(conn, "seg.x")
-    for job in (pruned, dead):
+    for job in (*pruned, dead):
         runledger.cancel_job(conn, job)
     conn.execute("update runledger.jobs set status = 'failed' where id = %s", (dead,))
     run_id = runledger.enqueue_workflow(
@@ -113,13 +113,13 @@ def test_dropping_a_segment_takes_the_pruned_jobs_events_and_copies_out_the_kept
     )
     runledger.pause_queue(conn, "seg.q")
     conn.execute(
-        "update runledger.jobs set finished_at = now() - interval '8 days' where id = %s",
+        "update runledger.jobs set finished_at = now() - interval '8 days' where id = any(%s)",
         (pruned,),
     )
     with conn.transaction():
         gone = prune_jobs(conn, JobStatus.CANCELLED, WEEK, events=False)
-    assert (gone.jobs, gone.events) == (1, 0)
-    assert count("events", "job_id = %s", (pruned,)) == 2  # left to the segment
+    assert (gone.jobs, gone.events) == (10, 0)
+    assert count("events", "job_id = any(%s)", (pruned,)) == 20  # left to the segment
     kept = {job: events_of(conn, job) for job in (dead, queued)}
     run_events = count("events", "workflow_run_id = %s", (run_id,))
     total = count("events")
@@ -131,13 +131,13 @@ def test_dropping_a_segment_takes_the_pruned_jobs_events_and_copies_out_the_kept
     with conn.transaction():
         dropped = drop_segment(conn, WEEK)
 
-    # The pruned job's events and the queue's event went with the segment; the rest moved.
-    assert (dropped.segment, dropped.locked) == (0, True)
-    assert dropped.copied == total - 2 - 1
-    assert dropped.events == 3
+    # The pruned jobs' events and the queue's event went with the segment; the rest moved.
+    assert (dropped.segment, dropped.dropped, dropped.locked) == (0, True, True)
+    assert dropped.kept == total - 20 - 1 == 5
+    assert dropped.events == 21
     assert conn.execute("select to_regclass('runledger.events_s0')").fetchone() == (None,)
     assert [s.segment for s in segments(conn)] == [1]
-    assert count("events", "job_id = %s", (pruned,)) == 0
+    assert count("events", "job_id = any(%s)", (pruned,)) == 0
     assert count("events", "queue = 'seg.q'") == 0
     for job, events in kept.items():
         assert events_of(conn, job) == events  # same ids, times and data
@@ -146,6 +146,52 @@ def test_dropping_a_segment_takes_the_pruned_jobs_events_and_copies_out_the_kept
     with conn.transaction():
         assert drop_segment(conn, WEEK).segment is None  # the newest never goes
     assert runledger.enqueue(conn, "seg.x") is not None
+
+
+def test_a_segment_mostly_of_kept_events_is_cleaned_in_place_and_looked_at_a_keep_later(
+    autocommit_conn: Conn, count: Counter
+) -> None:
+    conn = autocommit_conn
+    pruned = runledger.enqueue(conn, "seg.x")
+    runledger.cancel_job(conn, pruned)
+    backlog = [runledger.enqueue(conn, "seg.x") for _ in range(3)]  # queued for over a keep
+    conn.execute(
+        "update runledger.jobs set finished_at = now() - interval '8 days' where id = %s",
+        (pruned,),
+    )
+    with conn.transaction():
+        prune_jobs(conn, JobStatus.CANCELLED, WEEK, events=False)
+    open_now(conn)
+    close_days_ago(conn, 0, days=8)
+    kept = [events_of(conn, job) for job in backlog]
+
+    with conn.transaction():
+        cleaned = drop_segment(conn, WEEK)
+
+    # Copying 3 events out would cost more than deleting the 2 others where they are.
+    assert (cleaned.segment, cleaned.dropped, cleaned.events, cleaned.kept) == (0, False, 2, 3)
+    assert count("events", "job_id = %s", (pruned,)) == 0
+    assert [events_of(conn, job) for job in backlog] == kept
+    assert {segment for job in backlog for _table, segment in where(conn, job)} == {0}
+    first, _newest = segments(conn)
+    assert first.closed_at is not None
+    assert first.closed_at > first.opened_at + datetime.timedelta(days=1)  # closed again now
+    with conn.transaction():
+        assert drop_segment(conn, WEEK).segment is None  # a keep later, not before
+    # Once the backlog has run and been pruned, the segment goes.
+    for job in backlog:
+        runledger.cancel_job(conn, job)
+    conn.execute(
+        "update runledger.jobs set finished_at = now() - interval '8 days' where id = any(%s)",
+        (backlog,),
+    )
+    with conn.transaction():
+        prune_jobs(conn, JobStatus.CANCELLED, WEEK, events=False)
+    close_days_ago(conn, 0, days=8)
+    with conn.transaction():
+        dropped = drop_segment(conn, WEEK)
+    assert (dropped.segment, dropped.dropped, dropped.events, dropped.kept) == (0, True, 3, 0)
+    assert count("events", "job_id = any(%s)", (backlog,)) == 3  # their cancellations, in 1
 
 
 def test_a_segment_change_waits_a_moment_for_writers_then_gives_up_leaving_them_be(
