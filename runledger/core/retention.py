@@ -120,15 +120,15 @@ class Retention:
         state is kept forever.
 
         With every state pruned, a pruned job's events go with their segment, a period at a
-        time (``runledger.postgres.segments``): a seventh of the shortest keep, between a
-        minute and a day. A state kept forever would keep most events in every segment, so
+        time (``runledger.postgres.segments``): a seventh of the shortest keep in whole
+        minutes, between a minute and a day. A state kept forever would keep most events in every segment, so
         then the events go row by row with their job or run.
         """
         keeps = self.keeps()
         if len(keeps) < len(RUN_STATUS_OF):
             return None
-        length = min(keeps.values()) / SEGMENTS_PER_KEEP
-        return max(SEGMENT_SHORTEST, min(SEGMENT_LONGEST, length))
+        minutes = min(keeps.values()) // SEGMENTS_PER_KEEP // datetime.timedelta(minutes=1)
+        return max(SEGMENT_SHORTEST, min(SEGMENT_LONGEST, datetime.timedelta(minutes=minutes)))
 
     def describe(self) -> str:
         """One line for logs: ``succeeded 7d, failed 30d, cancelled 7d``."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from runledger.core.retention import Retention
+from runledger.core.retention import Retention, format_duration
 from runledger.errors import ConfigError
 from runledger.postgres.channels import CANCEL as CANCEL_CHANNEL
 from runledger.postgres.channels import JOBS as NOTIFY_CHANNEL
@@ -300,11 +300,15 @@ class Runtime:
         if self.retention is None:
             _logger.info("retention off: this worker prunes no finished jobs or runs")
         else:
+            length = self.pruner.segment_length if self.pruner is not None else None
             _logger.info(
                 "retention: keeps finished jobs and workflow runs %s; older ones are pruned "
-                "every %g s",
+                "every %g s; %s",
                 self.retention.describe(),
                 self.pruner.interval if self.pruner is not None else 0,
+                "their events with them"
+                if length is None
+                else f"their events with their segment, a new one every {format_duration(length)}",
             )
 
     def stop(self, timeout: float | None = None) -> None:

@@ -80,7 +80,8 @@ def test_a_runtime_prunes_by_its_policy_at_start(
     assert runtime.pruner.total.jobs == len(old)
     messages = [r.getMessage() for r in caplog.records]
     assert any("retention: keeps finished jobs and workflow runs succeeded 7d, failed 30d, "
-               "cancelled 3d" in m for m in messages)  # fmt: skip
+               "cancelled 3d; older ones are pruned every 60 s; their events with their "
+               "segment, a new one every 617m" in m for m in messages)  # fmt: skip
     assert any(m.startswith("pruned 3 jobs and 0 workflow runs") for m in messages)
 
 

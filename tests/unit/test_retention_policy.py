@@ -128,7 +128,9 @@ def test_a_runtime_without_any_keep_runs_no_pruner() -> None:
 def test_a_segment_of_the_events_is_a_seventh_of_the_shortest_keep_from_a_minute_to_a_day() -> None:
     day = datetime.timedelta(days=1)
     assert Retention().segment_length() == day  # a week's keep: a day
-    assert Retention(cancelled=datetime.timedelta(days=1)).segment_length() == day / 7
+    assert Retention(cancelled=datetime.timedelta(days=1)).segment_length() == (
+        datetime.timedelta(minutes=205)  # 1,440 / 7, in whole minutes
+    )
     assert Retention(succeeded=datetime.timedelta(seconds=120)).segment_length() == (
         datetime.timedelta(minutes=1)
     )
