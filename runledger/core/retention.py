@@ -121,8 +121,8 @@ class Retention:
 
         With every state pruned, a pruned job's events go with their segment, a period at a
         time (``runledger.postgres.segments``): a seventh of the shortest keep in whole
-        minutes, between a minute and a day. A state kept forever would keep most events in every segment, so
-        then the events go row by row with their job or run.
+        minutes, between a minute and a day. A state kept forever would keep most events in
+        every segment, so then the events go row by row with their job or run.
         """
         keeps = self.keeps()
         if len(keeps) < len(RUN_STATUS_OF):

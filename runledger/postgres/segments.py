@@ -7,8 +7,10 @@ opens a new segment (a partition, then the DEFAULT moved to it) once its period 
 drops a closed segment once it closed longer ago than the shortest keep of the policy: by then
 the jobs and runs the segment's events describe have gone, save those kept longer (dead
 letters, queued and running jobs, open runs), whose events are first copied into the newest
-segment with their ids. The events of pruned jobs thus go a period at a time, not a row at a
-time.
+segment with their ids (or, when they are most of the segment, the rest are deleted in place
+and the segment stays a keep longer). The events of pruned jobs thus go a period at a time,
+not a row at a time. Making, attaching and dropping a partition take the role that owns
+``runledger.events`` (psycopg's ``InsufficientPrivilege`` otherwise).
 
 Locks: both steps take the pruner's advisory lock (``PRUNE_LOCK_KEY``), then, for a moment at
 the end, an ACCESS EXCLUSIVE lock on ``runledger.events``, which waits for the transactions

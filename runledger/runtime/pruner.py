@@ -199,16 +199,27 @@ class Pruner:
         one if the newest is ``length`` old. A round that fell behind drops none: its due
         jobs would still be there, and their events copied forward for nothing."""
         events = 0
-        while not self.behind and more():
-            dropped = self._batch(partial(drop_segment, keep=keep), pace)
-            if dropped is None or not dropped.locked or dropped.segment is None:
-                break
-            events += dropped.events
-            self._log_dropped(dropped)
-        if more():
-            opened = self._batch(partial(open_segment, older_than=length), pace)
-            if opened is not None:
-                _logger.info("opened segment %d of runledger.events", opened)
+        try:
+            while not self.behind and more():
+                dropped = self._batch(partial(drop_segment, keep=keep), pace)
+                if dropped is None or not dropped.locked or dropped.segment is None:
+                    break
+                events += dropped.events
+                self._log_dropped(dropped)
+            if more():
+                opened = self._batch(partial(open_segment, older_than=length), pace)
+                if opened is not None:
+                    _logger.info("opened segment %d of runledger.events", opened)
+        except psycopg.errors.InsufficientPrivilege as err:
+            # Rather than leave every pruned job's events behind for good.
+            self.segment_length = None
+            _logger.warning(
+                "this worker's database role may not change runledger.events (%s): from now "
+                "on it deletes events row by row with their jobs, and sweeps up those it "
+                "left. Run workers as the role that owns runledger.events (the one that ran "
+                "the migrations) to drop them a segment at a time",
+                err.diag.message_primary,
+            )
         return Pruned(events=events)
 
     @staticmethod

@@ -256,3 +256,38 @@ def test_with_a_state_kept_forever_the_events_go_row_by_row_and_no_segment_opens
     assert (done.jobs, done.events) == (3, 6)
     assert events_of(conn, old) == 0
     assert [s.segment for s in segments(conn)] == [0]
+
+
+def test_a_worker_whose_role_may_not_change_the_events_table_goes_on_row_by_row(
+    dsn: str, autocommit_conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = autocommit_conn
+    old, _young = old_and_young(conn)
+    role = f"runledger_app_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"create role {role} login")  # ours, above
+    try:
+        conn.execute(f"grant usage on schema runledger to {role}")
+        conn.execute(f"grant select, insert, update, delete on all tables in schema runledger "
+                     f"to {role}")  # fmt: skip
+        conn.execute(f"grant usage, select on all sequences in schema runledger to {role}")
+        conn.execute("update runledger.event_segments set opened_at = now() - interval '2 days'")
+        caplog.set_level(logging.INFO, logger="runledger.pruner")
+        app_dsn = psycopg.conninfo.make_conninfo(dsn, user=role)
+        with runledger.Store(app_dsn) as store:
+            pruner = Pruner(store, Retention(cancelled=DAY), vacuum=False, segment_length=HOUR)
+            first = pruner.prune_once()
+            assert first.jobs == 3
+            assert pruner.segment_length is None  # given up
+            assert any(
+                r.levelno == logging.WARNING and "may not change runledger.events" in r.getMessage()
+                for r in caplog.records
+            )
+            # The next round sweeps up the events the first left behind.
+            pruner.sweep_every = 0.0
+            conn.execute("update runledger.events set occurred_at = now() - interval '2 days'")
+            assert pruner.prune_once().events == 6
+        assert events_of(conn, old) == 0
+        assert [s.segment for s in segments(conn)] == [0]
+    finally:
+        conn.execute(f"drop owned by {role}")
+        conn.execute(f"drop role {role}")
