@@ -53,6 +53,9 @@ BEHIND_WARNING = 600.0
 after as many more."""
 SWEEP_WINDOWS = 20
 """Windows of orphan-event ids examined per round."""
+SEGMENT_DROPS = 3
+"""Segments of events dropped (or cleaned) per round at most: a pruner that was stopped for
+days catches up over a few rounds, one transaction each."""
 SWEEP_EVERY = 3600.0
 """Seconds from the end of one pass of the orphan-event sweep to the start of the next. A
 pass reads every event older than the shortest keep (those of dead letters kept longer, of
@@ -175,7 +178,7 @@ class Pruner:
                         break
         shortest = min(self.retention.keeps().values(), default=None)
         if shortest is not None and self.segment_length is not None:
-            done += self._segments(shortest, self.segment_length, more, pace)
+            done += self._segments(shortest, self.segment_length, pace.stop, pace)
         elif shortest is not None:
             done += self._sweep(shortest, more, pace)
         if done.rows and self.vacuum:
@@ -192,21 +195,28 @@ class Pruner:
         self,
         keep: datetime.timedelta,
         length: datetime.timedelta,
-        more: Callable[[], bool],
+        stop: threading.Event,
         pace: _Pace,
     ) -> Pruned:
-        """Drop the segments of events that closed more than ``keep`` ago, then open a new
-        one if the newest is ``length`` old. A round that fell behind drops none: its due
-        jobs would still be there, and their events copied forward for nothing."""
+        """Drop the segments of events that closed more than ``keep`` ago (up to
+        ``SEGMENT_DROPS`` a round), then open a new one if the newest is ``length`` old.
+
+        Both run even in a round that spent its budget: a pruner that stays behind on a
+        saturated queue must still open segments, or the events of the jobs it prunes would
+        pile up in one. A segment dropped while jobs are still due copies their events
+        out, or, when they are most of it, is cleaned in place (``drop_segment``): neither
+        costs more than deleting the events row by row would have."""
         events = 0
         try:
-            while not self.behind and more():
+            for _ in range(SEGMENT_DROPS):
+                if stop.is_set():
+                    break
                 dropped = self._batch(partial(drop_segment, keep=keep), pace)
                 if dropped is None or not dropped.locked or dropped.segment is None:
                     break
                 events += dropped.events
                 self._log_dropped(dropped)
-            if more():
+            if not stop.is_set():
                 opened = self._batch(partial(open_segment, older_than=length), pace)
                 if opened is not None:
                     _logger.info("opened segment %d of runledger.events", opened)

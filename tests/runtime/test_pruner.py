@@ -291,3 +291,29 @@ def test_a_worker_whose_role_may_not_change_the_events_table_goes_on_row_by_row(
     finally:
         conn.execute(f"drop owned by {role}")
         conn.execute(f"drop role {role}")
+
+
+def test_a_round_out_of_budget_still_opens_and_drops_segments(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    conn = autocommit_conn
+    old, young = old_and_young(conn)
+    with runledger.Store(dsn) as store:
+        pruner = Pruner(
+            store, Retention(cancelled=DAY), budget=0.0, vacuum=False, segment_length=HOUR
+        )
+        conn.execute("update runledger.event_segments set opened_at = now() - interval '2 days'")
+        assert pruner.prune_once().jobs == 0  # no time for even one batch of jobs
+        assert pruner.behind
+        assert [s.segment for s in segments(conn)] == [0, 1]  # a segment opened all the same
+        pruner.budget = 10.0
+        assert pruner.prune_once().jobs == 3
+        pruner.budget = 0.0
+        conn.execute(
+            "update runledger.event_segments set closed_at = now() - interval '2 days', "
+            "opened_at = now() - interval '3 days' where segment = 0"
+        )
+        assert pruner.prune_once().events == 6  # and dropped all the same
+        assert pruner.behind
+    assert events_of(conn, old) == 0
+    assert events_of(conn, [young]) == 2
