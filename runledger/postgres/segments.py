@@ -22,12 +22,15 @@ back and tries again later), so an enqueue or a completion is held up at most th
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import psycopg
 from psycopg import sql
 
+from runledger.core.retention import RUN_STATUS_OF
+from runledger.core.status import JobStatus
 from runledger.postgres.retention import PRUNE_LOCK_KEY
 
 Conn = psycopg.Connection[Any]
@@ -73,7 +76,7 @@ RECORD_SEGMENT = "insert into runledger.event_segments (segment) values (%(n)s)"
 
 # The oldest closed segment that closed more than the keep ago.
 DUE_SEGMENT = """
-select segment
+select segment, closed_at
 from runledger.event_segments
 where closed_at < now() - %(keep)s::interval
 order by segment
@@ -85,22 +88,31 @@ COPY_COST = 2
 an insert into the heap and four indexes, against a heap delete; 270 against 160 B of WAL
 measured by ``benchmarks/prune_costs.py``), rounded up."""
 
-# One read of the segment, probing for each event whether its job or run is still in the
-# ledger. When the events of those ("kept") are few beside the rest, they are copied with
-# their ids into the newest segment (the DEFAULT) and the caller drops the segment; when
+# One sort of the segment: for each job and run its events name, one probe of whether it is
+# still in the ledger (not one per event: a job has three or more). When the events of those
+# ("kept") are few beside the rest, they are copied with their ids into the newest segment
+# (the DEFAULT) and the caller drops the segment; when
 # copying them would cost more than deleting the rest (a backlog of jobs queued for longer
 # than the keep, runs open that long), the rest are deleted in place and the segment stays.
 # A job or run deleted after this statement leaves its copied events behind as orphans,
 # which go with the segment they were copied to.
 _SORT_SEGMENT = """
-with examined as (
-    select e.*,
-           (e.job_id is not null
-            and exists (select from runledger.jobs as j where j.id = e.job_id))
-           or (e.workflow_run_id is not null
-               and exists (select from runledger.workflow_runs as r
-                           where r.id = e.workflow_run_id)) as kept
+with kept_jobs as (
+    select i.id
+    from (select distinct job_id as id from runledger.{table} where job_id is not null) as i
+    where exists (select from runledger.jobs as j where j.id = i.id)
+),
+kept_runs as (
+    select i.id
+    from (select distinct workflow_run_id as id from runledger.{table}
+          where workflow_run_id is not null) as i
+    where exists (select from runledger.workflow_runs as r where r.id = i.id)
+),
+examined as (
+    select e.*, kj.id is not null or kr.id is not null as kept
     from runledger.{table} as e
+    left join kept_jobs as kj on kj.id = e.job_id
+    left join kept_runs as kr on kr.id = e.workflow_run_id
 ),
 tally as (
     select count(*) filter (where kept) as kept,
@@ -124,6 +136,26 @@ deleted as (
 select kept, gone, (select count(*) from copied), (select count(*) from deleted)
 from tally
 """
+# Whether a job or run that finished before the segment closed, and is past its keep, is
+# still in the ledger: the pruner has not caught up with the segment yet, and dropping it now
+# would copy out (or clean around) the events of what it is about to delete. One descent of
+# the (status, finished_at) index for each.
+LAGGING_JOBS = """
+select exists (
+    select from runledger.jobs
+    where status = %(status)s
+      and finished_at < least(%(closed_at)s::timestamptz, now() - %(keep)s::interval)
+      and workflow_run_id is null
+)
+"""
+LAGGING_RUNS = """
+select exists (
+    select from runledger.workflow_runs
+    where status = %(status)s
+      and finished_at < least(%(closed_at)s::timestamptz, now() - %(keep)s::interval)
+)
+"""
+
 # A segment cleaned in place is looked at again a keep later, when its kept events may have
 # gone too.
 RECLOSE_SEGMENT = """
@@ -166,6 +198,8 @@ class Dropped:
         dropped: False when the segment was cleaned in place instead: most of its events
             were of jobs and runs still kept, and copying them would have cost more than
             deleting the rest.
+        waiting: True when nothing was done because the pruner has not yet deleted every
+            due job and run that finished before the segment closed.
         locked: False when another pruner held the lock and nothing was done.
     """
 
@@ -173,6 +207,7 @@ class Dropped:
     events: int = 0
     kept: int = 0
     dropped: bool = True
+    waiting: bool = False
     locked: bool = True
 
 
@@ -230,11 +265,18 @@ def open_segment(conn: Conn, *, older_than: datetime.timedelta) -> int | None:
     return int(n)
 
 
-def drop_segment(conn: Conn, keep: datetime.timedelta) -> Dropped:
+def drop_segment(
+    conn: Conn,
+    keep: datetime.timedelta,
+    *,
+    keeps: Mapping[JobStatus, datetime.timedelta] | None = None,
+) -> Dropped:
     """Drop the oldest segment that closed more than ``keep`` ago, after copying into the
     newest segment the events of the jobs and runs still in the ledger; or, when those are
     more than a ``COPY_COST``-th of the rest, delete the rest in place, keep the segment and
-    look at it again ``keep`` later.
+    look at it again ``keep`` later. With ``keeps`` (the policy's keep of each pruned state),
+    a segment waits while a due job or run that finished before it closed is still there:
+    its events are the pruner's to leave, not to copy.
 
     Runs in the caller's transaction (commit it to make the change). Reads the segment once,
     probing for each event whether its job or run exists; holds the lock on the parent only
@@ -246,7 +288,15 @@ def drop_segment(conn: Conn, keep: datetime.timedelta) -> Dropped:
     row = conn.execute(DUE_SEGMENT, {"keep": keep}).fetchone()
     if row is None:
         return Dropped()
-    segment = int(row[0])
+    segment, closed_at = int(row[0]), row[1]
+    for status, status_keep in (keeps or {}).items():
+        params = {"closed_at": closed_at, "keep": status_keep}
+        jobs = conn.execute(LAGGING_JOBS, {**params, "status": str(status)}).fetchone()
+        runs = conn.execute(
+            LAGGING_RUNS, {**params, "status": str(RUN_STATUS_OF[status])}
+        ).fetchone()
+        if (jobs and jobs[0]) or (runs and runs[0]):
+            return Dropped(segment=segment, dropped=False, waiting=True)
     table = sql.Identifier(table_name(segment))
     tally = conn.execute(
         sql.SQL(_SORT_SEGMENT).format(table=table), {"copy_cost": COPY_COST}

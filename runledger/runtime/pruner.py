@@ -203,17 +203,20 @@ class Pruner:
 
         Both run even in a round that spent its budget: a pruner that stays behind on a
         saturated queue must still open segments, or the events of the jobs it prunes would
-        pile up in one. A segment dropped while jobs are still due copies their events
-        out, or, when they are most of it, is cleaned in place (``drop_segment``): neither
-        costs more than deleting the events row by row would have."""
+        pile up in one. A segment waits, though, while jobs or runs that finished before it
+        closed are due and not yet pruned: they are deleted first, and its events then go
+        whole."""
         events = 0
         try:
             for _ in range(SEGMENT_DROPS):
                 if stop.is_set():
                     break
-                dropped = self._batch(partial(drop_segment, keep=keep), pace)
+                drop = partial(drop_segment, keep=keep, keeps=self.retention.keeps())
+                dropped = self._batch(drop, pace)
                 if dropped is None or not dropped.locked or dropped.segment is None:
                     break
+                if dropped.waiting:
+                    break  # the jobs it describes are still due: next round
                 events += dropped.events
                 self._log_dropped(dropped)
             if not stop.is_set():

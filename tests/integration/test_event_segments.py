@@ -194,6 +194,39 @@ def test_a_segment_mostly_of_kept_events_is_cleaned_in_place_and_looked_at_a_kee
     assert count("events", "job_id = any(%s)", (backlog,)) == 3  # their cancellations, in 1
 
 
+def test_a_segment_waits_while_due_jobs_that_finished_before_it_closed_are_not_yet_pruned(
+    autocommit_conn: Conn, count: Counter
+) -> None:
+    conn = autocommit_conn
+    due = [runledger.enqueue(conn, "seg.x") for _ in range(3)]
+    dead = runledger.enqueue(conn, "seg.x")
+    for job in (*due, dead):
+        runledger.cancel_job(conn, job)
+    conn.execute("update runledger.jobs set status = 'failed' where id = %s", (dead,))
+    conn.execute("update runledger.jobs set finished_at = now() - interval '9 days'")
+    open_now(conn)
+    close_days_ago(conn, 0, days=8)
+    keeps = {
+        JobStatus.SUCCEEDED: WEEK,
+        JobStatus.FAILED: 4 * WEEK,  # the dead letter is not due: it holds nothing up
+        JobStatus.CANCELLED: WEEK,
+    }
+
+    with conn.transaction():
+        waiting = drop_segment(conn, WEEK, keeps=keeps)
+
+    assert (waiting.segment, waiting.waiting, waiting.dropped, waiting.events) == (
+        0, True, False, 0
+    )  # fmt: skip
+    assert count("events", "segment = 0") == 8  # untouched
+    with conn.transaction():
+        prune_jobs(conn, JobStatus.CANCELLED, WEEK, events=False)
+    with conn.transaction():
+        dropped = drop_segment(conn, WEEK, keeps=keeps)
+    assert (dropped.segment, dropped.waiting, dropped.dropped) == (0, False, True)
+    assert (dropped.events, dropped.kept) == (6, 2)  # the dead letter's events copied out
+
+
 def test_a_segment_change_waits_a_moment_for_writers_then_gives_up_leaving_them_be(
     dsn: str, autocommit_conn: Conn, count: Counter
 ) -> None:
