@@ -162,20 +162,29 @@ class Pruner:
             return True
 
         by_segment = self.segment_length is not None
-        for status, keep in self.retention.keeps().items():
-            for prune, batch in ((prune_jobs, JOB_BATCH), (prune_runs, RUN_BATCH)):
-                while more():
-                    work = partial(
-                        prune, status=status, keep=keep, limit=batch, events=not by_segment
-                    )
-                    pruned = self._batch(work, pace)
-                    if pruned is None:
-                        break
-                    done += pruned
-                    if not pruned.locked:
-                        return self._finish(done, started, pace)
-                    if pruned.jobs + pruned.runs < batch:
-                        break
+        # A batch of each state's jobs and runs in turn, until each has none left due: a
+        # state whose jobs keep coming as fast as they go (the succeeded ones of a busy
+        # queue) would otherwise spend every round's budget, and the others would wait for
+        # good (and the segments of events with them, which wait for every due job).
+        pending = [
+            (batch, partial(prune, status=status, keep=keep, limit=batch, events=not by_segment))
+            for status, keep in self.retention.keeps().items()
+            for prune, batch in ((prune_jobs, JOB_BATCH), (prune_runs, RUN_BATCH))
+        ]
+        while pending and more():
+            for item in list(pending):
+                if not more():
+                    break
+                batch, work = item
+                pruned = self._batch(work, pace)
+                if pruned is None:
+                    pending.remove(item)  # it waited on a lock: the next round retries it
+                    continue
+                done += pruned
+                if not pruned.locked:
+                    return self._finish(done, started, pace)
+                if pruned.jobs + pruned.runs < batch:
+                    pending.remove(item)
         shortest = min(self.retention.keeps().values(), default=None)
         if shortest is not None and self.segment_length is not None:
             done += self._segments(shortest, self.segment_length, pace.stop, pace)

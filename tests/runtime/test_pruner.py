@@ -317,3 +317,39 @@ def test_a_round_out_of_budget_still_opens_and_drops_segments(
         assert pruner.behind
     assert events_of(conn, old) == 0
     assert events_of(conn, [young]) == 2
+
+
+def test_each_state_gets_a_batch_in_turn_so_a_busy_one_starves_none(
+    dsn: str, autocommit_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = autocommit_conn
+    old, _young = old_and_young(conn)
+    # Three succeeded ten days ago (a week's keep), as if they came faster than they went.
+    conn.execute("update runledger.jobs set status = 'succeeded' where id = any(%s)", (old,))
+    dead = runledger.enqueue(conn, "prune.x")
+    runledger.cancel_job(conn, dead)
+    conn.execute(
+        "update runledger.jobs set status = 'failed', finished_at = now() - interval '40 days' "
+        "where id = %s",
+        (dead,),
+    )
+    order: list[str] = []
+    real = pruner_module.prune_jobs
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        pruned = real(*args, **kwargs)
+        order.append(f"{kwargs['status']}:{pruned.jobs}")
+        return pruned
+
+    monkeypatch.setattr(pruner_module, "prune_jobs", recorded)
+    monkeypatch.setattr(pruner_module, "JOB_BATCH", 1)  # one job a batch: succeeded needs 3
+    with runledger.Store(dsn) as store:
+        assert Pruner(store, Retention(cancelled=DAY), vacuum=False).prune_once().jobs == 4
+    # The dead letter went in the first turn, not after every succeeded job.
+    assert order == [
+        "succeeded:1", "failed:1", "cancelled:0",
+        "succeeded:1", "failed:0",
+        "succeeded:1",
+        "succeeded:0",
+    ]  # fmt: skip
+    assert remaining(conn).isdisjoint({*old, dead})
