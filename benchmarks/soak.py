@@ -101,6 +101,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prune-every", type=float, default=15.0, help="seconds between rounds")
     parser.add_argument("--sample", type=float, default=60.0, help="seconds between samples")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--events", choices=("segments", "rows"), default="segments",
+        help="how the pruner deletes events: by segment (the policy's way), or row by row",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-pruner", action="store_true", help="print the pruner's log lines (stderr)"
+    )
     args = parser.parse_args()
     if not 0 < args.warmup < args.minutes:
         parser.error("need 0 < --warmup < --minutes")
@@ -155,6 +162,11 @@ def main() -> None:
     args = parse_args()
     # The dead letters the soak makes on purpose would log 20 tracebacks a second.
     logging.getLogger("runledger.jobs").setLevel(logging.CRITICAL)
+    if args.log_pruner:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        logging.getLogger("runledger.pruner").addHandler(handler)
+        logging.getLogger("runledger.pruner").setLevel(logging.INFO)
     done: itertools.count[int] = itertools.count()
     offered: itertools.count[int] = itertools.count()
     registry = soak_registry(done)
@@ -171,7 +183,8 @@ def main() -> None:
         print(
             f"soak: PostgreSQL {version[0]} (autovacuum {autovacuum[0]}), {args.rate:g} "
             f"jobs/s offered for {args.minutes:g} min, c={args.concurrency}, keep "
-            f"{args.keep:g} s, a pruner round every {args.prune_every:g} s; "
+            f"{args.keep:g} s, a pruner round every {args.prune_every:g} s, events by "
+            f"{args.events}; "
             f"reference at {args.warmup:g} min"
         )
         stop = threading.Event()
@@ -179,6 +192,8 @@ def main() -> None:
         runtime = runledger.Runtime(dsn, registry, concurrency=args.concurrency, retention=policy)
         assert runtime.pruner is not None
         runtime.pruner.interval = args.prune_every
+        if args.events == "rows":
+            runtime.pruner.segment_length = None  # as with a state kept forever
         with runtime:
             feeder.start()
             try:

@@ -109,7 +109,7 @@ kept_runs as (
     where exists (select from runledger.workflow_runs as r where r.id = i.id)
 ),
 examined as (
-    select e.*, kj.id is not null or kr.id is not null as kept
+    select e.id, kj.id is not null or kr.id is not null as kept
     from runledger.{table} as e
     left join kept_jobs as kj on kj.id = e.job_id
     left join kept_runs as kr on kr.id = e.workflow_run_id
@@ -122,9 +122,11 @@ tally as (
 copied as (
     insert into runledger.events
         (id, occurred_at, kind, job_id, workflow_run_id, step_key, attempt, data, queue)
-    select id, occurred_at, kind, job_id, workflow_run_id, step_key, attempt, data, queue
-    from examined
-    where kept and (select kept * %(copy_cost)s <= gone from tally)
+    select e.id, e.occurred_at, e.kind, e.job_id, e.workflow_run_id, e.step_key, e.attempt,
+           e.data, e.queue
+    from runledger.{table} as e
+    join examined as x on x.id = e.id
+    where x.kept and (select kept * %(copy_cost)s <= gone from tally)
     returning 1
 ),
 deleted as (
