@@ -24,8 +24,9 @@ KEEP_FOREVER = ("forever", "never", "none", "keep")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
-BUSY_SHARE = 0.05
-"""The share of its time the pruner spends deleting while jobs run, unless told otherwise."""
+BUSY_SHARE = 0.025
+"""The share of its time the pruner spends deleting while the queue has a backlog, unless told
+otherwise."""
 
 SEGMENT_LONGEST = datetime.timedelta(days=1)
 """The longest a segment of the events collects them before the next is opened."""
@@ -85,10 +86,11 @@ class Retention:
     their segment of ``runledger.events`` (``segment_length``), up to a segment's length
     later. A job that belongs to a workflow run goes only with its run.
 
-    ``busy_share`` is the share of its time the pruner may spend deleting while any job is
-    running in the database (5 % by default, like autovacuum's cost-based delay: it pauses
-    19 times as long as each batch took). The queue then keeps nearly all its speed and the
-    pruner catches up when the queue is idle; 1.0 prunes as fast as it can.
+    ``busy_share`` is the share of its time the pruner may spend deleting while the queue has
+    a backlog, its runtime's last claim having filled every free slot (2.5 % by default, like
+    autovacuum's cost-based delay: it pauses 39 times as long as each batch took). The
+    saturated queue then keeps nearly all its speed, and the pruner catches up once the queue
+    keeps up with its jobs, when it deletes without pausing; 1.0 never pauses.
 
     Raises:
         ConfigError: a keep that is not a positive ``timedelta`` (of at most 100 years), or a

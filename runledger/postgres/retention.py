@@ -173,10 +173,6 @@ select (select count(*) from gone),
        (select count(*) from examined where old)
 """
 
-# Whether the queue is at work: any job running, in any runtime (jobs_running_queue, a partial
-# index of the running jobs, answers it from its first leaf page).
-JOBS_RUNNING = "select exists (select from only runledger.jobs where status = 'running')"
-
 COUNT_JOBS = """
 select count(*),
        coalesce(sum((select count(*) from runledger.job_attempts a where a.job_id = j.id)), 0),
@@ -361,12 +357,6 @@ def sweep_orphan_events(
     deleted, last_id, examined, old = row
     done = examined == 0 or old < examined
     return Swept(next_after=0 if done else last_id, deleted=deleted)
-
-
-def jobs_running(conn: Conn) -> bool:
-    """Whether any job is running now, in any runtime (one index probe; no lock)."""
-    row = conn.execute(JOBS_RUNNING).fetchone()
-    return bool(row and row[0])
 
 
 def count_prunable(conn: Conn, status: JobStatus, keep: datetime.timedelta) -> Pruned:

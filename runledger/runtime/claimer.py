@@ -74,6 +74,9 @@ class Claimer:
         # The last claim found flow control on these queues: the next sends the flow-control
         # claim first (claim_round).
         self._flow_control = False
+        self.backlog = False
+        """Whether the last claim took every job it asked for: more may be due than this
+        runtime has slots for (the pruner paces itself while it is so)."""
         self.wake = threading.Event()
         self.loop = Loop("runledger-claimer-0", self._step, on_exit=self._conn.close)
 
@@ -126,6 +129,7 @@ class Claimer:
                 self._unsure = False
             claimed, deferred = got.jobs, got.deferred
             self._flow_control = got.flow_control
+            self.backlog = len(claimed) == free
             for job in claimed:
                 flight = self._new_flight(job)
                 table.adopt(flight)

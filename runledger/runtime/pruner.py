@@ -6,10 +6,12 @@ is due or it has worked its time budget. When every state is pruned, the jobs' e
 to their segment: the round then drops the segments of events that closed longer ago than the
 shortest keep and opens a new one each period (``runledger.postgres.segments``). Otherwise the
 events go with their jobs, and the round sweeps a few windows of orphan events (a pass over the
-old events at most once an hour). While any job is running it paces itself, as autovacuum's
-cost-based delay does: after each batch it pauses so that its work takes at most the policy's
-``busy_share`` of its time, and the queue it shares the server with keeps nearly all its speed.
-A round that ran out of budget with jobs still due is followed at once by the next.
+old events at most once an hour). While the queue has a backlog (its runtime's last claim
+filled every free slot) it paces itself, as autovacuum's cost-based delay does: after each
+batch it pauses so that its work takes at most the policy's ``busy_share`` of its time, and the
+saturated queue it shares the server with keeps nearly all its speed. A queue that keeps up
+with its jobs has time to spare, and the pruner deletes without pausing. A round that ran out
+of budget with jobs still due is followed at once by the next.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from runledger.postgres.retention import (
     JOB_BATCH,
     RUN_BATCH,
     Pruned,
-    jobs_running,
     prune_jobs,
     prune_runs,
     sweep_orphan_events,
@@ -68,19 +69,17 @@ events over and over in every round."""
 
 class _Pace:
     """A round's clock: the seconds it worked, and the pauses that keep its work to ``share``
-    of its time while jobs run."""
+    of its time while the queue is busy."""
 
     def __init__(self, share: float, stop: threading.Event) -> None:
         self.share = share
         self.stop = stop
         self.worked = 0.0
         self.paused = 0.0
-        self.busy = False
 
     def after(self, took: float, busy: bool) -> None:
         """Count ``took`` seconds of work; while ``busy``, pause for the rest of its share."""
         self.worked += took
-        self.busy = busy
         if busy and self.share < 1:
             pause = took * (1 - self.share) / self.share
             self.paused += pause
@@ -90,9 +89,10 @@ class _Pace:
 class Pruner:
     """Prunes what ``retention`` no longer keeps, every ``interval`` seconds, then VACUUMs
     the history tables it deleted from once their dead rows pile up (``vacuum=False`` leaves
-    that to autovacuum). While jobs run, its work takes at most ``retention.busy_share`` of
-    its time; a round that worked ``budget`` seconds with jobs still due is followed at once
-    by the next, and ``BEHIND_WARNING`` seconds of that logs a warning."""
+    that to autovacuum). While ``busy()`` (the runtime's: its queue has a backlog), its work
+    takes at most ``retention.busy_share`` of its time; a round that worked ``budget``
+    seconds with jobs still due is followed at once by the next, and ``BEHIND_WARNING``
+    seconds of that logs a warning."""
 
     def __init__(
         self,
@@ -102,6 +102,7 @@ class Pruner:
         interval: float = PRUNE_EVERY,
         budget: float = ROUND_BUDGET,
         vacuum: bool = True,
+        busy: Callable[[], bool] = lambda: False,
         sweep_every: float = SWEEP_EVERY,
         segment_length: datetime.timedelta | None = None,
     ) -> None:
@@ -110,6 +111,7 @@ class Pruner:
         self.interval = interval
         self.budget = budget
         self.vacuum = vacuum
+        self._busy = busy
         self.sweep_every = sweep_every
         policy_length = retention.segment_length()
         self.segment_length = (
@@ -145,7 +147,7 @@ class Pruner:
         """Delete due jobs and runs in batches, each its own transaction, until none is due,
         ``stop`` is set, another pruner holds the lock, or the round's budget is spent; then
         sweep up to ``SWEEP_WINDOWS`` windows of orphan events (unless the sweep's last pass
-        ended less than ``sweep_every`` seconds ago). While jobs run, pauses after each
+        ended less than ``sweep_every`` seconds ago). While ``busy()``, pauses after each
         transaction (on ``stop``) to keep to the policy's ``busy_share``. Returns what it
         deleted."""
         started = time.monotonic()
@@ -197,7 +199,7 @@ class Pruner:
                 _logger.info(
                     "vacuumed %s after pruning", ", ".join(f"runledger.{t}" for t in vacuumed)
                 )
-                pace.after(time.monotonic() - began, pace.busy)
+                pace.after(time.monotonic() - began, self._busy())
         return self._finish(done, started, pace)
 
     def _segments(
@@ -283,18 +285,16 @@ class Pruner:
         return Pruned(events=deleted)
 
     def _batch(self, work: Callable[[psycopg.Connection[Any]], T], pace: _Pace) -> T | None:
-        """Run one batch in its own transaction, asking in it whether jobs run, then pace;
-        None if it gave up waiting on a lock."""
+        """Run one batch in its own transaction, then pace; None if it gave up waiting on a
+        lock."""
         began = time.monotonic()
         result: T | None = None
-        busy = pace.busy
         try:
             with self._store.transaction() as conn:
                 result = work(conn)
-                busy = jobs_running(conn)
         except psycopg.errors.LockNotAvailable:
             _logger.info("a prune batch gave up waiting for a lock; the next round retries it")
-        pace.after(time.monotonic() - began, busy)
+        pace.after(time.monotonic() - began, self._busy())
         return result
 
     def _finish(self, done: Pruned, started: float, pace: _Pace) -> Pruned:
@@ -322,8 +322,8 @@ class Pruner:
             self._warned_at = now
             _logger.warning(
                 "pruning is behind: for %d minutes every round ended with finished jobs or "
-                "runs still due. While jobs run it deletes at most %.0f %% of the time "
-                "(Retention(busy_share=...)); it catches up when the queue is idle, or with "
-                "a larger share",
+                "runs still due. While the queue has a backlog it deletes at most %.1f %% of "
+                "the time (Retention(busy_share=...)); it catches up when the queue keeps up "
+                "with its jobs, or with a larger share",
                 (now - self._behind_since) // 60, self.retention.busy_share * 100,
             )  # fmt: skip

@@ -208,7 +208,9 @@ class Runtime:
             self._reaper = None
         self.retention = _checked_retention(retention)
         self.pruner = (
-            None if self.retention is None else Pruner(self._store, self.retention, vacuum=vacuum)
+            None
+            if self.retention is None
+            else Pruner(self._store, self.retention, vacuum=vacuum, busy=self.pool.backlog)
         )
         if self.pruner is not None:
             loops.append(Loop("runledger-pruner-0", self.pruner.step))

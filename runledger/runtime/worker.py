@@ -223,6 +223,11 @@ class WorkerPool:
         see ``InFlightTable.mark_lost``."""
         return self.table.mark_lost(lease_token, unless_writing=unless_writing)
 
+    def backlog(self) -> bool:
+        """Whether the last claim filled every free slot: the queue may hold more due jobs
+        than this runtime runs (a saturated queue). Lock-free; a hint, not a count."""
+        return self._claimer.backlog
+
     def wants_queue(self, queue_name: str) -> bool:
         """True if this pool claims from ``queue_name``."""
         return queue_name in self._queues

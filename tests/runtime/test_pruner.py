@@ -129,18 +129,19 @@ def test_a_finished_pass_of_the_orphan_sweep_waits_before_the_next(
         assert pruner.prune_once().events == 1
 
 
-def test_while_a_job_runs_the_pruner_pauses_to_keep_its_share(
+def test_while_the_queue_has_a_backlog_the_pruner_pauses_to_keep_its_share(
     dsn: str, autocommit_conn: psycopg.Connection[Any]
 ) -> None:
     _old, young = old_and_young(autocommit_conn)
-    busy = run_one(autocommit_conn)
     stop = RecordedStop()
     with runledger.Store(dsn) as store:
-        pruner = Pruner(store, Retention(cancelled=DAY, busy_share=0.25), vacuum=False)
+        pruner = Pruner(
+            store, Retention(cancelled=DAY, busy_share=0.25), vacuum=False, busy=lambda: True
+        )
         began = time.monotonic()
         assert pruner.prune_once(stop).jobs == 3
         took = time.monotonic() - began
-    assert remaining(autocommit_conn) == {young, busy}
+    assert remaining(autocommit_conn) == {young}
     # One pause per transaction (a batch of jobs and one of runs per state, the sweep's
     # windows), each three times its transaction's length: 3 to 1 is a share of a quarter.
     assert len(stop.waits) >= 6
@@ -149,26 +150,69 @@ def test_while_a_job_runs_the_pruner_pauses_to_keep_its_share(
     assert sum(stop.waits) >= 3 * took * 0.5
 
 
-def test_with_no_job_running_the_pruner_does_not_pause(
+def test_jobs_running_without_a_backlog_leave_the_pruner_unpaced(
     dsn: str, autocommit_conn: psycopg.Connection[Any]
 ) -> None:
+    # A queue that keeps up with its jobs has time to spare: the pruner need not yield.
     _old, young = old_and_young(autocommit_conn)
+    busy = run_one(autocommit_conn)
     stop = RecordedStop()
     with runledger.Store(dsn) as store:
-        pruner = Pruner(store, Retention(cancelled=DAY, busy_share=0.25), vacuum=False)
+        pruner = Pruner(
+            store, Retention(cancelled=DAY, busy_share=0.25), vacuum=False, busy=lambda: False
+        )
         assert pruner.prune_once(stop).jobs == 3
     assert stop.waits == []
-    assert remaining(autocommit_conn) == {young}
+    assert remaining(autocommit_conn) == {young, busy}
 
 
 def test_a_share_of_one_never_pauses(dsn: str, autocommit_conn: psycopg.Connection[Any]) -> None:
     old_and_young(autocommit_conn)
-    run_one(autocommit_conn)
     stop = RecordedStop()
     with runledger.Store(dsn) as store:
-        pruner = Pruner(store, Retention(cancelled=DAY, busy_share=1.0), vacuum=False)
+        pruner = Pruner(
+            store, Retention(cancelled=DAY, busy_share=1.0), vacuum=False, busy=lambda: True
+        )
         assert pruner.prune_once(stop).jobs == 3
     assert stop.waits == []
+
+
+def _blocked_registry(release: threading.Event, started: threading.Event) -> runledger.Registry:
+    registry = runledger.Registry()
+
+    @registry.handler("prune.blocked")
+    def blocked(ctx: runledger.JobContext, payload: object) -> None:
+        started.set()
+        release.wait(30)
+
+    return registry
+
+
+@pytest.mark.parametrize(("queued", "backlog"), [(3, True), (1, False)])
+def test_a_runtime_paces_its_pruner_only_while_its_claims_fill_every_slot(
+    dsn: str, autocommit_conn: psycopg.Connection[Any], queued: int, backlog: bool
+) -> None:
+    # Two slots: a claim for two that gets both of three jobs leaves one waiting (a
+    # backlog); one that gets the only job leaves a slot free.
+    old_and_young(autocommit_conn)
+    release, started = threading.Event(), threading.Event()
+    for _ in range(queued):
+        runledger.enqueue(autocommit_conn, "prune.blocked")
+    policy = Retention(cancelled=DAY, busy_share=0.25)
+    try:
+        with runledger.Runtime(
+            dsn, _blocked_registry(release, started), listen=False, retention=policy,
+            concurrency=2, prefetch=0, poll_interval=0.05,
+        ) as runtime:  # fmt: skip
+            assert started.wait(20)
+            assert runtime.pruner is not None
+            assert runtime.pool.backlog() is backlog
+            stop = RecordedStop()
+            runtime.pruner.prune_once(stop)
+            assert (stop.waits != []) is backlog
+            release.set()
+    finally:
+        release.set()
 
 
 def test_a_round_out_of_budget_is_followed_at_once_and_warns_when_it_lasts(

@@ -41,7 +41,7 @@ def test_a_busy_share_outside_zero_to_one_is_refused(bad: object) -> None:
 
 
 def test_the_pruner_takes_a_tenth_of_its_time_while_jobs_run_unless_told() -> None:
-    assert Retention().busy_share == 0.05
+    assert Retention().busy_share == 0.025
     assert Retention(busy_share=1).busy_share == 1
 
 
