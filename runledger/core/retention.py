@@ -87,10 +87,11 @@ class Retention:
     later. A job that belongs to a workflow run goes only with its run.
 
     ``busy_share`` is the share of its time the pruner may spend deleting while the queue has
-    a backlog, its runtime's last claim having filled every free slot (2.5 % by default, like
-    autovacuum's cost-based delay: it pauses 39 times as long as each batch took). The
-    saturated queue then keeps nearly all its speed, and the pruner catches up once the queue
-    keeps up with its jobs, when it deletes without pausing; 1.0 never pauses.
+    a backlog, its runtime's last claim having filled every free slot with jobs that waited
+    more than a second past their due time (2.5 % by default, like autovacuum's cost-based
+    delay: it pauses 39 times as long as each batch took). The saturated queue then keeps
+    nearly all its speed, and the pruner catches up once the queue keeps up with its jobs,
+    when it deletes without pausing; 1.0 never pauses.
 
     Raises:
         ConfigError: a keep that is not a positive ``timedelta`` (of at most 100 years), or a

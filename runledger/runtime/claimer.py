@@ -4,6 +4,7 @@ executor, and after a claim whose reply was lost hands back the jobs it may have
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import queue
 import threading
@@ -27,6 +28,11 @@ _logger = logging.getLogger("runledger.worker")
 
 # The claimer pauses while this many times the capacity of outcomes wait to be written.
 UNWRITTEN_LIMIT_FACTOR = 3
+
+# A job that waited longer than this past its due time (and a poll's sleep) waited for a free
+# slot, not for the claimer to wake: a NOTIFY wakes it within milliseconds, and a queue that
+# keeps up drains a burst that fills every slot faster.
+BACKLOG_WAIT = 1.0
 
 
 class Claimer:
@@ -74,9 +80,11 @@ class Claimer:
         # The last claim found flow control on these queues: the next sends the flow-control
         # claim first (claim_round).
         self._flow_control = False
+        self._backlog_wait = datetime.timedelta(seconds=poll_interval + BACKLOG_WAIT)
         self.backlog = False
-        """Whether the last claim took every job it asked for: more may be due than this
-        runtime has slots for (the pruner paces itself while it is so)."""
+        """Whether the last claim took every job it asked for and one of them had waited
+        past its due time longer than ``BACKLOG_WAIT`` (and ``poll_interval``): due jobs
+        wait for this runtime's slots (the pruner paces itself while it is so)."""
         self.wake = threading.Event()
         self.loop = Loop("runledger-claimer-0", self._step, on_exit=self._conn.close)
 
@@ -129,7 +137,7 @@ class Claimer:
                 self._unsure = False
             claimed, deferred = got.jobs, got.deferred
             self._flow_control = got.flow_control
-            self.backlog = len(claimed) == free
+            self.backlog = len(claimed) == free and _waited(claimed) > self._backlog_wait
             for job in claimed:
                 flight = self._new_flight(job)
                 table.adopt(flight)
@@ -170,3 +178,11 @@ class Claimer:
                 "released %d jobs of a claim whose reply was lost with its connection",
                 len(orphans),
             )
+
+
+def _waited(claimed: Sequence[ClaimedJob]) -> datetime.timedelta:
+    """The longest any of ``claimed`` waited past its due time (the server's clock)."""
+    return max(
+        (job.started_at - job.run_at for job in claimed if job.run_at is not None),
+        default=datetime.timedelta(0),
+    )

@@ -7,9 +7,10 @@ to their segment: the round then drops the segments of events that closed longer
 shortest keep and opens a new one each period (``runledger.postgres.segments``). Otherwise the
 events go with their jobs, and the round sweeps a few windows of orphan events (a pass over the
 old events at most once an hour). While the queue has a backlog (its runtime's last claim
-filled every free slot) it paces itself, as autovacuum's cost-based delay does: after each
-batch it pauses so that its work takes at most the policy's ``busy_share`` of its time, and the
-saturated queue it shares the server with keeps nearly all its speed. A queue that keeps up
+filled every free slot with jobs that waited more than a second past their due time) it paces
+itself, as autovacuum's cost-based delay does: after each batch it pauses so that its work
+takes at most the policy's ``busy_share`` of its time, and the saturated queue it shares the
+server with keeps nearly all its speed. A queue that keeps up
 with its jobs has time to spare, and the pruner deletes without pausing. A round that ran out
 of budget with jobs still due is followed at once by the next.
 """
@@ -302,7 +303,7 @@ class Pruner:
         if done.rows:
             _logger.info(
                 "pruned %d jobs and %d workflow runs (%d of their jobs), %d attempts and "
-                "%d events in %.2f s (%.2f s of it paused while jobs ran)",
+                "%d events in %.2f s (%.2f s of it paused while the queue had a backlog)",
                 done.jobs, done.runs, done.run_jobs, done.attempts, done.events,
                 time.monotonic() - started, pace.paused,
             )  # fmt: skip

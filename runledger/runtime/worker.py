@@ -224,8 +224,9 @@ class WorkerPool:
         return self.table.mark_lost(lease_token, unless_writing=unless_writing)
 
     def backlog(self) -> bool:
-        """Whether the last claim filled every free slot: the queue may hold more due jobs
-        than this runtime runs (a saturated queue). Lock-free; a hint, not a count."""
+        """Whether the last claim filled every free slot with jobs of which one had waited
+        more than a second (``claimer.BACKLOG_WAIT``) past its due time: due jobs wait for
+        this runtime's slots (a saturated queue). Lock-free; a hint, not a count."""
         return self._claimer.backlog
 
     def wants_queue(self, queue_name: str) -> bool:

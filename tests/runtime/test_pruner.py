@@ -188,16 +188,28 @@ def _blocked_registry(release: threading.Event, started: threading.Event) -> run
     return registry
 
 
-@pytest.mark.parametrize(("queued", "backlog"), [(3, True), (1, False)])
-def test_a_runtime_paces_its_pruner_only_while_its_claims_fill_every_slot(
-    dsn: str, autocommit_conn: psycopg.Connection[Any], queued: int, backlog: bool
+@pytest.mark.parametrize(
+    ("queued", "waited", "backlog"), [(3, 60, True), (1, 60, False), (3, 0, False)]
+)
+def test_a_runtime_paces_its_pruner_only_while_due_jobs_wait_for_a_slot(
+    dsn: str,
+    autocommit_conn: psycopg.Connection[Any],
+    queued: int,
+    waited: int,
+    backlog: bool,
 ) -> None:
-    # Two slots: a claim for two that gets both of three jobs leaves one waiting (a
-    # backlog); one that gets the only job leaves a slot free.
+    # Two slots: a claim for two that gets both of three jobs due a minute ago leaves one
+    # waiting (a backlog); one that gets the only job leaves a slot free; one that fills
+    # both with jobs just enqueued meets a queue that keeps up (a burst, not a backlog).
     old_and_young(autocommit_conn)
     release, started = threading.Event(), threading.Event()
     for _ in range(queued):
         runledger.enqueue(autocommit_conn, "prune.blocked")
+    autocommit_conn.execute(
+        "update runledger.jobs set run_at = now() - make_interval(secs => %s)"
+        " where job_type = 'prune.blocked'",
+        (waited,),
+    )
     policy = Retention(cancelled=DAY, busy_share=0.25)
     try:
         with runledger.Runtime(
