@@ -10,9 +10,9 @@ old events at most once an hour). While the queue has a backlog (its runtime's l
 filled every free slot with jobs that waited more than a second past their due time) it paces
 itself, as autovacuum's cost-based delay does: after each batch it pauses so that its work
 takes at most the policy's ``busy_share`` of its time, and the saturated queue it shares the
-server with keeps nearly all its speed. A queue that keeps up
-with its jobs has time to spare, and the pruner deletes without pausing. A round that ran out
-of budget with jobs still due is followed at once by the next.
+server with keeps nearly all its speed. A queue that keeps up with its jobs has time to spare,
+and the pruner deletes without pausing. A round that ran out of budget with jobs still due is
+followed at once by the next.
 """
 
 from __future__ import annotations
