@@ -106,8 +106,9 @@ def parse_args() -> argparse.Namespace:
         help="how the pruner deletes events: by segment (the policy's way), or row by row",
     )  # fmt: skip
     parser.add_argument(
-        "--log-pruner", action="store_true", help="print the pruner's log lines (stderr)"
-    )
+        "--log-pruner", action="store_true",
+        help="print the pruner's and the reaper's log lines (stderr): rounds and VACUUMs",
+    )  # fmt: skip
     args = parser.parse_args()
     if not 0 < args.warmup < args.minutes:
         parser.error("need 0 < --warmup < --minutes")
@@ -165,8 +166,9 @@ def main() -> None:
     if args.log_pruner:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        logging.getLogger("runledger.pruner").addHandler(handler)
-        logging.getLogger("runledger.pruner").setLevel(logging.INFO)
+        for name in ("runledger.pruner", "runledger.reaper"):
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).setLevel(logging.INFO)
     done: itertools.count[int] = itertools.count()
     offered: itertools.count[int] = itertools.count()
     registry = soak_registry(done)

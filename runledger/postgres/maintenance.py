@@ -18,6 +18,12 @@ from runledger.postgres.store import Store
 
 # b"rlvacuum" as a big-endian int, minus 2**63: shared by every runtime.
 VACUUM_LOCK_KEY = 0x726C76616375756D - 2**63
+"""Held (session-scoped, try-lock) around a VACUUM of ``runledger.jobs``: one runtime at a time."""
+# b"rlvachis", the same way.
+VACUUM_HISTORY_LOCK_KEY = 0x726C766163686973 - 2**63
+"""Held around the pruner's VACUUMs of the history tables. A key of its own: a VACUUM of a
+large history can take seconds, and the hot table's VACUUM must not skip its turn meanwhile
+(its dead rows would pile up for another ``VACUUM_EVERY`` and grow its heap)."""
 
 ANALYZE_MIN_LIVE = 10_000
 """Live rows below which the hot table is not analyzed for being stale (only if it never was):
@@ -126,7 +132,8 @@ def vacuum_history_if_needed(
     store: Store, *, min_dead: int = 5_000, fraction: float = HISTORY_DEAD_FRACTION
 ) -> list[str]:
     """VACUUM each history table (``HISTORY_TABLES``) with at least ``min_dead`` dead rows and
-    ``fraction`` of its live rows dead, unless another runtime is vacuuming; return the
+    ``fraction`` of its live rows dead, unless another runtime is vacuuming them
+    (``VACUUM_HISTORY_LOCK_KEY``; the hot table's VACUUM has a lock of its own); return the
     tables vacuumed.
 
     The pruner calls it after deleting: on a server without autovacuum (some managed ones)
@@ -145,14 +152,14 @@ def vacuum_history_if_needed(
             return []
         conn.autocommit = True
         try:
-            locked = conn.execute(TRY_LOCK, {"key": VACUUM_LOCK_KEY}).fetchone()
+            locked = conn.execute(TRY_LOCK, {"key": VACUUM_HISTORY_LOCK_KEY}).fetchone()
             if not locked or not locked[0]:
                 return []
             try:
                 for name in due:
                     conn.execute(VACUUM_HISTORY[name].encode())
             finally:
-                conn.execute(UNLOCK, {"key": VACUUM_LOCK_KEY})
+                conn.execute(UNLOCK, {"key": VACUUM_HISTORY_LOCK_KEY})
         finally:
             conn.autocommit = False
     return due

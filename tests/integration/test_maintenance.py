@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -9,7 +10,11 @@ import psycopg
 from psycopg import sql
 
 import runledger
-from runledger.postgres.maintenance import VACUUM_LOCK_KEY, vacuum_jobs_if_needed
+from runledger.postgres.maintenance import (
+    VACUUM_LOCK_KEY,
+    vacuum_history_if_needed,
+    vacuum_jobs_if_needed,
+)
 
 
 def _jobs_stat(conn: psycopg.Connection[Any], column: str) -> int:
@@ -90,3 +95,73 @@ def test_a_bulk_enqueue_is_analyzed_before_its_dead_rows_pass_the_threshold(
         assert vacuum_jobs_if_needed(store, min_dead=1_000) is True  # none dead, all new
         _wait_for_jobs_stat(autocommit_conn, "analyze_count", 1)
         assert vacuum_jobs_if_needed(store, min_dead=1_000) is False  # analyzed, none dead
+
+
+def _make_dead_events(conn: psycopg.Connection[Any], count: int) -> None:
+    conn.execute("alter table runledger.events_s0 set (autovacuum_enabled = false)")
+    conn.execute(
+        "insert into runledger.events (kind, job_id) "
+        "select 'job.enqueued', gen_random_uuid() from generate_series(1, %s)",
+        (count,),
+    )
+    conn.execute("delete from runledger.events")
+    deadline = time.monotonic() + 15
+    while True:  # statistics arrive with a short delay
+        conn.execute("select pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "select n_dead_tup from pg_stat_user_tables "
+            "where schemaname = 'runledger' and relname = 'events_s0'"  # the one segment
+        ).fetchone()
+        if row is not None and row[0] >= count:
+            return
+        assert time.monotonic() < deadline, "the dead events never showed"
+        time.sleep(0.05)
+
+
+def _wait_until_the_history_vacuum_waits(conn: psycopg.Connection[Any]) -> None:
+    """Poll until a VACUUM of the events waits for a table lock (holding its advisory key)."""
+    deadline = time.monotonic() + 15
+    while not conn.execute(
+        "select 1 from pg_stat_activity where wait_event_type = 'Lock' "
+        "and query like 'vacuum runledger.events%'"
+    ).fetchone():
+        assert time.monotonic() < deadline, "the history VACUUM never started"
+        time.sleep(0.05)
+
+
+def test_the_hot_table_is_vacuumed_while_a_pruner_vacuums_the_history(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    # A VACUUM of a large history takes seconds; if the hot table's VACUUM skipped its turn
+    # meanwhile, its dead rows would pile up until the next check and grow its heap.
+    _make_dead_rows(autocommit_conn, 1_500)
+    _make_dead_events(autocommit_conn, 6_000)
+    history: list[list[str]] = []
+    with psycopg.connect(dsn) as holder, runledger.Store(dsn) as store:
+        # The history VACUUM waits for this lock, in the middle of its work.
+        holder.execute("lock table runledger.events_s0 in share update exclusive mode")
+        pruner = threading.Thread(target=lambda: history.append(vacuum_history_if_needed(store)))
+        pruner.start()
+        try:
+            _wait_until_the_history_vacuum_waits(autocommit_conn)
+            assert vacuum_jobs_if_needed(store, min_dead=1_000) is True
+        finally:
+            holder.rollback()
+            pruner.join(timeout=30)
+    assert history == [["events"]]
+
+
+def test_one_runtime_at_a_time_vacuums_the_history(
+    dsn: str, autocommit_conn: psycopg.Connection[Any]
+) -> None:
+    _make_dead_events(autocommit_conn, 6_000)
+    with psycopg.connect(dsn) as holder, runledger.Store(dsn) as store:
+        holder.execute("lock table runledger.events_s0 in share update exclusive mode")
+        first = threading.Thread(target=vacuum_history_if_needed, args=(store,))
+        first.start()
+        try:
+            _wait_until_the_history_vacuum_waits(autocommit_conn)
+            assert vacuum_history_if_needed(store) == []  # the first one holds the turn
+        finally:
+            holder.rollback()
+            first.join(timeout=30)
