@@ -11,9 +11,11 @@ not judged; a VACUUM that truncates a table shrinks it, which is not growth).
 
 The verdict compares envelopes, not single samples: each relation's largest size over the
 last ``--warmup`` minutes against its largest over the ``--warmup`` minutes from the
-reference. The hot table's heap fills with dead rows between the reaper's VACUUMs and is
-truncated again by them, so one sample of it can be a fraction of the next; its peak, not a
-sample taken at a trough, is what would grow if it grew.
+reference, with sizes read every ``--peek`` seconds between the printed samples. The hot
+table's heap fills with dead rows between the reaper's VACUUMs and is truncated again by them,
+and the events' segments fill for a minute and go one at a time, so one reading of either can
+be a fraction of the next; their peaks, not a reading taken at a trough, are what would grow if
+they grew, and a reading a minute would catch each cycle's at a different point of it.
 
     python benchmarks/soak.py --dsn "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
     python benchmarks/soak.py --minutes 60            # the one-hour soak
@@ -100,6 +102,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keep", type=float, default=120.0, help="seconds each state is kept")
     parser.add_argument("--prune-every", type=float, default=15.0, help="seconds between rounds")
     parser.add_argument("--sample", type=float, default=60.0, help="seconds between samples")
+    parser.add_argument(
+        "--peek", type=float, default=5.0,
+        help="seconds between the size readings the verdict's peaks are taken from",
+    )  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
         "--events", choices=("segments", "rows"), default="segments",
@@ -131,17 +137,26 @@ def soak_registry(done: itertools.count[int]) -> runledger.Registry:
 
 
 Sample = tuple[float, float, dict[str, int]]
+Reading = tuple[float, dict[str, int]]
 
 
-def sample_until(conn: Conn, args: argparse.Namespace, done: itertools.count[int]) -> list[Sample]:
-    """Print a sample every ``--sample`` seconds for ``--minutes``; return them."""
+def sample_until(
+    conn: Conn, args: argparse.Namespace, done: itertools.count[int]
+) -> tuple[list[Sample], list[Reading]]:
+    """Print a sample every ``--sample`` seconds for ``--minutes``, reading the sizes every
+    ``--peek`` seconds meanwhile; return the samples and every reading."""
     samples: list[Sample] = []
+    readings: list[Reading] = []
     started = time.monotonic()
     last_done, last_at = 0, started
     print(f"{'min':>6} {'jobs/s':>8} {'MB':>8} {'jobs':>9} {'events':>9} {'attempts':>9} "
           f"{'runs':>7}")  # fmt: skip
-    while (elapsed := time.monotonic() - started) < args.minutes * 60:
-        time.sleep(min(args.sample, args.minutes * 60 - elapsed))
+    while time.monotonic() - started < args.minutes * 60:
+        due = min(last_at + args.sample, started + args.minutes * 60)
+        while (left := due - time.monotonic()) > 0:
+            time.sleep(min(args.peek, left))
+            if time.monotonic() < due:
+                readings.append(((time.monotonic() - started) / 60, sizes(conn)))
         now = time.monotonic()
         finished = next(done)  # counts itself: the next reading starts one higher
         rate = (finished - last_done) / (now - last_at)
@@ -151,12 +166,13 @@ def sample_until(conn: Conn, args: argparse.Namespace, done: itertools.count[int
         assert rows is not None
         minute = (now - started) / 60
         samples.append((minute, rate, size))
+        readings.append((minute, size))
         print(
             f"{minute:6.1f} {rate:8.0f} {sum(size.values()) / MB:8.1f} "
             f"{rows[0]:9,} {rows[1]:9,} {rows[2]:9,} {rows[3]:7,}",
             flush=True,
         )
-    return samples
+    return samples, readings
 
 
 def main() -> None:
@@ -199,12 +215,12 @@ def main() -> None:
         with runtime:
             feeder.start()
             try:
-                samples = sample_until(conn, args, done)
+                samples, readings = sample_until(conn, args, done)
             finally:
                 stop.set()
                 feeder.join()
         pruned = runtime.pruner.total
-    report(samples, args.warmup, pruned)
+    report(samples, readings, args.warmup, args.peek, pruned)
 
 
 def growth(reference: dict[str, int], size: dict[str, int]) -> tuple[float, str]:
@@ -213,17 +229,19 @@ def growth(reference: dict[str, int], size: dict[str, int]) -> tuple[float, str]
     return max(judged, default=(0.0, "-"))
 
 
-def envelope(samples: list[Sample], start: float, end: float) -> dict[str, int]:
-    """Each relation's largest size among the samples from minute ``start`` to ``end``."""
+def envelope(readings: list[Reading], start: float, end: float) -> dict[str, int]:
+    """Each relation's largest size among the readings from minute ``start`` to ``end``."""
     peaks: dict[str, int] = {}
-    for minute, _rate, size in samples:
+    for minute, size in readings:
         if start - 1e-6 <= minute <= end + 1e-6:
             for name, value in size.items():
                 peaks[name] = max(peaks.get(name, 0), value)
     return peaks
 
 
-def report(samples: list[Sample], warmup: float, pruned: Any) -> None:
+def report(
+    samples: list[Sample], readings: list[Reading], warmup: float, peek: float, pruned: Any
+) -> None:
     reference = next(s for s in samples if s[0] >= warmup - 1e-6)
     last = samples[-1]
     print(
@@ -244,9 +262,10 @@ def report(samples: list[Sample], warmup: float, pruned: Any) -> None:
             most, name = growth(reference[2], size)
             print(f"{minute:6.1f} {rate:8.0f} {sum(size.values()) / MB:8.1f} {most:15.1%}  {name}")
     rates = [s[1] for s in samples if s[0] >= reference[0] - 1e-6]
-    first = envelope(samples, reference[0], reference[0] + warmup)
-    final = envelope(samples, last[0] - warmup, last[0])
-    print(f"\n{'relation':32} {'peak MB, ref':>13} {'peak MB, end':>13} {'ratio':>7}")
+    first = envelope(readings, reference[0], reference[0] + warmup)
+    final = envelope(readings, last[0] - warmup, last[0])
+    print(f"\npeaks of the readings (every {peek:g} s):")
+    print(f"{'relation':32} {'peak MB, ref':>13} {'peak MB, end':>13} {'ratio':>7}")
     for name in sorted(final):
         ref, end = first.get(name, 0), final[name]
         ratio = end / ref if ref else float("inf")
