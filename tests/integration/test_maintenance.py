@@ -161,7 +161,13 @@ def test_one_runtime_at_a_time_vacuums_the_history(
         first.start()
         try:
             _wait_until_the_history_vacuum_waits(autocommit_conn)
-            assert vacuum_history_if_needed(store) == []  # the first one holds the turn
+            # In a thread: without the lock this call would wait on the table lock too.
+            second: list[list[str]] = []
+            other = threading.Thread(target=lambda: second.append(vacuum_history_if_needed(store)))
+            other.start()
+            other.join(timeout=15)
+            assert not other.is_alive(), "the second VACUUM waited instead of skipping"
+            assert second == [[]]  # the first one holds the turn
         finally:
             holder.rollback()
             first.join(timeout=30)
